@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="pag-adm",
+    version="0.1.0",
+    description="Perturbed-Attention Guidance (PAG) and SAG on OpenAI's ADM diffusion models",
+    python_requires=">=3.10",
+    packages=find_packages(include=["guided_diffusion*", "evaluations*", "scripts*"]),
+    # torch is left open: GPU users keep their CUDA build, CI installs the CPU wheel first.
+    install_requires=[
+        "torch>=2.1",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "tqdm",
+        "blobfile>=1.0",
+        "pyyaml",
+        "pillow",
+    ],
+    extras_require={
+        # The ADM reference Inception graph is a TensorFlow graph; `tensorflow-cpu` works as well.
+        "eval": ["tensorflow>=2.15"],
+        "mpi": ["mpi4py>=3.1"],
+        "plots": ["matplotlib"],
+        "test": ["pytest>=7", "mpi4py>=3.1"],
+    },
+    entry_points={"console_scripts": []},
+)
