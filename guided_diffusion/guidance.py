@@ -1,0 +1,303 @@
+"""Sampling guidance: PAG, SAG and classifier guidance through one guided-prediction path.
+
+Scales follow the PAG paper (Eq. 10): ``eps~ = eps + s * (eps - eps_perturbed)``. The official PAG and SAG
+scripts write ``eps~ = eps_perturbed + g * (eps - eps_perturbed)``; the two agree for ``s = g - 1``, so
+their ``--guide_scale 4.0`` is ``scale=3.0`` here. Several guidances may be combined; each adds its own
+``s_i * (eps - eps_i)``. All attention perturbations of a step run as one batch through the model, sharing
+every layer before the first perturbed block.
+"""
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .attention import AttentionBlock
+
+# The official PAG layers for ADM ImageNet 256 (the deepest input blocks and the middle block).
+OFFICIAL_PAG_LAYERS_256 = ("input_blocks.14.1", "input_blocks.16.1", "input_blocks.17.1", "middle_block.1")
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def unwrap(model):
+    """The U-Net inside DDP / compile / other thin wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def attention_blocks(model):
+    """Every attention block of `model`, by module path (`input_blocks.14.1`, `middle_block.1`, ...)."""
+    return {name: m for name, m in unwrap(model).named_modules() if isinstance(m, AttentionBlock)}
+
+
+def check_layers(model, layers):
+    """Raise a ValueError naming the valid layers when any of `layers` is not an attention block."""
+    blocks = attention_blocks(model)
+    unknown = [name for name in layers if name not in blocks]
+    if unknown:
+        raise ValueError(f"unknown attention layer(s) {', '.join(map(repr, unknown))}; this model's attention "
+                         f"blocks are: {', '.join(blocks) or '(none)'}")
+    return [blocks[name] for name in layers]
+
+
+@contextlib.contextmanager
+def perturbed_attention(model, layers):
+    """Within this context every forward pass uses the identity attention map in `layers` (whole batch)."""
+    blocks = check_layers(model, list(layers))
+    previous = [block.identity_rows for block in blocks]
+    try:
+        for block in blocks:
+            block.identity_rows = True
+        yield model
+    finally:
+        for block, value in zip(blocks, previous):
+            block.identity_rows = value
+
+
+@dataclass
+class Guidance:
+    """Common options: the paper's scale `s`, an optional interval and a scale schedule.
+
+    `interval=(lo, hi)` limits the guidance to base-process timesteps lo <= t <= hi (0 .. T-1, so it means the
+    same for any respacing). `schedule` shapes the scale over the process with u = t / (T - 1) (1 = pure
+    noise): `constant` s, `linear` s * u, `cosine` s * (1 - cos(pi * u)) / 2 (both strongest early).
+    """
+
+    scale: float
+    interval: Optional[Tuple[int, int]] = None
+    schedule: str = "constant"
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown guidance schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
+        if self.interval is not None:
+            lo, hi = self.interval
+            if not 0 <= lo <= hi:
+                raise ValueError(f"guidance interval must satisfy 0 <= lo <= hi, got {self.interval}")
+
+    def scale_at(self, t_base, num_base_steps):
+        """The scale for each sample at base-process timesteps `t_base` ([B] long tensor)."""
+        u = t_base.double() / max(num_base_steps - 1, 1)
+        if self.schedule == "linear":
+            weight = u
+        elif self.schedule == "cosine":
+            weight = (1 - torch.cos(math.pi * u)) / 2
+        else:
+            weight = torch.ones_like(u)
+        scale = self.scale * weight
+        if self.interval is not None:
+            lo, hi = self.interval
+            scale = torch.where((t_base >= lo) & (t_base <= hi), scale, torch.zeros_like(scale))
+        return scale.float()
+
+    def validate(self, model):
+        """Check the guidance against the model before any sampling starts."""
+
+
+@dataclass
+class PerturbedAttentionGuidance(Guidance):
+    """PAG: the perturbed pass uses the identity attention map at `layers`.
+
+    `layers=None` takes the official ImageNet-256 set, which a model must have.
+    """
+
+    layers: Optional[Sequence[str]] = None
+
+    def resolved_layers(self, model):
+        layers = list(self.layers) if self.layers is not None else list(OFFICIAL_PAG_LAYERS_256)
+        if not layers:
+            raise ValueError("PAG needs at least one attention layer")
+        check_layers(model, layers)
+        return layers
+
+    def validate(self, model):
+        self.resolved_layers(model)
+
+
+@dataclass
+class SelfAttentionGuidance(Guidance):
+    """SAG (Hong et al., 2023): blur the predicted x0 where the attention map of `layer` is high.
+
+    `map_heads="official"` reproduces the official SAG code: the map is computed from the block's qkv
+    with the legacy head split into the model's `num_heads` flag, which differs from the block's own head
+    count when `num_head_channels` is set. `map_heads="block"` uses the block's own heads and layout (the
+    corrected variant).
+    """
+
+    blur_sigma: float = 9.0
+    layer: str = "middle_block.1"
+    map_heads: str = "official"
+    threshold: float = 1.0
+    kernel_size: int = 31
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.map_heads not in ("official", "block"):
+            raise ValueError(f"map_heads must be 'official' or 'block', got {self.map_heads!r}")
+
+    def validate(self, model):
+        check_layers(model, [self.layer])
+
+    def configure_capture(self, model):
+        (block,) = check_layers(model, [self.layer])
+        if self.map_heads == "official":
+            return block, unwrap(model).num_heads, True
+        return block, block.num_heads, block.legacy
+
+    def degrade(self, pred_xstart, attention_map):
+        """Blur `pred_xstart` where the key positions receive more than `threshold` total attention."""
+        batch, _, height, width = pred_xstart.shape
+        received = attention_map.sum(dim=1)  # [B, keys]: total attention each key position receives
+        side = math.isqrt(received.shape[1])
+        if side * side != received.shape[1]:
+            raise ValueError(f"SAG needs a square attention map, got {received.shape[1]} positions")
+        mask = (received > self.threshold).reshape(batch, 1, side, side).to(pred_xstart.dtype)
+        mask = F.interpolate(mask, size=(height, width), mode="nearest")
+        blurred = gaussian_blur(pred_xstart, self.kernel_size, self.blur_sigma)
+        return blurred * mask + pred_xstart * (1 - mask)
+
+
+class ClassifierGuidance:
+    """ADM classifier guidance: `scale * grad_x log p(y | x_t)` from a noisy-image classifier."""
+
+    def __init__(self, classifier, scale, interval=None, schedule="constant"):
+        self.classifier = classifier
+        self.options = Guidance(scale, interval, schedule)
+
+    def gradient(self, x, t_model, y):
+        """grad_x of sum_i log_softmax(classifier(x, t))[i, y_i]."""
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            log_probs = F.log_softmax(self.classifier(x_in, t_model), dim=-1)
+            selected = log_probs[torch.arange(len(log_probs), device=x.device), y.view(-1)]
+            return torch.autograd.grad(selected.sum(), x_in)[0]
+
+    def cond_fn(self, diffusion, t):
+        scale = self.options.scale_at(torch.as_tensor(diffusion.timestep_map, device=t.device)[t],
+                                      diffusion.original_num_steps)
+
+        def cond_fn(x, t_model, y=None, **_):
+            if y is None:
+                raise ValueError("classifier guidance needs class labels: pass model_kwargs={'y': labels}")
+            return self.gradient(x, t_model, y) * scale.to(x.device).reshape(-1, *([1] * (x.ndim - 1)))
+
+        return cond_fn
+
+    def validate(self, model):
+        pass
+
+
+def gaussian_blur(images, kernel_size, sigma):
+    """Per-channel Gaussian blur with reflect padding (the same kernel as torchvision's GaussianBlur)."""
+    half = (kernel_size - 1) / 2
+    x = torch.linspace(-half, half, kernel_size, device=images.device, dtype=images.dtype)
+    kernel1d = torch.exp(-0.5 * (x / sigma).pow(2))
+    kernel1d = kernel1d / kernel1d.sum()
+    kernel2d = torch.mm(kernel1d[:, None], kernel1d[None, :])
+    channels = images.shape[1]
+    pad = kernel_size // 2
+    padded = F.pad(images, [pad, pad, pad, pad], mode="reflect")
+    return F.conv2d(padded, kernel2d.expand(channels, 1, kernel_size, kernel_size), groups=channels)
+
+
+def as_list(guidance):
+    if guidance is None:
+        return []
+    if isinstance(guidance, (list, tuple)):
+        return list(guidance)
+    return [guidance]
+
+
+def validate(guidance, model):
+    """Check every guidance against `model` (layer names, ...) before sampling starts."""
+    for item in as_list(guidance):
+        item.validate(model)
+
+
+def classifier_fn(cond_fn, guidance, diffusion=None, t=None):
+    """The classifier-gradient function of a step: an explicit `cond_fn`, or the guidance's classifier."""
+    classifiers = [g for g in as_list(guidance) if isinstance(g, ClassifierGuidance)]
+    if cond_fn is not None and classifiers:
+        raise ValueError("pass classifier guidance either as cond_fn or as a ClassifierGuidance, not both")
+    if len(classifiers) > 1:
+        raise ValueError("at most one ClassifierGuidance per sampler")
+    if classifiers:
+        return classifiers[0].cond_fn(diffusion, t)
+    return cond_fn
+
+
+def guided_prediction(diffusion, model, x, t, guidance, clip_denoised=True, denoised_fn=None, model_kwargs=None):
+    """The one guided-prediction path of every sampler.
+
+    Runs the normal pass and all active attention perturbations as one batch, adds SAG's second pass where
+    asked, combines ``eps~ = eps + sum_i s_i (eps - eps_i)``, keeps the variance of the normal pass, and
+    recomputes (and clips) the x0 prediction from ``eps~``. Classifier guidance is applied by the step
+    (`condition_mean` / `condition_score`), after this.
+    """
+    model_kwargs = model_kwargs or {}
+    items = as_list(guidance)
+    batch = x.shape[0]
+    t_base = torch.as_tensor(diffusion.timestep_map, device=t.device)[t]
+    active = []
+    for item in items:
+        if isinstance(item, (PerturbedAttentionGuidance, SelfAttentionGuidance)):
+            scale = item.scale_at(t_base, diffusion.original_num_steps).to(x.device)
+            if bool((scale != 0).any()):
+                active.append((item, scale.reshape(-1, *([1] * (x.ndim - 1)))))
+        elif not isinstance(item, ClassifierGuidance):
+            raise TypeError(f"unsupported guidance {item!r}")
+
+    pag = [(g, s) for g, s in active if isinstance(g, PerturbedAttentionGuidance)]
+    sag = [(g, s) for g, s in active if isinstance(g, SelfAttentionGuidance)]
+    variants = [g.resolved_layers(model) for g, _ in pag]
+    extra = {"attention_variants": variants} if variants else {}
+    with _capture_maps(model, [g for g, _ in sag]) as captured:
+        output = diffusion.run_model(model, x, t, **model_kwargs, **extra)
+    eps, var = diffusion.split_output(output[:batch], x)
+
+    guided = eps
+    for k, (_, scale) in enumerate(pag):
+        eps_perturbed, _ = diffusion.split_output(output[(k + 1) * batch:(k + 2) * batch], x)
+        guided = guided + scale * (eps - eps_perturbed)
+    if sag:
+        first = diffusion.prediction_from_output(eps, var, x, t, clip_denoised, denoised_fn)
+        noise = _as_eps(diffusion, x, t, eps)
+        for (g, scale), attention_map in zip(sag, captured):
+            degraded = g.degrade(first["pred_xstart"], attention_map[:batch])
+            x_degraded = diffusion.q_sample(degraded, t, noise=noise)
+            eps_degraded, _ = diffusion.split_output(diffusion.run_model(model, x_degraded, t, **model_kwargs), x)
+            guided = guided + scale * (eps - eps_degraded)
+    return diffusion.prediction_from_output(guided, var, x, t, clip_denoised, denoised_fn)
+
+
+def _as_eps(diffusion, x, t, mean_output):
+    from .gaussian_diffusion import ModelMeanType
+
+    if diffusion.model_mean_type == ModelMeanType.EPSILON:
+        return mean_output
+    if diffusion.model_mean_type == ModelMeanType.START_X:
+        return diffusion._predict_eps_from_xstart(x, t, mean_output)
+    raise ValueError("SAG needs an eps- or x0-predicting model")
+
+
+@contextlib.contextmanager
+def _capture_maps(model, sag_items):
+    """Record the attention maps SAG needs during the normal pass; yields a list filled on exit."""
+    captured = []
+    configs = [g.configure_capture(model) for g in sag_items]
+    previous = [(block.capture_heads, block.capture_legacy) for block, _, _ in configs]
+    try:
+        for block, heads, legacy in configs:
+            block.capture_heads, block.capture_legacy, block.captured_map = heads, legacy, None
+        yield captured
+        captured.extend(block.captured_map for block, _, _ in configs)
+    finally:
+        for (block, _, _), (heads, legacy) in zip(configs, previous):
+            block.capture_heads, block.capture_legacy = heads, legacy
+            block.captured_map = None

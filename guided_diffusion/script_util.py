@@ -1,0 +1,206 @@
+"""Flags and factories with the ADM release's names, so its README commands work verbatim."""
+
+import argparse
+import inspect
+
+from . import gaussian_diffusion as gd
+from .respace import SpacedDiffusion, space_timesteps
+from .unet import EncoderUNetModel, SuperResModel, UNetModel
+
+NUM_CLASSES = 1000
+
+# The release's per-resolution channel multipliers, used when --channel_mult is empty.
+_CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)}
+_CLASSIFIER_CHANNEL_MULT = _CHANNEL_MULT
+_SR_CHANNEL_MULT = {512: (1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
+
+
+def diffusion_defaults():
+    return dict(learn_sigma=False, diffusion_steps=1000, noise_schedule="linear", timestep_respacing="",
+                use_kl=False, predict_xstart=False, rescale_timesteps=False, rescale_learned_sigmas=False)
+
+
+def classifier_defaults():
+    return dict(image_size=64, classifier_use_fp16=False, classifier_width=128, classifier_depth=2,
+                classifier_attention_resolutions="32,16,8", classifier_use_scale_shift_norm=True,
+                classifier_resblock_updown=True, classifier_pool="attention")
+
+
+def model_and_diffusion_defaults():
+    res = dict(image_size=64, num_channels=128, num_res_blocks=2, num_heads=4, num_heads_upsample=-1,
+               num_head_channels=-1, attention_resolutions="16,8", channel_mult="", dropout=0.0, class_cond=False,
+               use_checkpoint=False, use_scale_shift_norm=True, resblock_updown=False, use_fp16=False,
+               use_new_attention_order=False)
+    res.update(diffusion_defaults())
+    return res
+
+
+def classifier_and_diffusion_defaults():
+    res = classifier_defaults()
+    res.update(diffusion_defaults())
+    return res
+
+
+def _channel_mult(channel_mult, image_size, table):
+    if channel_mult:
+        return tuple(float(m) if "." in m else int(m) for m in str(channel_mult).split(","))
+    if image_size not in table:
+        raise ValueError(f"no default channel_mult for image_size {image_size}: pass --channel_mult "
+                         f"(defaults exist for {sorted(table)})")
+    return table[image_size]
+
+
+def _attention_ds(attention_resolutions, image_size):
+    return tuple(image_size // int(res) for res in str(attention_resolutions).split(",") if res.strip())
+
+
+def create_model_and_diffusion(image_size, class_cond, learn_sigma, num_channels, num_res_blocks, channel_mult,
+                               num_heads, num_head_channels, num_heads_upsample, attention_resolutions, dropout,
+                               diffusion_steps, noise_schedule, timestep_respacing, use_kl, predict_xstart,
+                               rescale_timesteps, rescale_learned_sigmas, use_checkpoint, use_scale_shift_norm,
+                               resblock_updown, use_fp16, use_new_attention_order):
+    model = create_model(image_size, num_channels, num_res_blocks, channel_mult=channel_mult,
+                         learn_sigma=learn_sigma, class_cond=class_cond, use_checkpoint=use_checkpoint,
+                         attention_resolutions=attention_resolutions, num_heads=num_heads,
+                         num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
+                         use_scale_shift_norm=use_scale_shift_norm, dropout=dropout,
+                         resblock_updown=resblock_updown, use_fp16=use_fp16,
+                         use_new_attention_order=use_new_attention_order)
+    diffusion = create_gaussian_diffusion(steps=diffusion_steps, learn_sigma=learn_sigma,
+                                          noise_schedule=noise_schedule, use_kl=use_kl,
+                                          predict_xstart=predict_xstart, rescale_timesteps=rescale_timesteps,
+                                          rescale_learned_sigmas=rescale_learned_sigmas,
+                                          timestep_respacing=timestep_respacing)
+    return model, diffusion
+
+
+def create_model(image_size, num_channels, num_res_blocks, channel_mult="", learn_sigma=False, class_cond=False,
+                 use_checkpoint=False, attention_resolutions="16", num_heads=1, num_head_channels=-1,
+                 num_heads_upsample=-1, use_scale_shift_norm=False, dropout=0, resblock_updown=False,
+                 use_fp16=False, use_new_attention_order=False):
+    return UNetModel(
+        image_size=image_size, in_channels=3, model_channels=num_channels, out_channels=6 if learn_sigma else 3,
+        num_res_blocks=num_res_blocks, attention_resolutions=_attention_ds(attention_resolutions, image_size),
+        dropout=dropout, channel_mult=_channel_mult(channel_mult, image_size, _CHANNEL_MULT),
+        num_classes=NUM_CLASSES if class_cond else None, use_checkpoint=use_checkpoint, use_fp16=use_fp16,
+        num_heads=num_heads, num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
+        use_scale_shift_norm=use_scale_shift_norm, resblock_updown=resblock_updown,
+        use_new_attention_order=use_new_attention_order,
+    )
+
+
+def create_classifier(image_size, classifier_use_fp16, classifier_width, classifier_depth,
+                      classifier_attention_resolutions, classifier_use_scale_shift_norm,
+                      classifier_resblock_updown, classifier_pool):
+    return EncoderUNetModel(
+        image_size=image_size, in_channels=3, model_channels=classifier_width, out_channels=1000,
+        num_res_blocks=classifier_depth,
+        attention_resolutions=_attention_ds(classifier_attention_resolutions, image_size),
+        channel_mult=_channel_mult("", image_size, _CLASSIFIER_CHANNEL_MULT), use_fp16=classifier_use_fp16,
+        num_head_channels=64, use_scale_shift_norm=classifier_use_scale_shift_norm,
+        resblock_updown=classifier_resblock_updown, pool=classifier_pool,
+    )
+
+
+def create_classifier_and_diffusion(image_size, classifier_use_fp16, classifier_width, classifier_depth,
+                                    classifier_attention_resolutions, classifier_use_scale_shift_norm,
+                                    classifier_resblock_updown, classifier_pool, learn_sigma, diffusion_steps,
+                                    noise_schedule, timestep_respacing, use_kl, predict_xstart, rescale_timesteps,
+                                    rescale_learned_sigmas):
+    classifier = create_classifier(image_size, classifier_use_fp16, classifier_width, classifier_depth,
+                                   classifier_attention_resolutions, classifier_use_scale_shift_norm,
+                                   classifier_resblock_updown, classifier_pool)
+    diffusion = create_gaussian_diffusion(steps=diffusion_steps, learn_sigma=learn_sigma,
+                                          noise_schedule=noise_schedule, use_kl=use_kl,
+                                          predict_xstart=predict_xstart, rescale_timesteps=rescale_timesteps,
+                                          rescale_learned_sigmas=rescale_learned_sigmas,
+                                          timestep_respacing=timestep_respacing)
+    return classifier, diffusion
+
+
+def sr_model_and_diffusion_defaults():
+    res = model_and_diffusion_defaults()
+    res["large_size"], res["small_size"] = 256, 64
+    arg_names = inspect.getfullargspec(sr_create_model_and_diffusion)[0]
+    return {k: v for k, v in res.items() if k in arg_names}
+
+
+def sr_create_model_and_diffusion(large_size, small_size, class_cond, learn_sigma, num_channels, num_res_blocks,
+                                  num_heads, num_head_channels, num_heads_upsample, attention_resolutions, dropout,
+                                  diffusion_steps, noise_schedule, timestep_respacing, use_kl, predict_xstart,
+                                  rescale_timesteps, rescale_learned_sigmas, use_checkpoint, use_scale_shift_norm,
+                                  resblock_updown, use_fp16):
+    model = sr_create_model(large_size, small_size, num_channels, num_res_blocks, learn_sigma=learn_sigma,
+                            class_cond=class_cond, use_checkpoint=use_checkpoint,
+                            attention_resolutions=attention_resolutions, num_heads=num_heads,
+                            num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
+                            use_scale_shift_norm=use_scale_shift_norm, dropout=dropout,
+                            resblock_updown=resblock_updown, use_fp16=use_fp16)
+    diffusion = create_gaussian_diffusion(steps=diffusion_steps, learn_sigma=learn_sigma,
+                                          noise_schedule=noise_schedule, use_kl=use_kl,
+                                          predict_xstart=predict_xstart, rescale_timesteps=rescale_timesteps,
+                                          rescale_learned_sigmas=rescale_learned_sigmas,
+                                          timestep_respacing=timestep_respacing)
+    return model, diffusion
+
+
+def sr_create_model(large_size, small_size, num_channels, num_res_blocks, learn_sigma, class_cond,
+                    use_checkpoint, attention_resolutions, num_heads, num_head_channels, num_heads_upsample,
+                    use_scale_shift_norm, dropout, resblock_updown, use_fp16):
+    del small_size  # the release keeps it as a flag; the architecture depends on large_size only
+    return SuperResModel(
+        image_size=large_size, in_channels=3, model_channels=num_channels, out_channels=6 if learn_sigma else 3,
+        num_res_blocks=num_res_blocks, attention_resolutions=_attention_ds(attention_resolutions, large_size),
+        dropout=dropout, channel_mult=_channel_mult("", large_size, _SR_CHANNEL_MULT),
+        num_classes=NUM_CLASSES if class_cond else None, use_checkpoint=use_checkpoint, num_heads=num_heads,
+        num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
+        use_scale_shift_norm=use_scale_shift_norm, resblock_updown=resblock_updown, use_fp16=use_fp16,
+    )
+
+
+def create_gaussian_diffusion(*, steps=1000, learn_sigma=False, sigma_small=False, noise_schedule="linear",
+                              use_kl=False, predict_xstart=False, rescale_timesteps=False,
+                              rescale_learned_sigmas=False, timestep_respacing=""):
+    betas = gd.get_named_beta_schedule(noise_schedule, steps)
+    if use_kl:
+        loss_type = gd.LossType.RESCALED_KL
+    elif rescale_learned_sigmas:
+        loss_type = gd.LossType.RESCALED_MSE
+    else:
+        loss_type = gd.LossType.MSE
+    if not timestep_respacing:
+        timestep_respacing = [steps]
+    if learn_sigma:
+        var_type = gd.ModelVarType.LEARNED_RANGE
+    else:
+        var_type = gd.ModelVarType.FIXED_SMALL if sigma_small else gd.ModelVarType.FIXED_LARGE
+    return SpacedDiffusion(
+        use_timesteps=space_timesteps(steps, timestep_respacing), betas=betas,
+        model_mean_type=gd.ModelMeanType.START_X if predict_xstart else gd.ModelMeanType.EPSILON,
+        model_var_type=var_type, loss_type=loss_type, rescale_timesteps=rescale_timesteps,
+    )
+
+
+def add_dict_to_argparser(parser, default_dict):
+    """Add `--key value` flags with the release's parsing (booleans as 'True'/'False', 'yes'/'no', ...)."""
+    for k, v in default_dict.items():
+        v_type = type(v)
+        if v is None:
+            v_type = str
+        elif isinstance(v, bool):
+            v_type = str2bool
+        parser.add_argument(f"--{k}", default=v, type=v_type)
+
+
+def args_to_dict(args, keys):
+    return {k: getattr(args, k) for k in keys}
+
+
+def str2bool(v):
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if v.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected, got {v!r}")

@@ -1,0 +1,388 @@
+"""The ADM U-Net, its super-resolution variant and the noisy-image classifier.
+
+Constructor flags, defaults and `state_dict` names follow the ADM release, so its checkpoints load with
+`strict=True`. The U-Net's forward can also run several *attention variants* of one batch in a single
+call (the normal pass plus perturbed ones); every layer before the first perturbed attention block runs
+once and is shared by all copies.
+"""
+
+from abc import abstractmethod
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import AttentionBlock, AttentionPool2d
+from .fp16_util import convert_module_to_f16, convert_module_to_f32
+from .nn import (avg_pool_nd, checkpoint, conv_nd, interpolate_nearest_2x, linear, normalization, silu,
+                 timestep_embedding, zero_module)
+
+
+class TimestepBlock(nn.Module):
+    @abstractmethod
+    def forward(self, x, emb):
+        """Apply the module to `x` given the timestep embedding `emb`."""
+
+
+class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
+    def forward(self, x, emb):
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, TimestepBlock) else layer(x)
+        return x
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels, use_conv, dims=2, out_channels=None):
+        super().__init__()
+        self.channels = channels
+        self.out_channels = out_channels or channels
+        self.use_conv = use_conv
+        if use_conv:
+            self.conv = conv_nd(dims, self.channels, self.out_channels, 3, padding=1)
+
+    def forward(self, x):
+        x = interpolate_nearest_2x(x)
+        return self.conv(x) if self.use_conv else x
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels, use_conv, dims=2, out_channels=None):
+        super().__init__()
+        self.channels = channels
+        self.out_channels = out_channels or channels
+        stride = 2 if dims != 3 else (1, 2, 2)
+        if use_conv:
+            self.op = conv_nd(dims, self.channels, self.out_channels, 3, stride=stride, padding=1)
+        else:
+            if self.channels != self.out_channels:
+                raise ValueError("average-pool downsampling cannot change the channel count")
+            self.op = avg_pool_nd(dims, kernel_size=stride, stride=stride)
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class ResBlock(TimestepBlock):
+    """Residual block with timestep conditioning (added, or as scale and shift of the second norm)."""
+
+    def __init__(self, channels, emb_channels, dropout, out_channels=None, use_conv=False,
+                 use_scale_shift_norm=False, dims=2, use_checkpoint=False, up=False, down=False):
+        super().__init__()
+        self.channels = channels
+        self.out_channels = out_channels or channels
+        self.use_checkpoint = use_checkpoint
+        self.use_scale_shift_norm = use_scale_shift_norm
+        self.in_layers = nn.Sequential(
+            normalization(channels), silu(), conv_nd(dims, channels, self.out_channels, 3, padding=1)
+        )
+        self.updown = up or down
+        if up:
+            self.h_upd, self.x_upd = Upsample(channels, False, dims), Upsample(channels, False, dims)
+        elif down:
+            self.h_upd, self.x_upd = Downsample(channels, False, dims), Downsample(channels, False, dims)
+        else:
+            self.h_upd = self.x_upd = nn.Identity()
+        self.emb_layers = nn.Sequential(
+            silu(), linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels)
+        )
+        self.out_layers = nn.Sequential(
+            normalization(self.out_channels), silu(), nn.Dropout(p=dropout),
+            zero_module(conv_nd(dims, self.out_channels, self.out_channels, 3, padding=1)),
+        )
+        if self.out_channels == channels:
+            self.skip_connection = nn.Identity()
+        elif use_conv:
+            self.skip_connection = conv_nd(dims, channels, self.out_channels, 3, padding=1)
+        else:
+            self.skip_connection = conv_nd(dims, channels, self.out_channels, 1)
+
+    def forward(self, x, emb):
+        return checkpoint(self._forward, (x, emb), self.use_checkpoint)
+
+    def _forward(self, x, emb):
+        if self.updown:
+            h = self.in_layers[:-1](x)
+            h, x = self.h_upd(h), self.x_upd(x)
+            h = self.in_layers[-1](h)
+        else:
+            h = self.in_layers(x)
+        emb_out = self.emb_layers(emb).type(h.dtype)
+        emb_out = emb_out.reshape(*emb_out.shape, *([1] * (h.ndim - 2)))
+        if self.use_scale_shift_norm:
+            scale, shift = emb_out.chunk(2, dim=1)
+            h = self.out_layers[0](h) * (1 + scale) + shift
+            h = self.out_layers[1:](h)
+        else:
+            h = self.out_layers(h + emb_out)
+        return self.skip_connection(x) + h
+
+
+def _heads_kwargs(num_heads, num_head_channels, use_checkpoint, use_new_attention_order):
+    return dict(num_heads=num_heads, num_head_channels=num_head_channels, use_checkpoint=use_checkpoint,
+                use_new_attention_order=use_new_attention_order)
+
+
+class UNetModel(nn.Module):
+    """The ADM U-Net (Dhariwal & Nichol, 2021) with the release's flags and parameter names."""
+
+    def __init__(self, image_size, in_channels, model_channels, out_channels, num_res_blocks,
+                 attention_resolutions, dropout=0, channel_mult=(1, 2, 4, 8), conv_resample=True, dims=2,
+                 num_classes=None, use_checkpoint=False, use_fp16=False, num_heads=1, num_head_channels=-1,
+                 num_heads_upsample=-1, use_scale_shift_norm=False, resblock_updown=False,
+                 use_new_attention_order=False):
+        super().__init__()
+        if num_heads_upsample == -1:
+            num_heads_upsample = num_heads
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.model_channels = model_channels
+        self.out_channels = out_channels
+        self.num_res_blocks = num_res_blocks
+        self.attention_resolutions = attention_resolutions
+        self.dropout = dropout
+        self.channel_mult = channel_mult
+        self.num_classes = num_classes
+        self.use_checkpoint = use_checkpoint
+        self.dtype = torch.float16 if use_fp16 else torch.float32
+        self.num_heads = num_heads
+        self.num_head_channels = num_head_channels
+        self.num_heads_upsample = num_heads_upsample
+
+        time_embed_dim = model_channels * 4
+        self.time_embed = nn.Sequential(linear(model_channels, time_embed_dim), silu(),
+                                        linear(time_embed_dim, time_embed_dim))
+        if num_classes is not None:
+            self.label_emb = nn.Embedding(num_classes, time_embed_dim)
+
+        res = dict(emb_channels=time_embed_dim, dropout=dropout, dims=dims, use_checkpoint=use_checkpoint,
+                   use_scale_shift_norm=use_scale_shift_norm)
+        down_attn = _heads_kwargs(num_heads, num_head_channels, use_checkpoint, use_new_attention_order)
+        up_attn = _heads_kwargs(num_heads_upsample, num_head_channels, use_checkpoint, use_new_attention_order)
+
+        ch = input_ch = int(channel_mult[0] * model_channels)
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(conv_nd(dims, in_channels, ch, 3, padding=1))])
+        input_block_chans = [ch]
+        ds = 1
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [ResBlock(ch, out_channels=int(mult * model_channels), **res)]
+                ch = int(mult * model_channels)
+                if ds in attention_resolutions:
+                    layers.append(AttentionBlock(ch, **down_attn))
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+                input_block_chans.append(ch)
+            if level != len(channel_mult) - 1:
+                down = (ResBlock(ch, out_channels=ch, down=True, **res) if resblock_updown
+                        else Downsample(ch, conv_resample, dims=dims, out_channels=ch))
+                self.input_blocks.append(TimestepEmbedSequential(down))
+                input_block_chans.append(ch)
+                ds *= 2
+
+        self.middle_block = TimestepEmbedSequential(
+            ResBlock(ch, **res), AttentionBlock(ch, **down_attn), ResBlock(ch, **res)
+        )
+
+        self.output_blocks = nn.ModuleList([])
+        for level, mult in list(enumerate(channel_mult))[::-1]:
+            for i in range(num_res_blocks + 1):
+                skip_ch = input_block_chans.pop()
+                layers = [ResBlock(ch + skip_ch, out_channels=int(model_channels * mult), **res)]
+                ch = int(model_channels * mult)
+                if ds in attention_resolutions:
+                    layers.append(AttentionBlock(ch, **up_attn))
+                if level and i == num_res_blocks:
+                    layers.append(ResBlock(ch, out_channels=ch, up=True, **res) if resblock_updown
+                                  else Upsample(ch, conv_resample, dims=dims, out_channels=ch))
+                    ds //= 2
+                self.output_blocks.append(TimestepEmbedSequential(*layers))
+
+        self.out = nn.Sequential(normalization(ch), silu(),
+                                 zero_module(conv_nd(dims, input_ch, out_channels, 3, padding=1)))
+
+    def convert_to_fp16(self):
+        """Convert the torso to float16, as the release does for its `use_fp16` runs."""
+        for part in (self.input_blocks, self.middle_block, self.output_blocks):
+            part.apply(convert_module_to_f16)
+        self.dtype = torch.float16
+
+    def convert_to_fp32(self):
+        for part in (self.input_blocks, self.middle_block, self.output_blocks):
+            part.apply(convert_module_to_f32)
+        self.dtype = torch.float32
+
+    def attention_blocks(self):
+        """Every attention block by its module path (`input_blocks.14.1`, `middle_block.1`, ...)."""
+        return {name: m for name, m in self.named_modules() if isinstance(m, AttentionBlock)}
+
+    def forward(self, x, timesteps, y=None, attention_variants=None):
+        """Apply the model to a batch `x` [B, C, H, W] at `timesteps` [B] (class labels `y` [B] if conditional).
+
+        `attention_variants`: optional sequence of collections of attention-block names. With K variants
+        the result holds 1 + K copies of the batch along dim 0: the normal output, then for each variant
+        the output with those blocks' attention map replaced by the identity. Everything before the first
+        perturbed block is computed once for all copies.
+        """
+        if (y is not None) != (self.num_classes is not None):
+            raise ValueError("pass class labels y exactly when the model is class-conditional "
+                             f"(num_classes={self.num_classes}, y given: {y is not None})")
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
+        if self.num_classes is not None:
+            emb = emb + self.label_emb(y)
+        h = x.type(self.dtype)
+        walk = _VariantWalk(self, attention_variants or (), batch=x.shape[0], device=x.device)
+
+        skips = []
+        for block in self.input_blocks:
+            h, emb = walk.run_block(block, h, emb)
+            skips.append(h)
+        h, emb = walk.run_block(self.middle_block, h, emb)
+        for block in self.output_blocks:
+            skip = skips.pop()
+            if skip.shape[0] != h.shape[0]:  # saved before the batch was repeated for the variants
+                skip = walk.expand(skip)
+            h = torch.cat([h, skip], dim=1)
+            h, emb = walk.run_block(block, h, emb)
+        return self.out(h.type(x.dtype))
+
+
+class _VariantWalk:
+    """Runs the U-Net's layers for the normal batch plus attention variants of it.
+
+    Before the first perturbed block the batch has B rows; at that block it is repeated to (1 + K) * B
+    rows, and each perturbed block sees an identity mask that is True on its variant's rows.
+    """
+
+    def __init__(self, model, variants, batch, device):
+        self.copies = 1 + len(variants)
+        self.masks = {}
+        blocks = model.attention_blocks() if variants else {}
+        for index, names in enumerate(variants):
+            for name in names:
+                if name not in blocks:
+                    raise ValueError(unknown_layer_message(name, blocks))
+                mask = self.masks.setdefault(blocks[name], torch.zeros(self.copies * batch, dtype=torch.bool))
+                mask[(index + 1) * batch:(index + 2) * batch] = True
+        self.masks = {block: mask.to(device) for block, mask in self.masks.items()}
+        self.expanded = self.copies == 1
+
+    def expand(self, t):
+        return t.repeat(self.copies, *([1] * (t.ndim - 1)))
+
+    def run_block(self, block, h, emb):
+        for layer in block:
+            if isinstance(layer, AttentionBlock):
+                mask = self.masks.get(layer)
+                if mask is not None and not self.expanded:
+                    h, emb = self.expand(h), self.expand(emb)
+                    self.expanded = True
+                h = layer(h, identity_rows=mask)
+            elif isinstance(layer, TimestepBlock):
+                h = layer(h, emb)
+            else:
+                h = layer(h)
+        return h, emb
+
+
+def unknown_layer_message(name, blocks):
+    return (f"unknown attention layer {name!r}; this model's attention blocks are: "
+            f"{', '.join(blocks) or '(none)'}")
+
+
+class SuperResModel(UNetModel):
+    """U-Net conditioned on a low-resolution image, which is upsampled and stacked onto the input."""
+
+    def __init__(self, image_size, in_channels, *args, **kwargs):
+        super().__init__(image_size, in_channels * 2, *args, **kwargs)
+
+    def forward(self, x, timesteps, low_res=None, **kwargs):
+        if low_res is None:
+            raise ValueError("SuperResModel needs the low-resolution image: pass low_res=")
+        upsampled = F.interpolate(low_res, x.shape[2:], mode="bilinear")
+        return super().forward(torch.cat([x, upsampled], dim=1), timesteps, **kwargs)
+
+
+class EncoderUNetModel(nn.Module):
+    """The half U-Net of the release's noisy-image classifiers, with its four pooling heads."""
+
+    def __init__(self, image_size, in_channels, model_channels, out_channels, num_res_blocks,
+                 attention_resolutions, dropout=0, channel_mult=(1, 2, 4, 8), conv_resample=True, dims=2,
+                 use_checkpoint=False, use_fp16=False, num_heads=1, num_head_channels=-1,
+                 num_heads_upsample=-1, use_scale_shift_norm=False, resblock_updown=False,
+                 use_new_attention_order=False, pool="adaptive"):
+        super().__init__()
+        self.in_channels = in_channels
+        self.model_channels = model_channels
+        self.out_channels = out_channels
+        self.use_checkpoint = use_checkpoint
+        self.dtype = torch.float16 if use_fp16 else torch.float32
+        self.pool = pool
+
+        time_embed_dim = model_channels * 4
+        self.time_embed = nn.Sequential(linear(model_channels, time_embed_dim), silu(),
+                                        linear(time_embed_dim, time_embed_dim))
+        res = dict(emb_channels=time_embed_dim, dropout=dropout, dims=dims, use_checkpoint=use_checkpoint,
+                   use_scale_shift_norm=use_scale_shift_norm)
+        attn = _heads_kwargs(num_heads, num_head_channels, use_checkpoint, use_new_attention_order)
+
+        ch = int(channel_mult[0] * model_channels)
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(conv_nd(dims, in_channels, ch, 3, padding=1))])
+        feature_size = ch
+        ds = 1
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [ResBlock(ch, out_channels=int(mult * model_channels), **res)]
+                ch = int(mult * model_channels)
+                if ds in attention_resolutions:
+                    layers.append(AttentionBlock(ch, **attn))
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+                feature_size += ch
+            if level != len(channel_mult) - 1:
+                down = (ResBlock(ch, out_channels=ch, down=True, **res) if resblock_updown
+                        else Downsample(ch, conv_resample, dims=dims, out_channels=ch))
+                self.input_blocks.append(TimestepEmbedSequential(down))
+                ds *= 2
+                feature_size += ch
+        self.middle_block = TimestepEmbedSequential(ResBlock(ch, **res), AttentionBlock(ch, **attn),
+                                                    ResBlock(ch, **res))
+        feature_size += ch
+
+        if pool == "adaptive":
+            self.out = nn.Sequential(normalization(ch), silu(), nn.AdaptiveAvgPool2d((1, 1)),
+                                     zero_module(conv_nd(dims, ch, out_channels, 1)), nn.Flatten())
+        elif pool == "attention":
+            if num_head_channels == -1:
+                raise ValueError("classifier_pool 'attention' needs num_head_channels")
+            self.out = nn.Sequential(normalization(ch), silu(),
+                                     AttentionPool2d(image_size // ds, ch, num_head_channels, out_channels))
+        elif pool == "spatial":
+            self.out = nn.Sequential(nn.Linear(feature_size, 2048), nn.ReLU(), nn.Linear(2048, out_channels))
+        elif pool == "spatial_v2":
+            self.out = nn.Sequential(nn.Linear(feature_size, 2048), normalization(2048), silu(),
+                                     nn.Linear(2048, out_channels))
+        else:
+            raise ValueError(f"unknown classifier pool {pool!r}: use adaptive, attention, spatial or spatial_v2")
+
+    def convert_to_fp16(self):
+        self.input_blocks.apply(convert_module_to_f16)
+        self.middle_block.apply(convert_module_to_f16)
+        self.dtype = torch.float16
+
+    def convert_to_fp32(self):
+        self.input_blocks.apply(convert_module_to_f32)
+        self.middle_block.apply(convert_module_to_f32)
+        self.dtype = torch.float32
+
+    def forward(self, x, timesteps):
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
+        spatial = self.pool.startswith("spatial")
+        features = []
+        h = x.type(self.dtype)
+        for module in self.input_blocks:
+            h = module(h, emb)
+            if spatial:
+                features.append(h.type(x.dtype).mean(dim=(2, 3)))
+        h = self.middle_block(h, emb)
+        if spatial:
+            features.append(h.type(x.dtype).mean(dim=(2, 3)))
+            return self.out(torch.cat(features, dim=-1))
+        return self.out(h.type(x.dtype))

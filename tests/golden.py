@@ -1,0 +1,53 @@
+"""Access to the golden fixtures in ../shared/golden (made by the reference implementations)."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+
+GOLDEN_DIR = Path(os.environ.get("PAG_GOLDEN_DIR", Path(__file__).resolve().parents[2] / "shared" / "golden"))
+
+
+def load_fixture(name):
+    path = GOLDEN_DIR / name
+    if not path.exists():
+        pytest.fail(f"golden fixture {path} is missing: put ../shared/golden beside the repo or set PAG_GOLDEN_DIR")
+    fx = torch.load(path, weights_only=True)
+    for key in ("state_dict", "classifier_state_dict"):
+        if isinstance(fx.get(key), str):
+            fx[key] = torch.load(GOLDEN_DIR / fx[key], weights_only=True)[key]
+    return fx
+
+
+def model_flags(fx, **overrides):
+    flags = {k: fx["config"][k] for k in model_and_diffusion_defaults()}
+    flags.update(overrides)
+    return flags
+
+
+def build_model_and_diffusion(fx, **overrides):
+    model, diffusion = create_model_and_diffusion(**model_flags(fx, **overrides))
+    model.load_state_dict(fx["state_dict"], strict=True)
+    model.eval()
+    return model, diffusion
+
+
+def model_kwargs(fx, case_inputs=None):
+    if not fx["config"].get("class_cond"):
+        return {}
+    return {"y": fx["inputs"]["y"]}
+
+
+def assert_close(actual, expected, tolerance, what):
+    if isinstance(expected, torch.Tensor):
+        diff = (actual.float() - expected.float()).abs().max().item()
+    else:
+        diff = abs(float(actual) - float(expected))
+    assert diff <= tolerance, f"{what}: max abs diff {diff:.3g} > tolerance {tolerance:.3g}"
+
+
+def case_ids(fx):
+    return [case["name"] for case in fx["cases"]]

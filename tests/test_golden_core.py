@@ -1,0 +1,68 @@
+"""The ADM core reproduces the ADM release's numbers (model, classifier, training losses, sampling)."""
+
+import pytest
+import torch
+
+from golden import assert_close, build_model_and_diffusion, case_ids, load_fixture, model_kwargs
+from guided_diffusion.guidance import ClassifierGuidance, perturbed_attention
+from guided_diffusion.script_util import create_classifier
+from sampling_cases import run_case
+
+MODEL_FILES = ["model_adm32_uncond.pt", "model_newattn32_cond.pt"]
+
+
+@pytest.mark.parametrize("name", MODEL_FILES)
+def test_model_forward_and_perturbed_attention(name):
+    fx = load_fixture(name)
+    model, _ = build_model_and_diffusion(fx)
+    x, t, kw = fx["inputs"]["x"], fx["inputs"]["t"], model_kwargs(fx)
+    with torch.no_grad():
+        assert_close(model(x, t, **kw), fx["expected"]["eps_out"], fx["tolerance"]["eps_out"], "eps_out")
+        for list_name, layers in fx["config"]["perturbed_layer_lists"].items():
+            key = f"perturbed_out_{list_name}"
+            with perturbed_attention(model, layers):
+                assert_close(model(x, t, **kw), fx["expected"][key], fx["tolerance"][key], key)
+            # The batched form (normal + perturbed copies in one call) gives the same two outputs.
+            both = model(x, t, attention_variants=[layers], **kw)
+            assert_close(both[: len(x)], fx["expected"]["eps_out"], fx["tolerance"]["eps_out"], "batched eps")
+            assert_close(both[len(x):], fx["expected"][key], fx["tolerance"][key], f"batched {key}")
+
+
+def test_classifier_logits_and_guidance_gradient():
+    fx = load_fixture("classifier_attention64.pt")
+    classifier = create_classifier(**fx["config"])
+    classifier.load_state_dict(fx["classifier_state_dict"], strict=True)
+    classifier.eval()
+    x, t, y = fx["inputs"]["x"], fx["inputs"]["t"], fx["inputs"]["y"]
+    with torch.no_grad():
+        assert_close(classifier(x, t), fx["expected"]["logits"], fx["tolerance"]["logits"], "logits")
+    grad = ClassifierGuidance(classifier, scale=1.0).gradient(x, t, y)
+    assert_close(grad, fx["expected"]["log_prob_grad"], fx["tolerance"]["log_prob_grad"], "log_prob_grad")
+
+
+@pytest.mark.parametrize("name", ["diffusion_training_adm32_linear.pt", "diffusion_training_adm32_cosine.pt"])
+def test_training_losses(name):
+    fx = load_fixture(name)
+    model, diffusion = build_model_and_diffusion(fx)
+    with torch.no_grad():
+        terms = diffusion.training_losses(model, fx["inputs"]["x_start"], fx["inputs"]["t"],
+                                          model_kwargs=model_kwargs(fx), noise=fx["inputs"]["noise"])
+    for key in ("mse", "vb", "loss"):
+        assert_close(terms[key], fx["expected"][key], fx["tolerance"][key], key)
+
+
+def _sampling_cases():
+    for name in ["diffusion_sampling_adm32.pt", "diffusion_sampling_newattn32.pt"]:
+        fx = load_fixture(name)
+        for case in fx["cases"]:
+            yield pytest.param(name, case["name"], id=f"{name[:-3]}-{case['name']}")
+
+
+@pytest.mark.parametrize("name,case_name", list(_sampling_cases()))
+def test_unguided_sampling(name, case_name):
+    fx = load_fixture(name)
+    case = next(c for c in fx["cases"] if c["name"] == case_name)
+    model, diffusion = build_model_and_diffusion(fx, timestep_respacing=case["timestep_respacing"])
+    out = run_case(fx, case, model, diffusion)
+    for out_key, fx_key in case["expected"].items():
+        assert_close(out[out_key], fx["expected"][fx_key], fx["tolerance"][fx_key], f"{case_name}.{out_key}")
