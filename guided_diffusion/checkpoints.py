@@ -1,0 +1,132 @@
+"""Loading released ADM checkpoints, with errors that name the flag to fix instead of 300 missing keys."""
+
+import io
+import re
+
+import blobfile as bf
+import torch
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint does not fit the model built from the flags."""
+
+
+def read_state_dict(path, map_location="cpu"):
+    """A state_dict from a local path or a blobfile URL; unwraps {'state_dict': ...} / {'model': ...} files."""
+    if not bf.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist: download it first (see README, 'Checkpoints')")
+    with bf.BlobFile(path, "rb") as f:
+        state = torch.load(io.BytesIO(f.read()), map_location=map_location, weights_only=True)
+    for key in ("state_dict", "model", "ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointMismatchError(f"{path} does not hold a state_dict of tensors")
+    return state
+
+
+def load_checkpoint(model, path_or_state, map_location="cpu"):
+    """Load a checkpoint into `model` with strict=True, explaining any mismatch in terms of the flags."""
+    state = read_state_dict(path_or_state, map_location) if isinstance(path_or_state, str) else path_or_state
+    problems = diagnose_mismatch(model.state_dict(), state)
+    if problems:
+        source = path_or_state if isinstance(path_or_state, str) else "the checkpoint"
+        raise CheckpointMismatchError(f"{source} does not match the model flags:\n  - " + "\n  - ".join(problems))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def diagnose_mismatch(expected, found):
+    """Human-readable reasons why state dict `found` does not fit the model whose state dict is `expected`."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [k for k in expected if k in found and expected[k].shape != found[k].shape]
+    if not (missing or unexpected or shapes):
+        return []
+    hints = []
+
+    def shape(sd, key):
+        return tuple(sd[key].shape) if key in sd else None
+
+    if "label_emb.weight" in found and "label_emb.weight" not in expected:
+        hints.append("the checkpoint is class-conditional: set --class_cond True")
+    if "label_emb.weight" in expected and "label_emb.weight" not in found:
+        hints.append("the checkpoint is unconditional: set --class_cond False")
+    width_differs = False
+    if "time_embed.0.weight" in expected and "time_embed.0.weight" in found:
+        (_, width_found), (_, width_expected) = shape(found, "time_embed.0.weight"), shape(expected, "time_embed.0.weight")
+        width_differs = width_found != width_expected
+        if width_differs:
+            hints.append(f"the checkpoint has {width_found} base channels, the flags {width_expected}: "
+                         f"set --num_channels {width_found}")
+    out_key = _last_conv_key(expected)
+    if out_key and out_key in found and shape(found, out_key)[0] != shape(expected, out_key)[0]:
+        out_channels = shape(found, out_key)[0]
+        if out_channels in (3, 6) and shape(expected, out_key)[0] in (3, 6):
+            hints.append(f"the checkpoint outputs {out_channels} channels: set --learn_sigma "
+                         f"{'True' if out_channels == 6 else 'False'}")
+    scale_shift = None if width_differs else _scale_shift_hint(expected, found)
+    if scale_shift:
+        hints.append(scale_shift)
+    blocks_found, blocks_expected = _count_blocks(found, "input_blocks"), _count_blocks(expected, "input_blocks")
+    if blocks_found != blocks_expected:
+        hints.append(f"the checkpoint has {blocks_found} input blocks, the flags give {blocks_expected}: check "
+                     "--num_res_blocks, --channel_mult and --image_size")
+    else:
+        attention = _attention_hint(expected, found)
+        if attention:
+            hints.append(attention)
+    if _uses_conv_downsampling(found) != _uses_conv_downsampling(expected):
+        hints.append("the checkpoint " + ("does not use" if _uses_conv_downsampling(found) else "uses")
+                     + " residual up/down-sampling blocks: set --resblock_updown "
+                     + ("False" if _uses_conv_downsampling(found) else "True"))
+    if not hints:
+        hints.append("the architecture differs from the flags (check the MODEL_FLAGS given with the checkpoint)")
+    details = []
+    if missing:
+        details.append(f"{len(missing)} missing keys, e.g. {', '.join(missing[:3])}")
+    if unexpected:
+        details.append(f"{len(unexpected)} unexpected keys, e.g. {', '.join(unexpected[:3])}")
+    if shapes:
+        details.append("shape mismatches, e.g. " + ", ".join(
+            f"{k} {shape(found, k)} vs {shape(expected, k)}" for k in shapes[:3]))
+    return hints + ["details: " + "; ".join(details)]
+
+
+def _last_conv_key(state):
+    keys = [k for k in state if re.fullmatch(r"out\.\d+\.weight", k) and state[k].ndim >= 3]
+    return keys[-1] if keys else None
+
+
+def _scale_shift_hint(expected, found):
+    for key in expected:
+        if key.endswith("emb_layers.1.weight") and key in found:
+            rows_expected, rows_found = expected[key].shape[0], found[key].shape[0]
+            if rows_found == 2 * rows_expected:
+                return "the checkpoint uses scale-shift norm: set --use_scale_shift_norm True"
+            if 2 * rows_found == rows_expected:
+                return "the checkpoint does not use scale-shift norm: set --use_scale_shift_norm False"
+    return None
+
+
+def _attention_blocks(state):
+    return sorted({k[: -len(".qkv.weight")] for k in state if k.endswith(".qkv.weight")})
+
+
+def _attention_hint(expected, found):
+    blocks_found, blocks_expected = set(_attention_blocks(found)), set(_attention_blocks(expected))
+    if blocks_found == blocks_expected:
+        return None
+    only_found = sorted(blocks_found - blocks_expected)
+    only_expected = sorted(blocks_expected - blocks_found)
+    return ("attention blocks differ (checkpoint only: " + (", ".join(only_found) or "none")
+            + "; flags only: " + (", ".join(only_expected) or "none") + "): check --attention_resolutions")
+
+
+def _count_blocks(state, prefix):
+    indices = {int(m.group(1)) for k in state for m in [re.match(rf"{prefix}\.(\d+)\.", k)] if m}
+    return len(indices)
+
+
+def _uses_conv_downsampling(state):
+    return any(k.endswith(".op.weight") for k in state)
