@@ -33,8 +33,22 @@ def avg_pool_nd(dims, *args, **kwargs):
     return pools[dims](*args, **kwargs)
 
 
+class Linear(nn.Linear):
+    """nn.Linear whose CPU result for a row does not depend on the batch size.
+
+    CPU GEMM picks kernels by the number of rows, so the same row can differ in the last bits between
+    batch sizes; a 1x1 convolution computes every row alike. This keeps sampling bit-identical on CPU for
+    any batch size (one of the sampler's guarantees). GPUs use the usual GEMM.
+    """
+
+    def forward(self, x):
+        if x.device.type == "cpu" and x.ndim == 2:
+            return F.conv1d(x[..., None], self.weight[..., None], self.bias)[..., 0]
+        return super().forward(x)
+
+
 def linear(*args, **kwargs):
-    return nn.Linear(*args, **kwargs)
+    return Linear(*args, **kwargs)
 
 
 def zero_module(module):
