@@ -1,0 +1,137 @@
+"""Behaviour of the core that the fixtures do not pin down: errors, masks, respacing, fp16, batch invariance."""
+
+import pytest
+import torch
+
+from golden import build_model_and_diffusion, load_fixture, model_flags
+from guided_diffusion.checkpoints import CheckpointMismatchError, load_checkpoint
+from guided_diffusion.guidance import perturbed_attention
+from guided_diffusion.respace import space_timesteps
+from guided_diffusion.script_util import create_model_and_diffusion
+
+
+@pytest.fixture(scope="module")
+def adm32():
+    fx = load_fixture("model_adm32_uncond.pt")
+    model, _ = build_model_and_diffusion(fx)
+    return fx, model
+
+
+def test_unknown_layer_lists_valid_names(adm32):
+    fx, model = adm32
+    with pytest.raises(ValueError) as err:
+        with perturbed_attention(model, ["middle_block.1", "input_blocks.99.1"]):
+            pass
+    assert "input_blocks.99.1" in str(err.value)
+    for name in fx["config"]["attention_blocks"]:
+        assert name in str(err.value)
+    x, t = fx["inputs"]["x"], fx["inputs"]["t"]
+    with pytest.raises(ValueError, match="output_blocks.8.1"):
+        model(x, t, attention_variants=[["middle_block.0"]])  # a ResBlock, not an attention block
+
+
+def test_perturbing_changes_output_and_nothing_else_does(adm32):
+    fx, model = adm32
+    x, t = fx["inputs"]["x"], fx["inputs"]["t"]
+    with torch.no_grad():
+        plain = model(x, t)
+        with perturbed_attention(model, []):
+            assert torch.equal(model(x, t), plain)
+        with perturbed_attention(model, ["output_blocks.8.1"]):
+            perturbed = model(x, t)
+        assert (perturbed - plain).abs().max() > 1e-3
+        # The context restores the block: outside it the output is the plain one again.
+        assert torch.equal(model(x, t), plain)
+
+
+def test_per_sample_identity_mask(adm32):
+    fx, model = adm32
+    x, t = fx["inputs"]["x"], fx["inputs"]["t"]
+    block = model.attention_blocks()["middle_block.1"]
+    with torch.no_grad():
+        plain = model(x, t)
+        with perturbed_attention(model, ["middle_block.1"]):
+            perturbed = model(x, t)
+        block.identity_rows = torch.tensor([False, True])
+        try:
+            mixed = model(x, t)
+        finally:
+            block.identity_rows = None
+    torch.testing.assert_close(mixed[0], plain[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(mixed[1], perturbed[1], atol=1e-5, rtol=0)
+
+
+def test_output_is_batch_size_invariant_on_cpu(adm32):
+    _, model = adm32
+    gen = torch.Generator().manual_seed(0)
+    x, t = torch.randn(5, 3, 32, 32, generator=gen), torch.full((5,), 500)
+    with torch.no_grad():
+        full = model(x, t)
+        assert torch.equal(model(x[:3], t[:3]), full[:3])
+        assert torch.equal(model(x[2:4], t[2:4]), full[2:4])
+
+
+@pytest.mark.parametrize("overrides,flag", [
+    (dict(class_cond=True), "--class_cond False"),
+    (dict(learn_sigma=False), "--learn_sigma True"),
+    (dict(num_channels=64), "--num_channels 32"),
+    (dict(attention_resolutions="16,8"), "--attention_resolutions"),
+    (dict(use_scale_shift_norm=False), "--use_scale_shift_norm True"),
+    (dict(resblock_updown=False), "--resblock_updown True"),
+    (dict(num_res_blocks=1), "--num_res_blocks"),
+])
+def test_checkpoint_mismatch_names_the_flag(overrides, flag):
+    fx = load_fixture("model_adm32_uncond.pt")
+    model, _ = create_model_and_diffusion(**model_flags(fx, **overrides))
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_checkpoint(model, fx["state_dict"])
+    assert flag in str(err.value)
+    assert len(str(err.value)) < 2000  # a diagnosis, not a dump of every key
+
+
+def test_checkpoint_loads_strictly_from_file(tmp_path):
+    fx = load_fixture("model_newattn32_cond.pt")
+    path = tmp_path / "model.pt"
+    torch.save(fx["state_dict"], path)
+    model, _ = create_model_and_diffusion(**model_flags(fx))
+    load_checkpoint(model, str(path))
+    assert torch.equal(model.state_dict()["label_emb.weight"], fx["state_dict"]["label_emb.weight"])
+    torch.save({**fx["state_dict"], "extra.weight": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointMismatchError, match="unexpected keys"):
+        load_checkpoint(model, str(path))
+    with pytest.raises(FileNotFoundError, match="download"):
+        load_checkpoint(model, str(tmp_path / "missing.pt"))
+
+
+@pytest.mark.parametrize("spec,count,first_steps", [
+    ("250", 250, [0, 4, 8]),
+    ("ddim25", 25, [0, 40, 80]),
+    ("10,15,20", 45, [0, 37, 74]),
+    ([1000], 1000, [0, 1, 2]),
+])
+def test_respacing(spec, count, first_steps):
+    steps = sorted(space_timesteps(1000, spec))
+    assert len(steps) == count and steps[:3] == first_steps and steps[-1] <= 999
+
+
+@pytest.mark.parametrize("spec", ["ddim7x", "ddim3000", "5000"])
+def test_bad_respacing_is_an_error(spec):
+    with pytest.raises(ValueError):
+        space_timesteps(1000, spec)
+
+
+def test_release_fp16_conversion_keeps_weights_and_outputs(adm32):
+    fx, _ = adm32
+    model, _ = build_model_and_diffusion(fx)
+    x, t = fx["inputs"]["x"], fx["inputs"]["t"]
+    with torch.no_grad():
+        reference = model(x, t)
+        model.convert_to_fp16()
+        assert model.input_blocks[0][0].weight.dtype == torch.float16
+        assert model.time_embed[0].weight.dtype == torch.float32  # the release converts convolutions only
+        out = model(x, t)
+    assert out.dtype == torch.float32
+    assert (out - reference).abs().max() < 0.05
+    model.convert_to_fp32()
+    with torch.no_grad():
+        assert (model(x, t) - reference).abs().max() < 0.05
