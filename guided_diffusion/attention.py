@@ -47,13 +47,26 @@ def attention_weights(qkv, heads, legacy):
     return logits.softmax(dim=-1).reshape(batch, heads, length, length)
 
 
+def row_runs(rows, batch):
+    """(start, stop, identity) for each run of equal values in a per-row boolean mask."""
+    flags = rows.tolist() if isinstance(rows, torch.Tensor) else list(rows)
+    if len(flags) != batch:
+        raise ValueError(f"identity_rows must have one entry per batch row ({batch}), got {len(flags)}")
+    runs, start = [], 0
+    for i in range(1, batch + 1):
+        if i == batch or flags[i] != flags[start]:
+            runs.append((start, i, bool(flags[start])))
+            start = i
+    return runs
+
+
 class AttentionBlock(nn.Module):
     """Spatial self-attention with a residual connection.
 
     Runtime controls (plain attributes, not parameters; they never enter the state_dict):
 
     * ``identity_rows``: ``None`` (normal attention), ``True`` (identity map for the whole batch) or a
-      boolean tensor over the batch (identity map for the rows where it is True). The U-Net passes
+      per-row boolean mask (tensor or sequence; identity map for the rows where it is True). The U-Net passes
       per-call masks too; this attribute is the default that `perturbed_attention()` sets.
     * ``capture_heads``: when an int, the block records ``captured_map``: the attention map of the
       unperturbed rows, averaged over that many heads of the legacy split (SAG's mask source).
@@ -92,21 +105,17 @@ class AttentionBlock(nn.Module):
         elif rows is True:
             h = self._values(normed)
         else:
-            rows = rows.to(device=x.device, dtype=torch.bool)
-            if rows.shape != (batch,):
-                raise ValueError(f"identity_rows must be a boolean mask of shape ({batch},), got {tuple(rows.shape)}")
-            h = torch.empty_like(x)
-            keep = ~rows
-            if keep.any():
-                h[keep] = self._attend(normed[keep])
-            if rows.any():
-                h[rows] = self._values(normed[rows])
+            # Rows come in a few contiguous runs (normal copy, then perturbed copies): slice, don't gather.
+            # Only the run holding row 0 (the normal copy) feeds a captured map.
+            h = torch.cat([self._values(normed[start:stop]) if identity
+                           else self._attend(normed[start:stop], capture=start == 0)
+                           for start, stop, identity in row_runs(rows, batch)])
         h = self.proj_out(h)
         return (x + h).reshape(batch, channels, *spatial)
 
-    def _attend(self, normed):
+    def _attend(self, normed, capture=True):
         qkv = self.qkv(normed)
-        if self.capture_heads is not None:
+        if capture and self.capture_heads is not None:
             weights = attention_weights(qkv, self.capture_heads, self.capture_legacy)
             self.captured_map = weights.mean(dim=1)
         return attend(qkv, self.num_heads, self.legacy)

@@ -229,7 +229,7 @@ class UNetModel(nn.Module):
         if self.num_classes is not None:
             emb = emb + self.label_emb(y)
         h = x.type(self.dtype)
-        walk = _VariantWalk(self, attention_variants or (), batch=x.shape[0], device=x.device)
+        walk = _VariantWalk(self, attention_variants or (), batch=x.shape[0])
 
         skips = []
         for block in self.input_blocks:
@@ -252,7 +252,7 @@ class _VariantWalk:
     rows, and each perturbed block sees an identity mask that is True on its variant's rows.
     """
 
-    def __init__(self, model, variants, batch, device):
+    def __init__(self, model, variants, batch):
         self.copies = 1 + len(variants)
         self.masks = {}
         blocks = model.attention_blocks() if variants else {}
@@ -260,9 +260,8 @@ class _VariantWalk:
             for name in names:
                 if name not in blocks:
                     raise ValueError(unknown_layer_message(name, blocks))
-                mask = self.masks.setdefault(blocks[name], torch.zeros(self.copies * batch, dtype=torch.bool))
-                mask[(index + 1) * batch:(index + 2) * batch] = True
-        self.masks = {block: mask.to(device) for block, mask in self.masks.items()}
+                mask = self.masks.setdefault(blocks[name], [False] * (self.copies * batch))
+                mask[(index + 1) * batch:(index + 2) * batch] = [True] * batch
         self.expanded = self.copies == 1
 
     def expand(self, t):

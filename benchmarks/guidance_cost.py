@@ -1,0 +1,123 @@
+"""Cost of one PAG sampling step against an unguided step, on the ADM ImageNet-256 topology.
+
+Prints, from one run (methods interleaved so machine load hits all alike):
+  unguided           one forward pass of B images
+  PAG, two passes    a normal and a perturbed forward pass, one after the other (the official code's way)
+  PAG, ours          one batched pass; layers before the first perturbed block run once, perturbed blocks
+                     compute V alone
+  FLOP limit         1 + the FLOP share of the network from the first perturbed block on
+
+Random weights; `--num_channels` shrinks the width, which keeps every layer's FLOP share.
+Example (CPU): python benchmarks/guidance_cost.py --num_channels 64 --batch_size 2 --repeats 5
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from guided_diffusion.guidance import OFFICIAL_PAG_LAYERS_256, PerturbedAttentionGuidance, perturbed_attention
+from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+
+
+def adm256_flags(num_channels):
+    flags = model_and_diffusion_defaults()
+    flags.update(attention_resolutions="32,16,8", class_cond=False, diffusion_steps=1000, image_size=256,
+                 learn_sigma=True, noise_schedule="linear", num_channels=num_channels, num_head_channels=64,
+                 num_res_blocks=2, resblock_updown=True, use_scale_shift_norm=True, timestep_respacing="250")
+    return flags
+
+
+def walk_order(model):
+    """Layer names in the order the forward pass runs them."""
+    names = ["time_embed"]
+    for i, block in enumerate(model.input_blocks):
+        names += [f"input_blocks.{i}.{j}" for j in range(len(block))]
+    names += [f"middle_block.{j}" for j in range(len(model.middle_block))]
+    for i, block in enumerate(model.output_blocks):
+        names += [f"output_blocks.{i}.{j}" for j in range(len(block))]
+    return names + ["out"]
+
+
+def flop_limit(model, x, t, layers):
+    """1 + FLOP share of everything from the first perturbed block on."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, t)
+    per_module = {name.removeprefix(f"{type(model).__name__}."): sum(ops.values())
+                  for name, ops in counter.get_flop_counts().items()}
+    total = counter.get_total_flops()
+    order = walk_order(model)
+    first = min(order.index(name) for name in layers)
+    prefix = sum(per_module.get(name, 0) for name in order[:first])
+    return 1 + (total - prefix) / total, total
+
+
+def count_flops(fn):
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num_channels", type=int, default=256, help="U-Net width (256 = released ADM-256)")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps per method (median reported)")
+    parser.add_argument("--layers", nargs="+", default=list(OFFICIAL_PAG_LAYERS_256))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--use_fp16", action="store_true", help="the release's fp16 conversion (GPU)")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model, diffusion = create_model_and_diffusion(**adm256_flags(args.num_channels))
+    model.to(args.device).eval()
+    if args.use_fp16:
+        model.convert_to_fp16()
+    x = torch.randn(args.batch_size, 3, 256, 256, device=args.device)
+    t = torch.full((args.batch_size,), 100, device=args.device)
+    guidance = PerturbedAttentionGuidance(scale=3.0, layers=args.layers)
+
+    def unguided():
+        return diffusion.p_mean_variance(model, x, t)
+
+    def two_passes():
+        eps, var = diffusion.split_output(diffusion.run_model(model, x, t), x)
+        with perturbed_attention(model, args.layers):
+            eps_perturbed, _ = diffusion.split_output(diffusion.run_model(model, x, t), x)
+        return diffusion.prediction_from_output(eps + 3.0 * (eps - eps_perturbed), var, x, t)
+
+    def ours():
+        return diffusion.p_mean_variance(model, x, t, guidance=guidance)
+
+    methods = {"unguided": unguided, "PAG, two passes": two_passes, "PAG, ours (batched, shared prefix)": ours}
+    times = {name: [] for name in methods}
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    with torch.inference_mode():
+        for fn in methods.values():  # warm-up
+            fn()
+        for _ in range(args.repeats):
+            for name, fn in methods.items():
+                sync()
+                start = time.perf_counter()
+                fn()
+                sync()
+                times[name].append(time.perf_counter() - start)
+
+    limit, total = flop_limit(model, x, t, args.layers)
+    base_flops = count_flops(unguided)
+    base_time = statistics.median(times["unguided"])
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"ADM-256 topology, num_channels {args.num_channels}, batch {args.batch_size}, {device}, "
+          f"{total / args.batch_size / 1e9:.1f} GFLOP per image forward; layers {' '.join(args.layers)}\n")
+    print("| method | ms / step | time vs unguided | FLOPs vs unguided |")
+    print("|---|---:|---:|---:|")
+    for name, fn in methods.items():
+        median = statistics.median(times[name])
+        print(f"| {name} | {median * 1e3:.1f} | {median / base_time:.3f}x | {count_flops(fn) / base_flops:.3f}x |")
+    print(f"| FLOP limit (1 + share from the first perturbed block) | | {limit:.3f}x | {limit:.3f}x |")
+
+
+if __name__ == "__main__":
+    main()
