@@ -232,13 +232,17 @@ def classifier_fn(cond_fn, guidance, diffusion=None, t=None):
     return cond_fn
 
 
-def guided_prediction(diffusion, model, x, t, guidance, clip_denoised=True, denoised_fn=None, model_kwargs=None):
+def guided_prediction(diffusion, model, x, t, guidance, clip_denoised=True, denoised_fn=None, model_kwargs=None,
+                      details=None):
     """The one guided-prediction path of every sampler.
 
     Runs the normal pass and all active attention perturbations as one batch, adds SAG's second pass where
     asked, combines ``eps~ = eps + sum_i s_i (eps - eps_i)``, keeps the variance of the normal pass, and
     recomputes (and clips) the x0 prediction from ``eps~``. Classifier guidance is applied by the step
     (`condition_mean` / `condition_score`), after this.
+
+    `details`, if a dict, receives the intermediates: `eps`, `guided_eps`, and per active guidance (in order)
+    `perturbed_eps` and its `scale`; SAG adds `degraded_x` (the input of its second pass).
     """
     model_kwargs = model_kwargs or {}
     items = as_list(guidance)
@@ -261,10 +265,14 @@ def guided_prediction(diffusion, model, x, t, guidance, clip_denoised=True, deno
         output = diffusion.run_model(model, x, t, **model_kwargs, **extra)
     eps, var = diffusion.split_output(output[:batch], x)
 
+    record = details if details is not None else {}
+    record.update(eps=eps, perturbed_eps=[], scale=[], degraded_x=[])
     guided = eps
     for k, (_, scale) in enumerate(pag):
         eps_perturbed, _ = diffusion.split_output(output[(k + 1) * batch:(k + 2) * batch], x)
         guided = guided + scale * (eps - eps_perturbed)
+        record["perturbed_eps"].append(eps_perturbed)
+        record["scale"].append(scale)
     if sag:
         first = diffusion.prediction_from_output(eps, var, x, t, clip_denoised, denoised_fn)
         noise = _as_eps(diffusion, x, t, eps)
@@ -273,6 +281,10 @@ def guided_prediction(diffusion, model, x, t, guidance, clip_denoised=True, deno
             x_degraded = diffusion.q_sample(degraded, t, noise=noise)
             eps_degraded, _ = diffusion.split_output(diffusion.run_model(model, x_degraded, t, **model_kwargs), x)
             guided = guided + scale * (eps - eps_degraded)
+            record["perturbed_eps"].append(eps_degraded)
+            record["scale"].append(scale)
+            record["degraded_x"].append(x_degraded)
+    record["guided_eps"] = guided
     return diffusion.prediction_from_output(guided, var, x, t, clip_denoised, denoised_fn)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from golden import assert_close, build_model_and_diffusion, load_fixture
-from guided_diffusion.guidance import PerturbedAttentionGuidance, SelfAttentionGuidance
+from guided_diffusion.guidance import PerturbedAttentionGuidance, SelfAttentionGuidance, guided_prediction
 from sampling_cases import run_case
 
 
@@ -37,6 +37,15 @@ def test_sag_matches_official_code(case_name):
     _check(fx, case, SelfAttentionGuidance(scale=g["scale"], blur_sigma=g["blur_sigma"], layer=g["layer"]))
     # Guidance must matter here: the unguided result is far from the guided one.
     if case["call"] == "p_sample":
+        # The input of SAG's second pass, recorded by the reference as a debug tensor.
+        model, diffusion = build_model_and_diffusion(fx, timestep_respacing=case["timestep_respacing"])
+        details = {}
+        x, t = fx["inputs"][case["inputs"]["x"]], fx["inputs"][case["inputs"]["t"]]
+        with torch.no_grad():
+            guided_prediction(diffusion, model, x, t, SelfAttentionGuidance(
+                scale=g["scale"], blur_sigma=g["blur_sigma"], layer=g["layer"]), details=details)
+        key = case["debug"]["degraded_x"]
+        assert_close(details["degraded_x"][0], fx["expected"][key], fx["tolerance"][key], key)
         unguided = fx["expected"][f"{case_name}.unguided_adm_sample"]
         assert (fx["expected"][f"{case_name}.sample"] - unguided).abs().max() > 1e-2
 
