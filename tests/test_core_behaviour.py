@@ -135,3 +135,39 @@ def test_release_fp16_conversion_keeps_weights_and_outputs(adm32):
     model.convert_to_fp32()
     with torch.no_grad():
         assert (model(x, t) - reference).abs().max() < 0.05
+
+
+def test_autocast_precision_runs_guidance_and_stays_close():
+    from guided_diffusion.guidance import PerturbedAttentionGuidance
+    from guided_diffusion.precision import apply_precision
+
+    fx = load_fixture("model_adm32_uncond.pt")
+    model, diffusion = build_model_and_diffusion(fx, timestep_respacing="10")
+    x, t = fx["inputs"]["x"], torch.tensor([5, 5])
+    fast = apply_precision(model, "autocast-bf16")
+    guidance = PerturbedAttentionGuidance(scale=1.0, layers=["middle_block.1"])
+    with torch.no_grad():
+        reference = diffusion.p_mean_variance(model, x, t, guidance=guidance)["mean"]
+        out = diffusion.p_mean_variance(fast, x, t, guidance=guidance)["mean"]
+    assert out.dtype == torch.float32
+    relative = ((out - reference).norm() / reference.norm()).item()
+    assert 0 < relative < 0.05  # bf16 really ran, and stayed close
+    with pytest.raises(ValueError, match="autocast-bf16"):
+        apply_precision(model, "int8")
+
+
+def test_sag_map_is_captured_from_the_normal_rows_even_with_pag_variants():
+    fx = load_fixture("model_adm32_uncond.pt")
+    model, _ = build_model_and_diffusion(fx)
+    x, t = fx["inputs"]["x"], fx["inputs"]["t"]
+    block = model.attention_blocks()["output_blocks.2.1"]
+    block.capture_heads = 4
+    try:
+        with torch.no_grad():
+            model(x, t)
+            plain = block.captured_map.clone()
+            # Variant 1 perturbs this block, variant 2 does not: the map must still be the normal rows'.
+            model(x, t, attention_variants=[["output_blocks.2.1"], ["middle_block.1"]])
+            torch.testing.assert_close(block.captured_map[: len(x)], plain, atol=1e-6, rtol=0)
+    finally:
+        block.capture_heads, block.captured_map = None, None
