@@ -1,0 +1,230 @@
+"""Config-driven sweeps: expand a grid of overrides, sample and evaluate each point, tabulate the results.
+
+A sweep spec (YAML):
+
+    name: pag_scale
+    base: configs/table1/adm256_uncond_pag.yaml     # sampling config (flag names as keys)
+    reference: VIRTUAL_imagenet256_labeled.npz      # evaluator reference batch
+    evaluator_args: []                              # extra evaluator flags, e.g. [--backend, digits]
+    output_dir: runs/pag_scale                      # point folders and results.jsonl go here
+    grid:                                           # every combination ...
+      pag_scale: [1.0, 2.0, 3.0, 4.0]
+    points:                                         # ... or an explicit list (both may be given)
+      - {pag_scale: 0.0}
+    launch: "mpiexec -n 8"                          # optional prefix of the sampling command
+
+Each point is keyed by its overrides; `results.jsonl` holds one line per finished or failed point, and a
+rerun skips the points already done. Relative paths in a spec are relative to the spec's folder.
+"""
+
+import hashlib
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+METRICS = (("FID", "min"), ("sFID", "min"), ("IS", "max"), ("Precision", "max"), ("Recall", "max"))
+_METRIC_KEYS = {"FID": "fid", "sFID": "sfid", "IS": "inception_score", "Precision": "precision", "Recall": "recall"}
+
+
+def load_spec(path):
+    path = Path(path)
+    spec = yaml.safe_load(path.read_text()) or {}
+    for key in ("base", "reference"):
+        if key not in spec:
+            raise ValueError(f"sweep spec {path} has no '{key}' entry")
+    if "grid" not in spec and "points" not in spec:
+        raise ValueError(f"sweep spec {path} needs a 'grid' or a 'points' list")
+    root = path.resolve().parent
+    for key in ("base", "reference", "output_dir"):
+        if key in spec and not os.path.isabs(str(spec[key])):
+            spec[key] = str(root / spec[key])
+    spec.setdefault("name", path.stem)
+    spec.setdefault("output_dir", str(root / "runs" / spec["name"]))
+    return spec
+
+
+def expand_points(spec):
+    """The list of override dicts: the grid's product (in the spec's key order), then explicit points."""
+    points = []
+    grid = spec.get("grid") or {}
+    if grid:
+        keys = list(grid)
+        for values in itertools.product(*(grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys)):
+            points.append(dict(zip(keys, values)))
+    points.extend(dict(p) for p in spec.get("points") or [])
+    return points
+
+
+def point_key(overrides):
+    """A stable, readable key: the overrides as sorted JSON, hashed for the folder name."""
+    text = json.dumps(overrides, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def read_results(path):
+    results = {}
+    if Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                results[record["key"]] = record
+    return results
+
+
+def _append(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def point_commands(spec, overrides, point_dir):
+    """(sampling command, evaluation command, samples path) for one point."""
+    base = yaml.safe_load(Path(spec["base"]).read_text()) or {}
+    config = {**base, **overrides}
+    point_dir.mkdir(parents=True, exist_ok=True)
+    config_path = point_dir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=True))
+    launch = shlex.split(spec.get("launch", ""))
+    sample = launch + [sys.executable, "-m", "scripts.image_sample", "--config", str(config_path),
+                       "--output_dir", str(point_dir / "samples")]
+    evaluate = [sys.executable, "-m", "evaluations.evaluator", spec["reference"], "{samples}",
+                "--json", str(point_dir / "metrics.json")] + [str(a) for a in spec.get("evaluator_args", [])]
+    return sample, evaluate
+
+
+def _find_samples(folder):
+    found = sorted(Path(folder).glob("samples_*.npz"))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one samples_*.npz in {folder}, found {len(found)}")
+    return found[0]
+
+
+def run_sweep(spec, dry_run=False, log=print, env=None):
+    """Run every pending point; return {key: record}. With dry_run, print the commands instead."""
+    out = Path(spec["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.jsonl"
+    done = {k for k, r in read_results(results_path).items() if r["status"] == "ok"}
+    points = expand_points(spec)
+    for index, overrides in enumerate(points):
+        key = point_key(overrides)
+        label = json.dumps(overrides, sort_keys=True)
+        if key in done:
+            log(f"[{index + 1}/{len(points)}] {label}: done, skipped")
+            continue
+        point_dir = out / key
+        sample_cmd, eval_cmd = point_commands(spec, overrides, point_dir)
+        if dry_run:
+            log(shlex.join(sample_cmd))
+            log(shlex.join(c.replace("{samples}", str(point_dir / "samples" / "samples_*.npz")) for c in eval_cmd))
+            continue
+        log(f"[{index + 1}/{len(points)}] {label}: sampling and evaluating in {point_dir}")
+        start = time.time()
+        record = {"key": key, "overrides": overrides}
+        try:
+            _run(sample_cmd, point_dir / "sample.log", env)
+            samples = _find_samples(point_dir / "samples")
+            _run([str(samples) if c == "{samples}" else c for c in eval_cmd], point_dir / "evaluate.log", env)
+            metrics = json.loads((point_dir / "metrics.json").read_text())
+            record.update(status="ok", metrics=metrics, samples=str(samples))
+        except Exception as error:  # one failed point must not stop the sweep
+            record.update(status="failed", error=str(error)[-2000:])
+            log(f"    failed: {str(error).splitlines()[-1] if str(error) else type(error).__name__}")
+        record["seconds"] = round(time.time() - start, 1)
+        _append(results_path, record)
+    return read_results(results_path)
+
+
+def _run(cmd, log_path, env):
+    with open(log_path, "w") as log_file:
+        proc = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        tail = Path(log_path).read_text()[-1500:]
+        raise RuntimeError(f"{shlex.join(cmd[:4])} ... exited with {proc.returncode}; log {log_path}:\n{tail}")
+
+
+def results_table(spec, results):
+    """A Markdown table in the form of the paper's Table 1, best value per metric in bold."""
+    points = expand_points(spec)
+    columns = list(dict.fromkeys(k for p in points for k in p))
+    rows = []
+    for overrides in points:
+        record = results.get(point_key(overrides))
+        metrics = (record or {}).get("metrics") if (record or {}).get("status") == "ok" else None
+        rows.append((overrides, metrics, (record or {}).get("status", "pending")))
+    present = [name for name, _ in METRICS
+               if any(m and _METRIC_KEYS[name] in m for _, m, _ in rows)]
+    best = {}
+    for name, direction in METRICS:
+        values = [m[_METRIC_KEYS[name]] for _, m, _ in rows if m and _METRIC_KEYS[name] in m]
+        if values:
+            best[name] = min(values) if direction == "min" else max(values)
+    arrows = {name: "↓" if direction == "min" else "↑" for name, direction in METRICS}
+    header = columns + [f"{name}{arrows[name]}" for name in present]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for overrides, metrics, status in rows:
+        cells = [_format_value(overrides.get(c, "")) for c in columns]
+        for name in present:
+            if not metrics:
+                cells.append(status)
+                continue
+            value = metrics[_METRIC_KEYS[name]]
+            text = f"{value:.2f}" if name in ("FID", "sFID", "IS") else f"{value:.3f}"
+            cells.append(f"**{text}**" if value == best.get(name) else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _format_value(value):
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def plot_results(spec, results, folder):
+    """One PNG per metric against the first swept key (a line per value of the second, if any)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    points = [p for p in expand_points(spec) if results.get(point_key(p), {}).get("status") == "ok"]
+    keys = list(dict.fromkeys(k for p in points for k in p))
+    if not keys:
+        return []
+    x_key, series_key = keys[0], (keys[1] if len(keys) > 1 else None)
+    written = []
+    for name, direction in METRICS:
+        metric = _METRIC_KEYS[name]
+        series = {}
+        for p in points:
+            metrics = results[point_key(p)]["metrics"]
+            if metric in metrics:
+                label = _format_value(p.get(series_key, "")) if series_key else name
+                series.setdefault(label, []).append((p.get(x_key), metrics[metric]))
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        for label, values in series.items():
+            xs = [_format_value(x) if isinstance(x, list) else x for x, _ in values]
+            ax.plot(xs, [y for _, y in values], marker="o", label=label)
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(f"{name} ({'lower' if direction == 'min' else 'higher'} is better)")
+        if series_key:
+            ax.legend(title=series_key, fontsize="small")
+        fig.tight_layout()
+        path = Path(folder) / f"{spec['name']}_{metric}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written

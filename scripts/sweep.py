@@ -1,0 +1,39 @@
+"""Run a sweep spec: sample and evaluate every point, then write a Table-1-style table and plots.
+
+    python -m scripts.sweep configs/sweeps/pag_scale.yaml            # run locally, point after point
+    python -m scripts.sweep configs/sweeps/pag_scale.yaml --dry_run  # print each point's commands instead
+                                                                     # (to submit with mpiexec/torchrun/sbatch)
+Reruns skip finished points; failed points are recorded and retried on the next run.
+"""
+
+import argparse
+from pathlib import Path
+
+from guided_diffusion.sweep import load_spec, plot_results, results_table, run_sweep
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("spec", help="sweep spec YAML (see guided_diffusion/sweep.py)")
+    parser.add_argument("--dry_run", action="store_true", help="print the commands of pending points, run nothing")
+    parser.add_argument("--output_dir", help="override the spec's output_dir")
+    args = parser.parse_args(argv)
+
+    spec = load_spec(args.spec)
+    if args.output_dir:
+        spec["output_dir"] = args.output_dir
+    results = run_sweep(spec, dry_run=args.dry_run)
+    if args.dry_run:
+        return 0
+    table = results_table(spec, results)
+    out = Path(spec["output_dir"])
+    (out / "table.md").write_text(table)
+    plots = plot_results(spec, results, out)
+    print(table)
+    print(f"table: {out / 'table.md'}" + (f"; plots: {', '.join(str(p) for p in plots)}" if plots else ""))
+    failed = [r for r in results.values() if r["status"] == "failed"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
