@@ -171,3 +171,53 @@ def test_sag_map_is_captured_from_the_normal_rows_even_with_pag_variants():
             torch.testing.assert_close(block.captured_map[: len(x)], plain, atol=1e-6, rtol=0)
     finally:
         block.capture_heads, block.captured_map = None, None
+
+
+def test_super_resolution_model_conditions_on_low_res():
+    from guided_diffusion.script_util import sr_create_model_and_diffusion, sr_model_and_diffusion_defaults
+
+    flags = sr_model_and_diffusion_defaults()
+    flags.update(large_size=64, small_size=32, num_channels=32, num_res_blocks=1, attention_resolutions="8",
+                 learn_sigma=True, num_head_channels=16)
+    model, _ = sr_create_model_and_diffusion(**flags)
+    model.eval()
+    torch.manual_seed(0)
+    for p in model.parameters():  # the release zero-initialises the output layers: draw every weight
+        p.data.normal_(0, 0.05)
+    assert model.input_blocks[0][0].weight.shape[1] == 6  # noisy image + upsampled low-res image
+    gen = torch.Generator().manual_seed(0)
+    x, low = torch.randn(2, 3, 64, 64, generator=gen), torch.randn(2, 3, 32, 32, generator=gen)
+    with torch.no_grad():
+        out = model(x, torch.tensor([10, 900]), low_res=low)
+        assert out.shape == (2, 6, 64, 64)
+        assert (model(x, torch.tensor([10, 900]), low_res=-low) - out).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="low_res"):
+        model(x, torch.tensor([10, 900]))
+
+
+@pytest.mark.parametrize("pool", ["adaptive", "spatial", "spatial_v2"])
+def test_classifier_pools(pool):
+    from guided_diffusion.script_util import classifier_defaults, create_classifier
+
+    flags = classifier_defaults()
+    flags.update(image_size=64, classifier_width=32, classifier_depth=1, classifier_attention_resolutions="8",
+                 classifier_pool=pool)
+    classifier = create_classifier(**flags).eval()
+    with torch.no_grad():
+        logits = classifier(torch.randn(2, 3, 64, 64), torch.tensor([0, 999]))
+    assert logits.shape == (2, 1000) and torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match="classifier pool"):
+        create_classifier(**{**flags, "classifier_pool": "max"})
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    fx = load_fixture("model_adm32_uncond.pt")
+    grads = []
+    for use_checkpoint in (False, True):
+        model, diffusion = create_model_and_diffusion(**model_flags(fx, use_checkpoint=use_checkpoint, dropout=0.0))
+        model.load_state_dict(fx["state_dict"])
+        loss = diffusion.training_losses(model, fx["inputs"]["x"].clamp(-1, 1), fx["inputs"]["t"],
+                                         noise=torch.ones_like(fx["inputs"]["x"]))["loss"].sum()
+        loss.backward()
+        grads.append(model.input_blocks[1][1].qkv.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
