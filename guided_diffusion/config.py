@@ -1,0 +1,105 @@
+"""Command-line flags with help, and `--config FILE.yaml` files whose keys are the flag names.
+
+Precedence: the flag defaults, then the YAML file, then flags given on the command line. YAML values are
+converted by the flag's own type (`use_fp16: true`, `timestep_respacing: 250` and `pag_layers: [a, b]`
+all work), and a key that is not a flag is an error naming the closest flags.
+"""
+
+import argparse
+import difflib
+
+import yaml
+
+from .script_util import str2bool
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's line breaks and shows every flag's default."""
+
+
+def add_flags(parser, defaults, helps=None, default_help="release flag"):
+    """Add `--name` flags typed by their defaults (booleans parse as in the release: True/False, yes/no...).
+
+    A default of None gives a string flag; a list default gives a flag taking one or more values.
+    """
+    helps = helps or {}
+    for name, default in defaults.items():
+        kwargs = {"default": default, "help": helps.get(name, default_help)}
+        if isinstance(default, bool):
+            kwargs["type"] = str2bool
+        elif isinstance(default, (list, tuple)):
+            kwargs.update(type=str, nargs="+")
+        elif default is None:
+            kwargs["type"] = str
+        else:
+            kwargs["type"] = type(default)
+        parser.add_argument(f"--{name}", **kwargs)
+
+
+def load_yaml(path):
+    """The mapping in a YAML config file (flag name -> value)."""
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f)
+    except OSError as error:
+        raise ValueError(f"cannot read config file {path}: {error.strerror or error}") from error
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file {path} is not valid YAML: {error}") from error
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a mapping of flag names to values")
+    return values
+
+
+def _flag_actions(parser):
+    return {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+
+
+def _convert(action, value):
+    """A YAML value converted as if it had been typed on the command line."""
+    if value is None:
+        return None
+    convert = action.type or str
+    if action.nargs in ("+", "*") or isinstance(action.nargs, int):
+        items = value.split() if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            items = [items]
+        return [convert(_as_text(v)) for v in items]
+    if isinstance(value, dict) or (isinstance(value, (list, tuple)) and convert is not str):
+        raise ValueError("expected a single value")
+    return convert(_as_text(value))
+
+
+def _as_text(value):
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, (list, tuple)):  # e.g. `attention_resolutions: [32, 16, 8]`
+        return ",".join(_as_text(v) for v in value)
+    return str(value)
+
+
+def parse_args(parser, argv=None, config_flag="config"):
+    """Parse `argv` with YAML defaults from `--config FILE` (which `parser` must define)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument(f"--{config_flag}", default=None)
+    known, _ = pre.parse_known_args(argv)
+    path = getattr(known, config_flag)
+    if path:
+        actions = _flag_actions(parser)
+        defaults = {}
+        try:
+            values = load_yaml(path)
+        except ValueError as error:
+            parser.error(str(error))
+        for key, value in values.items():
+            if key == config_flag or key not in actions:
+                close = difflib.get_close_matches(str(key), list(actions), n=3)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                parser.error(f"config file {path}: {key!r} is not a flag of this script{hint}")
+            try:
+                defaults[key] = _convert(actions[key], value)
+            except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+                parser.error(f"config file {path}: bad value {value!r} for {key}: {error}")
+        parser.set_defaults(**defaults)
+    return parser.parse_args(argv)
