@@ -1,0 +1,158 @@
+"""YAML configs and flags: precedence, conversion, errors, and the Table 1 / DDIM-25 config files."""
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+
+from guided_diffusion import guidance as guidance_lib
+from guided_diffusion.config import add_flags, load_yaml, parse_args
+from guided_diffusion.guidance_flags import attention_guidance, describe, parse_interval
+from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+from scripts.image_sample import create_argparser
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def small_parser():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_flags(parser, dict(steps="", use_fp16=False, scale=0.0, size=64, layers=["a", "b"], path=None))
+    return parser
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_precedence_defaults_then_yaml_then_command_line(tmp_path):
+    config = write(tmp_path, "steps: 250\nuse_fp16: true\nscale: 3\nsize: 128\n")
+    args = parse_args(small_parser(), ["--config", config, "--size", "256"])
+    assert (args.steps, args.use_fp16, args.scale, args.size) == ("250", True, 3.0, 256)
+    assert args.layers == ["a", "b"] and args.path is None
+    assert parse_args(small_parser(), []).steps == ""
+    # the command line wins wherever the flag appears, even before --config
+    assert parse_args(small_parser(), ["--use_fp16", "False", "--config", config]).use_fp16 is False
+
+
+def test_yaml_lists_and_strings_for_multi_value_flags(tmp_path):
+    assert parse_args(small_parser(), ["--config", write(tmp_path, "layers: [x, y, z]\n")]).layers == ["x", "y", "z"]
+    assert parse_args(small_parser(), ["--config", write(tmp_path, "layers: x y\n")]).layers == ["x", "y"]
+    assert parse_args(small_parser(), ["--layers", "q"]).layers == ["q"]
+
+
+def test_yaml_list_for_a_comma_separated_flag(tmp_path):
+    args = parse_args(create_argparser(), ["--config", write(tmp_path, "attention_resolutions: [32, 16, 8]\n")])
+    assert args.attention_resolutions == "32,16,8"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("stpes: 250\n", "'stpes' is not a flag of this script (did you mean steps?)"),
+    ("size: big\n", "bad value 'big' for size"),
+    ("use_fp16: maybe\n", "bad value 'maybe' for use_fp16"),
+    ("size: [1, 2]\n", "bad value [1, 2] for size"),
+    ("- a\n- b\n", "must hold a mapping"),
+    ("a: [\n", "not valid YAML"),
+])
+def test_bad_yaml_is_a_clear_error(tmp_path, capsys, text, message):
+    with pytest.raises(SystemExit):
+        parse_args(small_parser(), ["--config", write(tmp_path, text)])
+    assert message in capsys.readouterr().err
+
+
+def test_missing_config_file(tmp_path, capsys):
+    with pytest.raises(ValueError, match="cannot read config file"):
+        load_yaml(str(tmp_path / "nope.yaml"))
+    with pytest.raises(SystemExit):
+        parse_args(small_parser(), ["--config", str(tmp_path / "nope.yaml")])
+    assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_release_flags_parse_verbatim():
+    model_flags = ("--attention_resolutions 32,16,8 --class_cond False --diffusion_steps 1000 --image_size 256 "
+                   "--learn_sigma True --noise_schedule linear --num_channels 256 --num_head_channels 64 "
+                   "--num_res_blocks 2 --resblock_updown True --use_fp16 True --use_scale_shift_norm True")
+    sample_flags = "--batch_size 4 --num_samples 100 --timestep_respacing 250"
+    ddim_flags = "--use_ddim True --timestep_respacing ddim25 --clip_denoised True"
+    args = parse_args(create_argparser(), (model_flags + " " + sample_flags + " " + ddim_flags).split()
+                      + ["--model_path", "m.pt", "--classifier_scale", "10.0", "--classifier_path", "c.pt"])
+    assert args.use_fp16 is True and args.class_cond is False and args.num_head_channels == 64
+    assert args.timestep_respacing == "ddim25" and args.use_ddim is True and args.classifier_scale == 10.0
+    assert args.pag_scale == 0.0 and args.sag_scale == 0.0  # unguided unless asked
+
+
+def test_guidance_flags_to_objects():
+    args = parse_args(create_argparser(), ["--pag_scale", "3", "--pag_layers", "input_blocks.14.1,input_blocks.16.1",
+                                           "middle_block.1", "--pag_interval", "100,999", "--pag_schedule", "linear",
+                                           "--sag_scale", "0.5", "--sag_layer", "output_blocks.2.1"])
+    pag, sag = attention_guidance(args)
+    assert pag.layers == ["input_blocks.14.1", "input_blocks.16.1", "middle_block.1"]
+    assert pag.interval == (100, 999) and pag.schedule == "linear" and pag.scale == 3.0
+    assert sag.layer == "output_blocks.2.1" and sag.blur_sigma == 9.0 and sag.map_heads == "official"
+    assert describe([pag])["pag_interval"] == [100, 999]
+    assert attention_guidance(parse_args(create_argparser(), [])) == []
+    with pytest.raises(ValueError, match="schedule"):
+        attention_guidance(parse_args(create_argparser(), ["--sag_scale", "1", "--sag_schedule", "square"]))
+    assert parse_interval("", "x") is None
+    with pytest.raises(ValueError, match="--pag_interval must be 'lo,hi'"):
+        parse_interval("1,2,3", "pag_interval")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The shipped configs
+
+
+ADM256 = dict(attention_resolutions="32,16,8", diffusion_steps=1000, image_size=256, learn_sigma=True,
+              noise_schedule="linear", num_channels=256, num_head_channels=64, num_res_blocks=2, resblock_updown=True,
+              use_fp16=True, use_scale_shift_norm=True, num_samples=50000)
+ROWS = [(group, kind, guide) for group in ("table1", "ddim25") for kind in ("uncond", "cond")
+        for guide in ("unguided", "sag", "pag")]
+
+
+@pytest.fixture(scope="module")
+def adm256_blocks():
+    """The attention blocks of the ADM-256 U-Net, built without allocating its weights."""
+    blocks = {}
+    for cond in (False, True):
+        flags = dict(model_and_diffusion_defaults(), **{k: v for k, v in ADM256.items() if k != "num_samples"},
+                     class_cond=cond)
+        with torch.device("meta"):
+            model, _ = create_model_and_diffusion(**flags)
+        blocks[cond] = model
+    return blocks
+
+
+def test_every_config_file_is_a_row():
+    found = sorted(p.relative_to(CONFIGS).as_posix() for g in ("table1", "ddim25") for p in (CONFIGS / g).glob("*"))
+    assert found == sorted(f"{g}/adm256_{k}_{s}.yaml" for g, k, s in ROWS)
+
+
+@pytest.mark.parametrize("group, kind, guide", ROWS)
+def test_config_rows_have_the_official_settings(adm256_blocks, group, kind, guide):
+    args = parse_args(create_argparser(), ["--config", str(CONFIGS / group / f"adm256_{kind}_{guide}.yaml")])
+    for key, value in ADM256.items():
+        assert getattr(args, key) == value, key
+    assert args.class_cond is (kind == "cond")
+    assert args.model_path == ("models/256x256_diffusion.pt" if kind == "cond" else "models/256x256_diffusion_uncond.pt")
+    if group == "table1":
+        assert (args.timestep_respacing, args.use_ddim) == ("250", False)
+    else:
+        assert (args.timestep_respacing, args.use_ddim, args.eta) == ("ddim25", True, 0.0)
+    assert args.output_dir == f"samples/{group}/adm256_{kind}_{guide}"
+    assert not args.classifier_path
+    items = attention_guidance(args)
+    guidance_lib.validate(items, adm256_blocks[args.class_cond])  # the layer names exist in ADM-256
+    if guide == "unguided":
+        assert items == []
+    elif guide == "pag":
+        (pag,) = items
+        assert pag.scale == 3.0 and pag.interval is None and pag.schedule == "constant"
+        assert pag.layers == list(guidance_lib.OFFICIAL_PAG_LAYERS_256)
+        assert pag.layers == ["input_blocks.14.1", "input_blocks.16.1", "input_blocks.17.1", "middle_block.1"]
+    else:
+        (sag,) = items
+        assert sag.scale == (0.2 if kind == "cond" else 0.8)
+        assert (sag.blur_sigma, sag.layer, sag.map_heads, sag.interval) == (9.0, "output_blocks.2.1", "official", None)

@@ -1,0 +1,274 @@
+"""Unit tests of the sampler's parts: per-image seeding, the shard store, launcher detection, image I/O."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from guided_diffusion import dist_util
+from guided_diffusion.image_io import save_image_grid, to_uint8
+from guided_diffusion.sample_store import (OutputFolderError, SampleStore, ShardError, config_digest,
+                                           describe_differences)
+from guided_diffusion.seeding import ImageNoise, LabelSource, balanced_label_table, image_noise_seed, random_labels
+
+# ----------------------------------------------------------------------------------------------------
+# seeding
+
+
+def draw(seed, indices, steps=(3, 2, 1)):
+    noise = ImageNoise(seed, indices, (3, 4, 4))
+    return [noise.initial()] + [noise.step(i) for i in steps]
+
+
+def test_noise_of_an_image_does_not_depend_on_its_batch():
+    together = draw(5, [0, 1, 2, 3])
+    apart = [draw(5, [i]) for i in range(4)]
+    reordered = draw(5, [3, 1])
+    for k in range(4):
+        assert torch.equal(together[k], torch.cat([a[k] for a in apart]))
+        assert torch.equal(reordered[k], together[k][[3, 1]])
+
+
+def test_noise_streams_differ_between_images_steps_and_seeds():
+    x_t, step3, _, _ = draw(0, [0, 1])
+    assert not torch.equal(x_t[0], x_t[1])
+    assert not torch.equal(x_t[0], step3[0])
+    assert not torch.equal(draw(1, [0])[0], x_t[:1])
+    assert image_noise_seed(0, 1) != image_noise_seed(1, 0)
+
+
+def test_step_noise_must_follow_x_t_in_step_order():
+    noise = ImageNoise(0, [0], (1,))
+    with pytest.raises(RuntimeError):
+        noise.step(3)
+    noise.initial()
+    noise.step(3)
+    with pytest.raises(RuntimeError):
+        noise.step(3)
+
+
+def test_random_labels_come_from_seed_and_index_alone():
+    labels = random_labels(7, range(200), 1000)
+    assert labels.dtype == np.int64 and labels.min() >= 0 and labels.max() < 1000
+    assert len(set(labels.tolist())) > 150
+    assert np.array_equal(random_labels(7, [150, 3], 1000), labels[[150, 3]])
+    assert not np.array_equal(random_labels(8, range(200), 1000), labels)
+
+
+def test_balanced_labels_give_exactly_50_per_class_for_50k():
+    table = balanced_label_table(0, 50000, 1000)
+    assert np.array_equal(np.bincount(table, minlength=1000), np.full(1000, 50))
+    assert not np.array_equal(table[:1000], np.sort(table[:1000]))  # shuffled, not grouped by class
+    assert np.array_equal(balanced_label_table(0, 50000, 1000), table)
+    source = LabelSource(0, 50000, 1000, balanced=True)
+    assert np.array_equal(source.labels([49999, 0]), table[[49999, 0]])
+    with pytest.raises(ValueError, match="divisible"):
+        balanced_label_table(0, 1500, 1000)
+
+
+def test_label_source_without_classes():
+    assert LabelSource(0, 10).labels([1, 2]) is None
+    with pytest.raises(ValueError, match="class labels"):
+        LabelSource(0, 1000, None, balanced=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# sample store
+
+
+def make_store(root, labels=False, config=None):
+    expected = (lambda idx: np.asarray(idx, dtype=np.int64) % 7) if labels else None
+    return SampleStore(str(root), config or {"a": 1, "nested": {"b": (1, 2)}}, 6, (2, 3, 3), expected_labels=expected)
+
+
+def images_for(indices):
+    return np.stack([np.full((2, 3, 3), i * 10, np.uint8) for i in indices])
+
+
+def test_store_round_trip_and_final_npz(tmp_path):
+    store = make_store(tmp_path, labels=True)
+    store.check_writable()
+    assert store.check_manifest() is False
+    store.write_manifest({"note": "x"})
+    assert make_store(tmp_path, labels=True).check_manifest() is True
+    store.write_shard([4, 0, 2], images_for([4, 0, 2]), np.array([4, 0, 2]))
+    store.write_shard([1, 3, 5], images_for([1, 3, 5]), np.array([1, 3, 5]))
+    assert store.scan().tolist() == [0, 1, 2, 3, 4, 5]
+    assert not [n for n in os.listdir(store.shard_dir) if n.startswith(".")]
+    path = store.assemble()
+    with np.load(path) as data:
+        assert data.files == ["arr_0", "arr_1"]
+        assert np.array_equal(data["arr_0"], images_for(range(6)))
+        assert data["arr_1"].tolist() == [0, 1, 2, 3, 4, 5]
+    assert Image.open(store.grid_path).size == (6 * 3, 2)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+def test_store_refuses_missing_samples_and_wrong_labels(tmp_path):
+    store = make_store(tmp_path, labels=True)
+    store.check_writable()
+    store.write_shard([0, 1], images_for([0, 1]), np.array([0, 1]))
+    with pytest.raises(ShardError, match="4 of 6 samples are missing"):
+        store.assemble()
+    store.write_shard([2, 3], images_for([2, 3]), np.array([9, 9]))
+    assert store.scan().tolist() == [0, 1]  # the shard with wrong labels was deleted
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "other_config", "bad_shape"])
+def test_damaged_shards_are_detected_and_deleted(tmp_path, damage):
+    store = make_store(tmp_path)
+    store.check_writable()
+    good = store.write_shard([0, 1], images_for([0, 1]))
+    if damage == "other_config":
+        bad = make_store(tmp_path, config={"a": 2}).write_shard([2, 3], images_for([2, 3]))
+    elif damage == "bad_shape":
+        bad = store.write_shard([2, 3], np.zeros((2, 2, 3, 1), np.uint8))
+    else:
+        bad = store.write_shard([2, 3], images_for([2, 3]))
+        data = bytearray(open(bad, "rb").read())
+        if damage == "truncate":
+            data = data[: len(data) // 2]
+        elif damage == "flip":  # one pixel of the images array: only the zip CRC can tell
+            data[data.index(bytes([20] * 18)) + 5] ^= 0xFF
+        else:
+            data = b"not a zip file at all"
+        open(bad, "wb").write(bytes(data))
+    with pytest.raises(ShardError):
+        store.read_shard(bad)
+    assert store.scan().tolist() == [0, 1]
+    assert store.shard_paths() == [good]
+
+
+def test_stale_temporary_files_are_removed(tmp_path):
+    store = make_store(tmp_path)
+    store.check_writable()
+    open(os.path.join(store.shard_dir, ".shard_00000000_n2_x.npz.abc.tmp"), "wb").write(b"half")
+    assert store.scan().tolist() == []
+    assert os.listdir(store.shard_dir) == []
+
+
+def test_manifest_with_another_config_is_refused(tmp_path):
+    store = make_store(tmp_path)
+    store.check_writable()
+    store.write_manifest()
+    with pytest.raises(OutputFolderError, match=r"nested\.b: \[1, 2\] -> \[1, 3\]"):
+        make_store(tmp_path, config={"a": 1, "nested": {"b": (1, 3)}}).check_manifest()
+
+
+def test_shards_without_manifest_are_refused(tmp_path):
+    store = make_store(tmp_path)
+    store.check_writable()
+    store.write_shard([0], images_for([0]))
+    with pytest.raises(OutputFolderError, match="no manifest"):
+        store.check_manifest()
+
+
+def test_unwritable_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputFolderError, match="not writable"):
+        make_store(blocker / "out").check_writable()
+
+
+def test_describe_differences_and_digest():
+    assert describe_differences({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": 4}) == [
+        "  b.c: 2 -> 3", '  d: "<absent>" -> 4']
+    assert config_digest({"a": 1, "b": 2}) == config_digest(json.loads('{"b": 2, "a": 1}'))
+
+
+# ----------------------------------------------------------------------------------------------------
+# launchers
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, ("single", 0, 1, 0)),
+    ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, ("torchrun", 3, 8, 1)),
+    ({"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "16", "SLURM_LOCALID": "1", "SLURM_NTASKS": "16"},
+     ("slurm", 5, 16, 1)),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, ("single", 0, 1, 0)),  # a bare sbatch script, not srun
+    ({"PMI_RANK": "1", "PMI_SIZE": "2"}, ("mpi", 1, 2, -1)),
+    ({"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "0"},
+     ("mpi", 2, 4, 0)),
+])
+def test_detect_launcher(env, expected):
+    launch = dist_util.detect_launcher(env)
+    assert (launch.launcher, launch.rank, launch.world_size, launch.local_rank) == expected
+
+
+@pytest.mark.parametrize("nodelist, first", [("node7", "node7"), ("gpu[003-005,010]", "gpu003"),
+                                             ("a[1,4],b2", "a1"), ("c-12", "c-12")])
+def test_first_slurm_host(nodelist, first):
+    assert dist_util.first_host(nodelist) == first
+
+
+def test_single_process_needs_no_process_group():
+    dist_util.setup_dist()
+    assert dist_util.world_size() == 1 and not dist_util.is_distributed()
+    assert dist_util.broadcast_object([1, 2]) == [1, 2]
+    dist_util.raise_if_any_failed(None)
+    with pytest.raises(SystemExit, match="error: boom"):
+        dist_util.raise_if_any_failed(ValueError("boom"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# image io
+
+
+def test_to_uint8_matches_the_release():
+    x = torch.tensor([-1.5, -1.0, -0.01, 0.0, 0.999, 1.0, 2.0]).reshape(1, 1, 1, 7).expand(1, 3, 1, 7)
+    out = to_uint8(x)
+    assert out.shape == (1, 1, 7, 3) and out.dtype == torch.uint8
+    assert out[0, 0, :, 0].tolist() == [0, 0, 126, 127, 254, 255, 255]
+
+
+def test_image_grid_layout(tmp_path):
+    images = np.stack([np.full((2, 2, 3), 20 * i, np.uint8) for i in range(10)])
+    path = save_image_grid(images, tmp_path / "g.png", ncols=4)
+    grid = np.asarray(Image.open(path))
+    assert grid.shape == (6, 8, 3)
+    assert grid[2, 2, 0] == 20 * 5 and grid[4, 4, 0] == 0  # image 5 in row 1, col 1; padding is black
+
+
+# ----------------------------------------------------------------------------------------------------
+# the sampler's batches, at full float precision
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+
+    flags = dict(model_and_diffusion_defaults(), image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2",
+                 attention_resolutions="8", num_head_channels=16, learn_sigma=True, class_cond=True,
+                 timestep_respacing="3")
+    model, diffusion = create_model_and_diffusion(**flags)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: several threads only contend on a shared CPU (100x slower here)
+    yield model.eval(), diffusion
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("use_ddim", [False, True])
+def test_a_row_is_bit_identical_in_any_batch_even_alone(tiny_model, use_ddim):
+    from guided_diffusion.guidance import PerturbedAttentionGuidance, SelfAttentionGuidance
+    from scripts.image_sample import sample_images
+
+    model, diffusion = tiny_model
+    guidance = [PerturbedAttentionGuidance(scale=2.0, layers=["middle_block.1"]),
+                SelfAttentionGuidance(scale=0.5, layer="output_blocks.1.1", blur_sigma=1.0)]
+    labels = LabelSource(0, 10, 1000)
+
+    def run(indices):
+        return sample_images(model, diffusion, indices, seed=4, image_size=16, labels=labels.labels(indices),
+                             use_ddim=use_ddim, eta=0.7, guidance=guidance)
+
+    batch = run([5, 6, 7])
+    assert torch.equal(run([7, 5])[[1, 0]], batch[[0, 2]])
+    # A batch of one is padded on CPU: unpadded, its conv kernels differ in the last bits from a batch's.
+    assert torch.equal(run([6])[0], batch[1])
