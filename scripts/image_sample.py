@@ -83,8 +83,13 @@ def create_argparser(description=None):
     return parser
 
 
-def main(argv=None, parser=None):
-    args = parse_args(parser or create_argparser(), argv)
+def main(argv=None):
+    """Console entry point: parse flags (and --config), then sample. Returns the output folder."""
+    return run(parse_args(create_argparser(), argv))
+
+
+def run(args):
+    """Sample with parsed flags in this process's share of the launch."""
     dist_util.setup_dist()
     _add_log_handler(_console_handler(dist_util.rank()))
     try:

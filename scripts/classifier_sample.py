@@ -1,0 +1,21 @@
+"""The release's `classifier_sample.py`: `image_sample.py` with classifier guidance (`--classifier_path`).
+
+Every flag of image_sample.py works here too (PAG / SAG can be combined with the classifier); the release's
+commands, e.g. `$MODEL_FLAGS --classifier_scale 1.0 --classifier_path models/256x256_classifier.pt
+--model_path models/256x256_diffusion.pt $SAMPLE_FLAGS` plus its CLASSIFIER_FLAGS, run verbatim.
+"""
+
+from guided_diffusion.config import parse_args
+from scripts.image_sample import create_argparser, run
+
+
+def main(argv=None):
+    parser = create_argparser(description=__doc__)
+    args = parse_args(parser, argv)
+    if not args.classifier_path:
+        parser.error("--classifier_path is required")
+    return run(args)
+
+
+if __name__ == "__main__":
+    main()
