@@ -1,0 +1,107 @@
+"""Diffusion posterior sampling (DPS; Chung et al., ICLR 2023) on ADM diffusions, guidable by PAG and SAG.
+
+Each step runs the diffusion's own DDPM (`p_sample`) or DDIM (`ddim_sample`) step on x_t with gradients
+enabled, so the prediction is exactly the sampler's: with `guidance=` it is the guided prediction of
+`guidance.guided_prediction` (guided eps, x0 recomputed from it and clipped, variance of the normal pass).
+From the step's x0 prediction x0_hat(x_t) it takes the measurement residual ||y - A(x0_hat)|| (one
+Euclidean norm per image), differentiates it with respect to x_t through the network, and moves the
+step's sample against that gradient:
+
+    x_{t-1} = step(x_t).sample - zeta * grad_{x_t} ||y - A(x0_hat(x_t))||
+
+The gradient of the norm (not of its square) is DPS's step-size normalisation zeta / ||y - A x0_hat||.
+Norms are taken per image and summed, so every image gets its own gradient whatever batch it is in (DPS
+itself takes one norm over the batch, which is the same for its batches of one).
+
+Clipping: with `clip_denoised=True` (DPS's configuration, and ADM's default) x0_hat is clamped to
+[-1, 1] inside every step, before the residual, exactly as in the sampler, and the gradient flows through
+the clamp (zero for clamped pixels). The returned x_0 is the last step's sample after its data-consistency
+update, unclipped; `image_io.to_uint8` clamps it when it is saved.
+
+With `zeta=0` the loop is the plain sampler: it returns the same numbers as `p_sample_loop` /
+`ddim_sample_loop` given the same noise.
+"""
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import guidance as guidance_lib
+
+
+def measurement_residual(operator, x, measurement):
+    """||y - A x|| per image ([B]), over all of a measurement's elements."""
+    return (measurement - operator.forward(x)).flatten(1).norm(dim=1)
+
+
+def dps_step(diffusion, model, x, t, operator, measurement, zeta=1.0, use_ddim=False, eta=0.0, clip_denoised=True,
+             denoised_fn=None, model_kwargs=None, guidance=None, step_noise=None):
+    """One DPS step x_t -> x_{t-1}: {"sample", "pred_xstart", "residual" (per image, before the step)}."""
+    x_in = x.detach().requires_grad_(zeta != 0)
+    step_kwargs = dict(clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs,
+                       guidance=guidance, step_noise=step_noise)
+    with torch.enable_grad() if zeta != 0 else torch.no_grad():
+        if use_ddim:
+            out = diffusion.ddim_sample(model, x_in, t, eta=eta, **step_kwargs)
+        else:
+            out = diffusion.p_sample(model, x_in, t, **step_kwargs)
+        residual = measurement_residual(operator, out["pred_xstart"], measurement)
+        sample = out["sample"].detach()
+        if zeta != 0:
+            (gradient,) = torch.autograd.grad(residual.sum(), x_in)
+            sample = sample - _per_image(zeta, sample) * gradient
+    return {"sample": sample, "pred_xstart": out["pred_xstart"].detach(), "residual": residual.detach()}
+
+
+def _per_image(zeta, like):
+    if isinstance(zeta, torch.Tensor) and zeta.ndim == 1:
+        return zeta.to(like).reshape(-1, *([1] * (like.ndim - 1)))
+    return zeta
+
+
+def dps_sample_loop_progressive(diffusion, model, operator, measurement, shape=None, noise=None, zeta=1.0,
+                                use_ddim=False, eta=0.0, clip_denoised=True, denoised_fn=None, model_kwargs=None,
+                                device=None, progress=False, guidance=None, step_noise_fn=None):
+    """Yield each DPS step's {"sample", "pred_xstart", "residual", "t"}.
+
+    `noise` is x_T (else drawn with `torch.randn(shape)`); `step_noise_fn(i)` gives step i's noise (DDPM,
+    or DDIM with eta > 0), as in the diffusion's own loops, so each image can own its random stream.
+    `zeta` is DPS's step size: a number, or a [B] tensor of one per image.
+    """
+    guidance_lib.validate(guidance, model)
+    if device is None:
+        device = next(model.parameters()).device
+    if noise is not None:
+        img = noise.to(device)
+    elif shape is not None:
+        img = torch.randn(*shape, device=device)
+    else:
+        raise ValueError("give the sample shape or the initial noise x_T")
+    measurement = measurement.to(device)
+    if measurement.shape[0] != img.shape[0]:
+        raise ValueError(f"{measurement.shape[0]} measurements for a batch of {img.shape[0]} images")
+    expected = tuple(operator.measurement_shape(img.shape))
+    if tuple(measurement.shape) != expected:
+        raise ValueError(f"measurement of shape {tuple(measurement.shape)}, but {operator.name} gives {expected}")
+    uses_step_noise = not use_ddim or eta != 0
+    indices = list(range(diffusion.num_timesteps))[::-1]
+    for i in tqdm(indices, desc="DPS", leave=False) if progress else indices:
+        t = torch.full((img.shape[0],), i, device=device, dtype=torch.long)
+        step_noise = step_noise_fn(i) if step_noise_fn is not None and uses_step_noise and i > 0 else None
+        out = dps_step(diffusion, model, img, t, operator, measurement, zeta=zeta, use_ddim=use_ddim, eta=eta,
+                       clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs,
+                       guidance=guidance, step_noise=step_noise)
+        out["t"] = i
+        yield out
+        img = out["sample"]
+
+
+def dps_sample_loop(diffusion, model, operator, measurement, shape=None, noise=None, zeta=1.0, use_ddim=False,
+                    eta=0.0, clip_denoised=True, denoised_fn=None, model_kwargs=None, device=None, progress=False,
+                    guidance=None, step_noise_fn=None):
+    """Posterior samples x_0 ([B, C, H, W]) for measurements y = A x + noise; see the module docstring."""
+    final = None
+    for final in dps_sample_loop_progressive(diffusion, model, operator, measurement, shape, noise, zeta, use_ddim,
+                                             eta, clip_denoised, denoised_fn, model_kwargs, device, progress,
+                                             guidance, step_noise_fn):
+        pass
+    return final["sample"]
