@@ -69,7 +69,7 @@ RUN_HELP = dict(
 DPS_DEFAULTS = dict(sigma_y=0.05, zeta=1.0, use_ddim=False, eta=0.0, clip_denoised=True)
 DPS_HELP = dict(
     sigma_y="measurement noise std in the model's [-1, 1] units (DPS: 0.05)",
-    zeta="DPS step size: x_{t-1} -= zeta * grad ||y - A x0_hat|| (DPS ImageNet: 1.0 for most tasks)",
+    zeta="DPS step size: x_{t-1} -= zeta * grad ||y - A x0_hat|| (tune per task; DPS used 0.3-1.0)",
     use_ddim="DDIM steps instead of DDPM steps (use with --timestep_respacing ddimN)",
     eta="DDIM eta",
     clip_denoised="clamp x0_hat to [-1, 1] in every step, before the residual (as DPS)",
