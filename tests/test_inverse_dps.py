@@ -93,6 +93,13 @@ def test_images_do_not_depend_on_their_batch(tiny):
     assert torch.equal(_dps(tiny, rows=slice(1, 3), zeta=1.0, guidance=guidance), full[1:3])
 
 
+def test_per_image_step_sizes(tiny):
+    mixed = _dps(tiny, zeta=torch.tensor([0.0, 1.0, 0.5]))
+    assert torch.equal(mixed[0], _dps(tiny, zeta=0.0)[0])
+    assert torch.equal(mixed[1], _dps(tiny, zeta=1.0)[1])
+    assert not torch.equal(mixed[2], mixed[1])
+
+
 def test_data_consistency_step_lowers_the_residual(tiny):
     model, diffusion, op, y, x_t, steps = tiny
     free = measurement_residual(op, _dps(tiny, zeta=0.0).clamp(-1, 1), y)

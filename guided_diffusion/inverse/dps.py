@@ -36,17 +36,18 @@ def measurement_residual(operator, x, measurement):
 def dps_step(diffusion, model, x, t, operator, measurement, zeta=1.0, use_ddim=False, eta=0.0, clip_denoised=True,
              denoised_fn=None, model_kwargs=None, guidance=None, step_noise=None):
     """One DPS step x_t -> x_{t-1}: {"sample", "pred_xstart", "residual" (per image, before the step)}."""
-    x_in = x.detach().requires_grad_(zeta != 0)
+    consistency = bool(torch.as_tensor(zeta).ne(0).any())
+    x_in = x.detach().requires_grad_(consistency)
     step_kwargs = dict(clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs,
                        guidance=guidance, step_noise=step_noise)
-    with torch.enable_grad() if zeta != 0 else torch.no_grad():
+    with torch.enable_grad() if consistency else torch.no_grad():
         if use_ddim:
             out = diffusion.ddim_sample(model, x_in, t, eta=eta, **step_kwargs)
         else:
             out = diffusion.p_sample(model, x_in, t, **step_kwargs)
         residual = measurement_residual(operator, out["pred_xstart"], measurement)
         sample = out["sample"].detach()
-        if zeta != 0:
+        if consistency:
             (gradient,) = torch.autograd.grad(residual.sum(), x_in)
             sample = sample - _per_image(zeta, sample) * gradient
     return {"sample": sample, "pred_xstart": out["pred_xstart"].detach(), "residual": residual.detach()}
