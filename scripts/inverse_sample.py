@@ -165,21 +165,20 @@ def measurement_noise(seed, indices, shape):
 def reconstruct(args, model, diffusion, operator, guidance, x0, indices, device):
     """Measurements and DPS reconstructions for ground-truth batch `x0` (model range) of images `indices`."""
     rows = len(indices)
-    y_shape = operator.measurement_shape(x0.shape)
-    y = operator.measure(x0, args.sigma_y, noise=measurement_noise(args.seed, indices, y_shape[1:]))
-    noise = ImageNoise(args.seed, indices, tuple(x0.shape[1:]), device=device)
-    # On CPU a batch of one runs other kernels than larger batches; a copy of the row (dropped below)
-    # keeps every image identical to what a larger batch gives, as in scripts/image_sample.py.
+    # On CPU a batch of one runs other kernels than larger batches; a copy of the row (dropped at the
+    # end) keeps every image identical to what a larger batch gives, as in scripts/image_sample.py.
     pad = rows == 1 and device.type == "cpu"
 
     def fit(t):
         return torch.cat([t, t]) if pad else t
 
-    x_hat = dps_sample_loop(diffusion, model, operator, fit(y.to(device)), noise=fit(noise.initial()),
-                            zeta=args.zeta, use_ddim=args.use_ddim, eta=args.eta, clip_denoised=args.clip_denoised,
-                            device=device, progress=False, guidance=guidance or None,
-                            step_noise_fn=lambda i: fit(noise.step(i)))
-    return y, x_hat[:rows].cpu()
+    y_shape = operator.measurement_shape(x0.shape)
+    y = operator.measure(fit(x0), args.sigma_y, noise=fit(measurement_noise(args.seed, indices, y_shape[1:])))
+    noise = ImageNoise(args.seed, indices, tuple(x0.shape[1:]), device=device)
+    x_hat = dps_sample_loop(diffusion, model, operator, y, noise=fit(noise.initial()), zeta=args.zeta,
+                            use_ddim=args.use_ddim, eta=args.eta, clip_denoised=args.clip_denoised, device=device,
+                            progress=False, guidance=guidance or None, step_noise_fn=lambda i: fit(noise.step(i)))
+    return y[:rows].cpu(), x_hat[:rows].cpu()
 
 
 def run(args):
@@ -201,7 +200,6 @@ def run(args):
     for batch in batches:
         x0 = to_model_range(images[batch])
         y, x_hat = reconstruct(args, model, diffusion, operator, guidance, x0.to(device), batch, device)
-        y = y.cpu()
         degraded = operator.to_image(y)
         residual_recon.append(measurement_residual(operator, x_hat.clamp(-1, 1), y))
         residual_input.append(measurement_residual(operator, degraded.clamp(-1, 1), y))

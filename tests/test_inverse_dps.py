@@ -143,7 +143,7 @@ def _run_cli(cli_inputs, out, *extra):
 
 
 def test_cli_writes_the_results(cli_inputs, tmp_path):
-    report = _run_cli(cli_inputs, tmp_path / "a", "--operator", "inpaint_box", "--batch_size", "2",
+    report = _run_cli(cli_inputs, tmp_path / "a", "--operator", "gaussian_blur", "--batch_size", "2",
                       "--pag_scale", "1.0", "--pag_layers", "middle_block.1")
     out = tmp_path / "a"
     for name in ("measurements.png", "reconstructions.png", "ground_truth.png", "results.npz", "metrics.json"):
@@ -156,14 +156,24 @@ def test_cli_writes_the_results(cli_inputs, tmp_path):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["reconstruction"]["psnr"]["mean"] == pytest.approx(report["reconstruction"]["psnr"]["mean"])
     assert len(saved["reconstruction"]["ssim"]["per_image"]) == 3
-    assert saved["config"]["operator"]["name"] == "inpaint_box"
+    assert saved["config"]["operator"]["name"] == "gaussian_blur"
     assert saved["config"]["guidance"][0]["kind"] == "PerturbedAttentionGuidance"
 
     # Per-image seeds: another batch size (including a batch of one) gives the same images.
-    _run_cli(cli_inputs, tmp_path / "b", "--operator", "inpaint_box", "--batch_size", "1",
+    _run_cli(cli_inputs, tmp_path / "b", "--operator", "gaussian_blur", "--batch_size", "1",
              "--pag_scale", "1.0", "--pag_layers", "middle_block.1")
     with np.load(tmp_path / "b" / "results.npz") as again:
         assert np.array_equal(again["arr_0"], recon)
+
+
+def test_cli_inpainting_with_sag(cli_inputs, tmp_path):
+    report = _run_cli(cli_inputs, tmp_path, "--operator", "inpaint_random", "--mask_ratio", "0.5", "--num_images",
+                      "2", "--sag_scale", "0.5", "--sag_layer", "middle_block.1", "--sag_blur_sigma", "1.0")
+    assert report["config"]["guidance"][0]["kind"] == "SelfAttentionGuidance"
+    with np.load(tmp_path / "results.npz") as results:
+        shown = results["measurement_image"]
+    observed = shown.astype(int)[:, :, :, 0] != 127  # missing pixels show as 0 in [-1, 1], i.e. grey
+    assert 0.4 < observed.mean() < 0.6
 
 
 def test_cli_super_resolution_measurement_shape(cli_inputs, tmp_path):
