@@ -302,7 +302,11 @@ class TrainLoop:
             self.log.logkv_mean("grad_norm", grad_norm)
             self.log.logkv("loss_scale", self.scaler.get_scale())
             return took
-        self.log.logkv_mean("grad_norm", _grad_norm(self.master_params))
+        grad_norm = _grad_norm(self.master_params)
+        if not np.isfinite(grad_norm):
+            raise FloatingPointError(f"non-finite gradient at step {self.step + 1}: the weights would turn to NaN "
+                                     "(check the noise schedule for the number of diffusion steps, and the lr)")
+        self.log.logkv_mean("grad_norm", grad_norm)
         self.opt.step()
         return True
 
