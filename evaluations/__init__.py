@@ -1,0 +1,52 @@
+"""ADM evaluator (Inception Score, FID, sFID, improved precision/recall) for today's numpy/scipy/TF 2.
+
+* :mod:`evaluations.metrics` - the metrics on activation arrays (no TensorFlow needed);
+* :mod:`evaluations.backends` - the feature-backend interface and registry;
+* :mod:`evaluations.inception` - the ADM reference Inception graph backend (TensorFlow);
+* :mod:`evaluations.evaluator` - :class:`Evaluator` and the ``adm-evaluate`` command line;
+* :mod:`evaluations.npz` - streaming reader for ``.npz`` image batches;
+* :mod:`evaluations.download_inception` - fetches the Inception graph, only when asked.
+"""
+
+from .backends import (
+    FeatureBackend,
+    available_backends,
+    create_backend,
+    register_backend,
+)
+from .metrics import (
+    fp16_squared_norms,
+    frechet_distance,
+    inception_score,
+    manifold_membership,
+    manifold_radii,
+    precision_recall,
+    statistics,
+)
+
+
+def __getattr__(name):
+    # Imported lazily so that `python -m evaluations.evaluator` does not find the module pre-imported.
+    if name in ("BatchFeatures", "Evaluator", "cache_path_for"):
+        from . import evaluator
+
+        return getattr(evaluator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "BatchFeatures",
+    "Evaluator",
+    "FeatureBackend",
+    "available_backends",
+    "cache_path_for",
+    "create_backend",
+    "fp16_squared_norms",
+    "frechet_distance",
+    "inception_score",
+    "manifold_membership",
+    "manifold_radii",
+    "precision_recall",
+    "register_backend",
+    "statistics",
+]

@@ -1,0 +1,426 @@
+"""ADM sample-quality evaluator: Inception Score, FID, sFID, precision and recall of an image batch.
+
+    python -m evaluations.evaluator REF.npz SAMPLE.npz [--json OUT] [--batch_size N] [--backend NAME]
+                                    [--inception_graph PATH] [--no_cache] [--download] [--device DEV]
+
+A reimplementation of OpenAI's ``guided-diffusion/evaluations/evaluator.py`` that gives the same
+numbers on current numpy / scipy / TensorFlow 2: images are streamed from the ``.npz`` files in
+batches, features come from a pluggable backend (default: the ADM reference Inception graph), and
+precision/recall runs in torch.  Per-batch activations and statistics are cached next to each batch
+(``SAMPLE.npz`` -> ``SAMPLE.<backend>.acts.npz``) and reused while the batch file, the backend and its
+weights are unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import numpy as np
+
+from . import metrics
+from .backends import FEATURE_KEYS, backend_fingerprint, check_features, create_backend
+from .npz import (
+    IMAGES_KEY,
+    NpzImageReader,
+    NpzInfo,
+    inspect_npz,
+    read_npz_statistics,
+    validate_image_header,
+)
+
+CACHE_FORMAT = 1
+DEFAULT_BATCH_SIZE = 64
+METRIC_KEYS = ("inception_score", "fid", "sfid", "precision", "recall")
+
+__all__ = ["BatchFeatures", "Evaluator", "cache_path_for", "main", "METRIC_KEYS"]
+
+Stats = Tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class BatchFeatures:
+    """Activations of one batch (``None`` when it has no images) and FID statistics per feature kind."""
+
+    acts: Optional[Dict[str, np.ndarray]] = None
+    stats: Dict[str, Stats] = field(default_factory=dict)
+
+    @property
+    def num_images(self) -> int:
+        return 0 if self.acts is None else int(self.acts["pool"].shape[0])
+
+
+# ----------------------------------------------------------------------------------------------------
+# activation cache
+# ----------------------------------------------------------------------------------------------------
+
+
+def cache_path_for(batch_path, backend_name: str) -> Path:
+    """``dir/SAMPLE.npz`` -> ``dir/SAMPLE.<backend>.acts.npz``."""
+    batch_path = Path(batch_path)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backend_name)
+    stem = batch_path.name[: -len(".npz")] if batch_path.name.endswith(".npz") else batch_path.name
+    return batch_path.with_name(f"{stem}.{safe}.acts.npz")
+
+
+def _file_fingerprint(path: Path) -> Dict[str, Union[int, str]]:
+    """Size, mtime and a hash of the first and last MiB of a file (cheap even for 10 GB batches)."""
+    st = path.stat()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if st.st_size > (2 << 20):
+            f.seek(-(1 << 20), os.SEEK_END)
+        h.update(f.read(1 << 20))
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sha256_ends": h.hexdigest()}
+
+
+def _cache_key(batch_path: Path, fingerprint: str) -> Dict:
+    return {"format": CACHE_FORMAT, "backend": fingerprint, "source": _file_fingerprint(batch_path)}
+
+
+def _load_cache(cache: Path, key: Dict) -> Optional[BatchFeatures]:
+    if not cache.is_file():
+        return None
+    try:
+        with np.load(cache, allow_pickle=False) as data:
+            if json.loads(str(data["meta"])) != key:
+                return None
+            acts = {k: data[k] for k in FEATURE_KEYS}
+            stats = {
+                "pool": (data["mu"], data["sigma"]),
+                "spatial": (data["mu_s"], data["sigma_s"]),
+            }
+    except Exception:  # unreadable / stale format: recompute
+        return None
+    return BatchFeatures(acts=acts, stats=stats)
+
+
+def _save_cache(cache: Path, key: Dict, feats: BatchFeatures) -> None:
+    arrays = dict(feats.acts)
+    arrays.update(
+        mu=feats.stats["pool"][0],
+        sigma=feats.stats["pool"][1],
+        mu_s=feats.stats["spatial"][0],
+        sigma_s=feats.stats["spatial"][1],
+        meta=np.array(json.dumps(key)),
+    )
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=cache.name + ".", suffix=".tmp", dir=cache.parent)
+    except OSError as exc:
+        warnings.warn(f"cannot write activation cache {cache}: {exc}", RuntimeWarning)
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, cache)
+    except OSError as exc:
+        warnings.warn(f"cannot write activation cache {cache}: {exc}", RuntimeWarning)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# ----------------------------------------------------------------------------------------------------
+# evaluator
+# ----------------------------------------------------------------------------------------------------
+
+
+class Evaluator:
+    """Computes the ADM metrics of a sample batch against a reference batch.
+
+    :param backend: a registered backend name (default ``"inception"``) or a backend object (anything
+        with ``name`` and ``compute(batch_uint8_nhwc) -> {"pool", "spatial", "probs"}``).  A named
+        backend is only built when some activations actually have to be computed.
+    :param batch_size: images per backend call.
+    :param use_cache: read/write ``<batch>.<backend>.acts.npz`` next to each batch.
+    :param device: torch device for precision/recall (default: CUDA when available, else CPU).
+    :param k: neighbourhood size of precision/recall (the ADM evaluator uses 3).
+    :param inception_graph: graph file for the Inception backend (default: ``$ADM_INCEPTION_GRAPH`` or
+        ``~/.cache/pag_adm/classify_image_graph_def.pb``).
+    :param norms: how float16 squared norms are summed in precision/recall (see
+        :data:`evaluations.metrics.NORM_MODES`; ``"tf_cpu"`` reproduces the reference on CPU).
+    """
+
+    def __init__(
+        self,
+        backend="inception",
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        use_cache: bool = True,
+        device=None,
+        k: int = 3,
+        inception_graph=None,
+        progress: bool = True,
+        norms: str = "tf_cpu",
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive; got {batch_size}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1; got {k}")
+        if norms not in metrics.NORM_MODES:
+            raise ValueError(f"norms must be one of {metrics.NORM_MODES}; got {norms!r}")
+        if isinstance(backend, str):
+            self._backend_name, self._backend = backend, None
+        else:
+            if not hasattr(backend, "compute") or not hasattr(backend, "name"):
+                raise TypeError("backend must be a name or an object with `name` and `compute(batch)`")
+            self._backend_name, self._backend = str(backend.name), backend
+        self.batch_size = batch_size
+        self.use_cache = use_cache
+        self.device = device
+        self.k = k
+        self.inception_graph = inception_graph
+        self.progress = progress
+        self.norms = norms
+
+    # -- backend --------------------------------------------------------------------------------
+
+    @property
+    def backend_name(self) -> str:
+        return self._backend_name
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            self._backend = create_backend(self._backend_name, graph_path=self.inception_graph)
+        return self._backend
+
+    def _fingerprint(self) -> str:
+        """Identifies the backend and its weights, for the activation cache."""
+        if self._backend is None and self._backend_name == "inception":
+            # Keyed by the graph file's content, so that a cache hit needs no TensorFlow at all.
+            from .inception import graph_fingerprint, resolve_graph_path
+
+            return graph_fingerprint(resolve_graph_path(self.inception_graph))
+        return backend_fingerprint(self.backend)
+
+    def close(self) -> None:
+        if self._backend is not None and hasattr(self._backend, "close"):
+            self._backend.close()
+
+    # -- activations ----------------------------------------------------------------------------
+
+    def compute_activations(self, path) -> Dict[str, np.ndarray]:
+        """Run the backend over every image of ``path`` (streamed in batches); no cache involved."""
+        from tqdm.auto import tqdm
+
+        path = Path(path)
+        validate_image_header(inspect_npz(path))
+        backend = self.backend
+        out: Dict[str, np.ndarray] = {}
+        with NpzImageReader(path, IMAGES_KEY) as reader:
+            n = len(reader)
+            done = 0
+            with tqdm(
+                total=n,
+                unit="img",
+                desc=f"{backend.name} features: {path.name}",
+                disable=not self.progress,
+                leave=False,
+            ) as bar:
+                for batch in reader.batches(self.batch_size):
+                    feats = check_features(backend.name, backend.compute(batch), len(batch))
+                    if not out:
+                        out = {k: np.empty((n, v.shape[1]), np.float32) for k, v in feats.items()}
+                    for key, value in feats.items():
+                        if value.shape[1] != out[key].shape[1]:
+                            raise ValueError(
+                                f"backend {backend.name!r} changed the {key!r} feature size mid-batch"
+                            )
+                        out[key][done : done + len(batch)] = value
+                    done += len(batch)
+                    bar.update(len(batch))
+        return out
+
+    def batch_features(self, path) -> BatchFeatures:
+        """Activations and their statistics for the images of ``path``, from the cache when valid."""
+        path = Path(path)
+        cache = cache_path_for(path, self._backend_name)
+        key = None
+        if self.use_cache:
+            key = _cache_key(path, self._fingerprint())
+            cached = _load_cache(cache, key)
+            if cached is not None:
+                return cached
+        acts = self.compute_activations(path)
+        feats = BatchFeatures(
+            acts=acts, stats={kind: metrics.statistics(acts[kind]) for kind in ("pool", "spatial")}
+        )
+        if self.use_cache:
+            _save_cache(cache, key, feats)
+        return feats
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def _check_inputs(self, ref: NpzInfo, sample: NpzInfo) -> None:
+        need = max(self.k + 1, 2)
+        validate_image_header(sample, min_images=1)
+        if sample.num_images < need:
+            raise ValueError(
+                f"{sample.path} holds {sample.num_images} images, but precision/recall with k={self.k} "
+                f"needs at least {self.k + 1} (and a covariance at least 2); evaluate more samples."
+            )
+        if ref.has_images:
+            validate_image_header(ref, min_images=1)
+            if ref.num_images < need:
+                raise ValueError(
+                    f"{ref.path} holds {ref.num_images} reference images, but precision/recall with "
+                    f"k={self.k} needs at least {self.k + 1}."
+                )
+        elif not (ref.has_statistics("pool") and ref.has_statistics("spatial")):
+            found = ", ".join(ref.keys) or "nothing"
+            raise ValueError(
+                f"reference batch {ref.path} has neither images ('{IMAGES_KEY}') nor precomputed "
+                f"statistics ('mu', 'sigma', 'mu_s', 'sigma_s'); found: {found}. Use an ADM reference "
+                "batch such as VIRTUAL_imagenet256_labeled.npz, or save reference images as arr_0."
+            )
+
+    def _load_batch(self, info: NpzInfo) -> BatchFeatures:
+        feats = self.batch_features(info.path) if info.has_images else BatchFeatures()
+        # As in the ADM evaluator, statistics stored in the .npz take precedence over the activations.
+        for kind in ("pool", "spatial"):
+            stored = read_npz_statistics(info.path, kind)
+            if stored is not None:
+                feats.stats[kind] = stored
+        return feats
+
+    def evaluate(self, ref_path, sample_path) -> Dict[str, Optional[float]]:
+        """All five metrics of ``sample_path`` against ``ref_path`` (both ``.npz`` batches)."""
+        ref_info, sample_info = inspect_npz(ref_path), inspect_npz(sample_path)
+        self._check_inputs(ref_info, sample_info)
+        ref = self._load_batch(ref_info)
+        sample = self._load_batch(sample_info)
+        return self.compute_metrics(ref, sample, ref_name=str(ref_path))
+
+    def compute_metrics(
+        self, ref: BatchFeatures, sample: BatchFeatures, *, ref_name: str = "reference"
+    ) -> Dict[str, Optional[float]]:
+        """Metrics from already computed features (``ref.acts`` may be ``None`` if it has statistics)."""
+        if sample.acts is None:
+            raise ValueError("the sample batch needs activations (images)")
+        results: Dict[str, Optional[float]] = {
+            "inception_score": metrics.inception_score(sample.acts["probs"])
+        }
+        for kind, metric in (("pool", "fid"), ("spatial", "sfid")):
+            s_mu, s_sigma = sample.stats.get(kind) or metrics.statistics(sample.acts[kind])
+            if kind in ref.stats:
+                r_mu, r_sigma = ref.stats[kind]
+            elif ref.acts is not None:
+                r_mu, r_sigma = metrics.statistics(ref.acts[kind])
+            else:
+                raise ValueError(f"{ref_name} has neither {kind} statistics nor images")
+            if np.shape(r_mu) != np.shape(s_mu):
+                raise ValueError(
+                    f"{ref_name}: reference {kind} statistics have dimension {np.shape(r_mu)[0]} but the "
+                    f"{self._backend_name!r} backend gives {np.shape(s_mu)[0]}-d features; the stored "
+                    "statistics were made with another feature network (use --backend inception)."
+                )
+            # The ADM evaluator calls sample_stats.frechet_distance(ref_stats): sample first.
+            results[metric] = metrics.frechet_distance(s_mu, s_sigma, r_mu, r_sigma)
+        if ref.acts is None:
+            warnings.warn(
+                f"{ref_name} has statistics but no images: precision and recall are not computed",
+                RuntimeWarning,
+            )
+            results["precision"] = results["recall"] = None
+        else:
+            results["precision"], results["recall"] = metrics.precision_recall(
+                ref.acts["pool"], sample.acts["pool"], self.k, device=self.device, norms=self.norms
+            )
+        return results
+
+
+# ----------------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .backends import available_backends
+
+    p = argparse.ArgumentParser(
+        prog="adm-evaluate",
+        description="Inception Score, FID, sFID, precision and recall of SAMPLE against REF "
+        "(ADM evaluator).",
+    )
+    p.add_argument("ref_batch", help="reference batch .npz (arr_0 images and/or mu, sigma, mu_s, sigma_s)")
+    p.add_argument("sample_batch", help="sample batch .npz (arr_0: uint8 images [N, H, W, 3])")
+    p.add_argument("--json", metavar="OUT", default=None, help="also write the metrics to this JSON file")
+    p.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="images per backend call")
+    p.add_argument(
+        "--backend",
+        default="inception",
+        help=f"feature backend (registered: {', '.join(available_backends())})",
+    )
+    p.add_argument(
+        "--inception_graph",
+        default=None,
+        help="classify_image_graph_def.pb (default: $ADM_INCEPTION_GRAPH or "
+        "~/.cache/pag_adm/classify_image_graph_def.pb)",
+    )
+    p.add_argument("--no_cache", action="store_true", help="neither read nor write activation caches")
+    p.add_argument("--download", action="store_true", help="download the Inception graph if missing")
+    p.add_argument("--device", default=None, help="torch device for precision/recall (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else repr(float(value))
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        if args.download and args.backend == "inception":
+            from .download_inception import download_inception_graph
+
+            args.inception_graph = str(download_inception_graph(args.inception_graph))
+        evaluator = Evaluator(
+            args.backend,
+            batch_size=args.batch_size,
+            use_cache=not args.no_cache,
+            device=args.device,
+            inception_graph=args.inception_graph,
+            progress=not args.quiet,
+        )
+        try:
+            results = evaluator.evaluate(args.ref_batch, args.sample_batch)
+        finally:
+            evaluator.close()
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"adm-evaluate: error: {exc}", file=sys.stderr)
+        return 2
+
+    print("Inception Score:", _fmt(results["inception_score"]))
+    print("FID:", _fmt(results["fid"]))
+    print("sFID:", _fmt(results["sfid"]))
+    print("Precision:", _fmt(results["precision"]))
+    print("Recall:", _fmt(results["recall"]))
+    if args.json:
+        payload = {
+            "ref_batch": str(args.ref_batch),
+            "sample_batch": str(args.sample_batch),
+            "backend": args.backend,
+            **results,
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

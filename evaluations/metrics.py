@@ -1,0 +1,505 @@
+"""Sample-quality metrics of the ADM evaluator, computed from feature activations.
+
+Everything here works on plain arrays of activations (``[N, D]``); turning images into activations is
+the job of a feature backend (see :mod:`evaluations.backends`).
+
+The numbers follow OpenAI's ADM evaluator (``guided-diffusion/evaluations/evaluator.py``):
+
+* FID / sFID statistics: ``mu`` is the float32 mean of the float32 activations, ``sigma`` the float64
+  ``np.cov(rowvar=False)``; the distance uses the trace of ``scipy.linalg.sqrtm``.
+* Inception Score: the improved-GAN formula over splits of ``split_size`` rows.
+* Improved precision / recall (Kynkaanniemi et al. 2019) with the k-th nearest-neighbour radius,
+  counting each point itself (distance 0) as a neighbour.  The reference computes the pairwise squared
+  distances with TensorFlow in float16 (squared norms, matmul and the combination all rounded to float16)
+  and recomputes a ``row_batch_size x col_batch_size`` block in float32 only when a float16 value in it is
+  not finite.  We do the same with torch, on the GPU when there is one, in chunks of bounded size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+import scipy.linalg
+
+ArrayLike = Union[np.ndarray, "torch.Tensor"]  # noqa: F821
+
+__all__ = [
+    "statistics",
+    "frechet_distance",
+    "inception_score",
+    "manifold_radii",
+    "manifold_membership",
+    "precision_recall",
+]
+
+
+# ----------------------------------------------------------------------------------------------------
+# FID
+# ----------------------------------------------------------------------------------------------------
+
+
+def _as_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def statistics(acts) -> Tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of activations ``[N, D]``, exactly as the ADM evaluator makes them.
+
+    ``mu`` is the float32 mean of the float32 activations; ``sigma`` is ``np.cov(rowvar=False)`` (float64).
+    """
+    acts = _as_numpy(acts)
+    if acts.ndim != 2:
+        raise ValueError(f"activations must be a 2-D array [N, D]; got shape {acts.shape}")
+    if acts.shape[0] < 2:
+        raise ValueError(
+            f"need at least 2 activation rows to estimate a covariance; got {acts.shape[0]}"
+        )
+    acts = acts.astype(np.float32, copy=False)
+    mu = np.mean(acts, axis=0)
+    sigma = np.cov(acts, rowvar=False)
+    return mu, sigma
+
+
+def _sqrtm(mat: np.ndarray) -> np.ndarray:
+    # scipy warns (LinAlgWarning) for the singular products that FID routinely meets (N < D); the
+    # finiteness / imaginary-part checks below are what decide whether the result is usable.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=scipy.linalg.LinAlgWarning)
+        return scipy.linalg.sqrtm(mat)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """Frechet distance between the Gaussians ``N(mu1, sigma1)`` and ``N(mu2, sigma2)``.
+
+    ``d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrtm(sigma1 @ sigma2))``.  The ADM evaluator
+    calls it as ``sample.frechet_distance(ref)``, i.e. with the sample statistics first.
+
+    When ``sqrtm`` of the product is not finite, ``eps * I`` is added to both covariances and the square
+    root is taken again (with a warning).  A complex result is accepted, and its real part used, only when
+    the imaginary part of its diagonal is below 1e-3; otherwise ``ValueError`` is raised.
+    """
+    mu1 = np.atleast_1d(_as_numpy(mu1))
+    mu2 = np.atleast_1d(_as_numpy(mu2))
+    sigma1 = np.atleast_2d(_as_numpy(sigma1))
+    sigma2 = np.atleast_2d(_as_numpy(sigma2))
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"mean vectors have different shapes: {mu1.shape} vs {mu2.shape}")
+    if sigma1.shape != sigma2.shape:
+        raise ValueError(f"covariances have different shapes: {sigma1.shape} vs {sigma2.shape}")
+    if sigma1.shape != (mu1.shape[0], mu1.shape[0]):
+        raise ValueError(
+            f"covariance shape {sigma1.shape} does not match the mean's dimension {mu1.shape[0]}"
+        )
+
+    diff = mu1 - mu2
+    covmean = _sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        warnings.warn(
+            f"FID: the product of the covariances is singular; adding {eps} to their diagonals",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = _sqrtm((sigma1 + offset).dot(sigma2 + offset))
+
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(
+                "FID: sqrtm(sigma1 @ sigma2) has a large imaginary component "
+                f"({np.max(np.abs(covmean.imag)):.3g}); the statistics are probably broken"
+            )
+        covmean = covmean.real
+
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Inception Score
+# ----------------------------------------------------------------------------------------------------
+
+
+def inception_score(probs, split_size: int = 5000) -> float:
+    """Inception Score of class probabilities ``[N, C]`` (rows are softmax outputs).
+
+    The rows are cut into consecutive splits of ``split_size``; each split scores
+    ``exp(mean_i KL(p_i || mean_j p_j))`` and the result is the mean over splits (the ADM evaluator's
+    formula, computed in the dtype of ``probs``).
+    """
+    probs = _as_numpy(probs)
+    if probs.ndim != 2 or probs.shape[0] == 0:
+        raise ValueError(f"probabilities must be a non-empty 2-D array [N, C]; got {probs.shape}")
+    if split_size < 1:
+        raise ValueError(f"split_size must be positive; got {split_size}")
+    per_split = []
+    for start in range(0, probs.shape[0], split_size):
+        p = probs[start : start + split_size]
+        log_marginal = np.log(np.mean(p, axis=0, keepdims=True))
+        kl_rows = np.sum(p * (np.log(p) - log_marginal), axis=1)
+        per_split.append(np.exp(np.mean(kl_rows)))
+    return float(np.mean(per_split))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Precision / recall
+# ----------------------------------------------------------------------------------------------------
+
+# The reference decides between float16 and float32 per block of this many rows x columns.
+REFERENCE_BLOCK = 10000
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _resolve_device(device):
+    torch = _torch()
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def _ieee_fp32_matmul():
+    """Keep float32 matmuls in full float32 (no TF32 / bf16 shortcuts) inside the block."""
+    torch = _torch()
+    try:
+        previous = torch.get_float32_matmul_precision()
+    except Exception:  # pragma: no cover - exotic torch configurations
+        previous = None
+    if previous is not None and previous != "highest":
+        torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        if previous is not None and previous != "highest":
+            torch.set_float32_matmul_precision(previous)
+
+
+# --- float16 squared norms -----------------------------------------------------------------------------
+#
+# The reference takes the float16 squared norms with ``tf.reduce_sum(tf.square(U), 1)``.  On CPU,
+# TensorFlow's Eigen kernel sums float16 in float16: vectorised in packets of 8 lanes (AVX ``Packet8h``,
+# every packet add rounded to float16), four packet accumulators per pass that are then added one after
+# the other, a recursive split of rows longer than 8 * 200 values into packet-aligned halves, the 8
+# lanes of the final packet summed in float32 and rounded, and a scalar float16 tail.  Those roundings
+# decide on which float16 value a norm lands, and a norm one float16 step off can flip a borderline
+# sample in or out of a ball, so ``norms="tf_cpu"`` (the default) replays that order exactly.
+# ``norms="rounded"`` instead rounds the float32-accumulated sum once (what a GPU reduction does).
+
+_EIGEN_PACKET = 8
+_EIGEN_HALF_LEAF = 200
+NORM_MODES = ("tf_cpu", "rounded")
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _eigen_half_leaf(s):
+    torch = _torch()
+    P = _EIGEN_PACKET
+    rows, n = s.shape
+    start = 0
+    acc0 = torch.zeros(rows, P, dtype=torch.float16, device=s.device)
+    if n >= 4 * P:
+        stop4 = (n // (4 * P)) * (4 * P)
+        blocks = s[:, :stop4].reshape(rows, stop4 // (4 * P), 4, P)
+        acc = torch.zeros(rows, 4, P, dtype=torch.float16, device=s.device)
+        for j in range(blocks.shape[1]):
+            acc = acc + blocks[:, j]
+        acc0 = ((acc[:, 0] + acc[:, 1]) + acc[:, 2]) + acc[:, 3]
+        start = stop4
+    if start <= n - P:
+        stop = (n // P) * P
+        for j in range(start, stop, P):
+            acc0 = acc0 + s[:, j : j + P]
+        start = stop
+    tail = torch.zeros(rows, dtype=torch.float16, device=s.device)
+    for j in range(start, n):
+        tail = tail + s[:, j]
+    lanes = acc0.to(torch.float32)
+    # horizontal float32 sum of the 8 lanes, in the order of Eigen's AVX/SSE predux
+    pairs = lanes[:, :4] + lanes[:, 4:]
+    total = (pairs[:, 0] + pairs[:, 2]) + (pairs[:, 1] + pairs[:, 3])
+    return tail + total.to(torch.float16)
+
+
+def _eigen_half_sum(s, first: int):
+    """Row sums of float16 ``s`` in the order of Eigen's tree reduction; ``first`` is the flat index of
+    the rows' first element (only its position modulo the packet size matters)."""
+    P = _EIGEN_PACKET
+    n = s.shape[1]
+    if n > P * _EIGEN_HALF_LEAF:
+        split = P * _ceil_div(first + _ceil_div(n, 2), P)
+        num_left = min(split - first, n)
+        acc = _eigen_half_sum(s[:, :num_left], first)
+        if num_left < n:
+            acc = acc + _eigen_half_sum(s[:, num_left:], split)
+        return acc
+    return _eigen_half_leaf(s)
+
+
+def fp16_squared_norms(x, mode: str = "tf_cpu"):
+    """float16 squared row norms of ``x`` (a torch tensor ``[N, D]``) as the reference computes them.
+
+    Each square is rounded to float16; the row sums follow ``mode`` (see ``NORM_MODES``).  Row ``r`` is
+    treated as row ``r`` of the reference's block (blocks start at multiples of 10000 rows), which only
+    matters when ``D`` is not a multiple of 8.
+    """
+    torch = _torch()
+    x16 = x.to(torch.float16)
+    sq = x16 * x16
+    if mode == "rounded":
+        return torch.sum(sq, dim=1)
+    if mode != "tf_cpu":
+        raise ValueError(f"unknown norm mode {mode!r}; expected one of {NORM_MODES}")
+    n, d = sq.shape
+    out = torch.empty(n, dtype=torch.float16, device=x.device)
+    if d == 0:
+        return out.zero_()
+    phase = (torch.arange(n, device=x.device) * d) % _EIGEN_PACKET
+    if d % _EIGEN_PACKET == 0:
+        out[:] = _eigen_half_sum(sq, 0)
+        return out
+    for p in range(_EIGEN_PACKET):
+        idx = torch.nonzero(phase == p).flatten()
+        if idx.numel():
+            out[idx] = _eigen_half_sum(sq[idx], p)
+    return out
+
+
+class _Features:
+    """Features on the compute device with the squared norms both code paths need."""
+
+    def __init__(self, feats, device, norms: str = "tf_cpu"):
+        torch = _torch()
+        if hasattr(feats, "detach"):
+            x = feats.detach().to(device=device, dtype=torch.float32)
+        else:
+            arr = np.asarray(feats)
+            if arr.ndim != 2:
+                raise ValueError(f"features must be a 2-D array [N, D]; got shape {arr.shape}")
+            x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(device)
+        if x.ndim != 2:
+            raise ValueError(f"features must be a 2-D array [N, D]; got shape {tuple(x.shape)}")
+        self.x = x.contiguous()
+        self.norm16 = fp16_squared_norms(self.x, norms)
+        self.norm32 = torch.sum(self.x * self.x, dim=1)
+
+    def __len__(self):
+        return self.x.shape[0]
+
+
+def _distances_fp16(u: _Features, v: _Features, rows: slice, cols: slice):
+    """Squared distances with float16 semantics: ``max(|u|^2 - 2 u.v + |v|^2, 0)``, each op in float16.
+
+    The matmul takes float16 inputs and accumulates in float32 before the result is rounded to float16
+    (what a float16 GEMM does); it runs as a float32 GEMM on the float16-rounded inputs, which gives the
+    same values and is much faster on CPUs without native float16 arithmetic.
+    """
+    torch = _torch()
+    a = u.x[rows].to(torch.float16).to(torch.float32)
+    b = v.x[cols].to(torch.float16).to(torch.float32)
+    dot = torch.matmul(a, b.T).to(torch.float16)
+    d = u.norm16[rows, None] - 2 * dot
+    d = d + v.norm16[None, cols]
+    return torch.clamp_min(d, 0)
+
+
+def _distances_fp32(u: _Features, v: _Features, rows: slice, cols: slice):
+    torch = _torch()
+    dot = torch.matmul(u.x[rows], v.x[cols].T)
+    d = u.norm32[rows, None] - 2 * dot
+    d = d + v.norm32[None, cols]
+    return torch.clamp_min(d, 0)
+
+
+def _row_chunk(num_cols: int, max_elements: int) -> int:
+    return max(1, min(REFERENCE_BLOCK, max_elements // max(1, num_cols)))
+
+
+def _default_max_elements(device) -> int:
+    return 1 << 27 if device.type == "cuda" else 1 << 23
+
+
+def _reduce_block(u, v, rows: slice, cols: slice, reduce_fn, chunk_rows: int):
+    """Apply ``reduce_fn(dist, row_slice)`` to row chunks of the ``rows x cols`` distance block.
+
+    The block is first computed in float16; if any of its values is not finite, the whole block is
+    recomputed in float32 (the reference's per-block fallback).  Returns the list of chunk results.
+    """
+    torch = _torch()
+    for dist_fn in (_distances_fp16, _distances_fp32):
+        results = []
+        finite = True
+        for start in range(rows.start, rows.stop, chunk_rows):
+            sub = slice(start, min(start + chunk_rows, rows.stop))
+            d = dist_fn(u, v, sub, cols)
+            if dist_fn is _distances_fp16 and not bool(torch.isfinite(d).all()):
+                finite = False
+                break
+            results.append((sub, reduce_fn(d.to(torch.float32), sub)))
+        if finite:
+            return results
+    return results
+
+
+def manifold_radii(
+    feats,
+    k: int = 3,
+    *,
+    device=None,
+    row_batch_size: int = REFERENCE_BLOCK,
+    col_batch_size: int = REFERENCE_BLOCK,
+    max_block_elements: Optional[int] = None,
+    norms: str = "tf_cpu",
+    _prepared: Optional[_Features] = None,
+) -> np.ndarray:
+    """Squared distance from each row of ``feats`` to its k-th nearest neighbour in ``feats``.
+
+    The row itself (distance 0, or its float16 rounding) counts as a neighbour, as in the reference's
+    ``np.partition(..., kth=k)``: the radius is the (k+1)-th smallest squared distance.  Returns float32
+    ``[N]``.
+    """
+    torch = _torch()
+    device = _resolve_device(device)
+    f = _prepared if _prepared is not None else _Features(feats, device, norms)
+    n = len(f)
+    if k < 1:
+        raise ValueError(f"k must be >= 1; got {k}")
+    if n < k + 1:
+        raise ValueError(
+            f"precision/recall with k={k} needs at least {k + 1} feature rows per set; got {n}. "
+            "Evaluate more samples (or lower k)."
+        )
+    max_elements = max_block_elements or _default_max_elements(device)
+    radii = np.empty(n, dtype=np.float32)
+    with torch.no_grad(), _ieee_fp32_matmul():
+        for r0 in range(0, n, row_batch_size):
+            rows = slice(r0, min(r0 + row_batch_size, n))
+            candidates = []
+            for c0 in range(0, n, col_batch_size):
+                cols = slice(c0, min(c0 + col_batch_size, n))
+                width = cols.stop - cols.start
+                chunk = _row_chunk(width, max_elements)
+                keep = min(k + 1, width)
+
+                def smallest(d, _sub, keep=keep):
+                    return torch.topk(d, keep, dim=1, largest=False, sorted=False).values
+
+                parts = _reduce_block(f, f, rows, cols, smallest, chunk)
+                candidates.append(torch.cat([p for _, p in parts], dim=0))
+            cand = torch.cat(candidates, dim=1)
+            kth = torch.kthvalue(cand, k + 1, dim=1).values
+            radii[rows] = kth.cpu().numpy()
+    return radii
+
+
+def manifold_membership(
+    ref_feats,
+    ref_radii,
+    sample_feats,
+    sample_radii,
+    *,
+    device=None,
+    row_batch_size: int = REFERENCE_BLOCK,
+    col_batch_size: int = REFERENCE_BLOCK,
+    max_block_elements: Optional[int] = None,
+    norms: str = "tf_cpu",
+    _prepared: Optional[Tuple[_Features, _Features]] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Which samples fall inside some reference ball, and which reference points inside some sample ball.
+
+    Returns boolean arrays ``(sample_in_ref_manifold [N_sample], ref_in_sample_manifold [N_ref])``;
+    their means are precision and recall.  A point is inside a ball when its squared distance to the
+    centre is ``<=`` the centre's radius.
+    """
+    torch = _torch()
+    device = _resolve_device(device)
+    if _prepared is not None:
+        u, v = _prepared
+    else:
+        u, v = _Features(ref_feats, device, norms), _Features(sample_feats, device, norms)
+    if u.x.shape[1] != v.x.shape[1]:
+        raise ValueError(
+            f"reference and sample features differ in dimension: {u.x.shape[1]} vs {v.x.shape[1]}"
+        )
+    r_ref = torch.as_tensor(np.asarray(ref_radii, dtype=np.float32).reshape(-1), device=device)
+    r_smp = torch.as_tensor(np.asarray(sample_radii, dtype=np.float32).reshape(-1), device=device)
+    if r_ref.shape[0] != len(u) or r_smp.shape[0] != len(v):
+        raise ValueError("radii must have one entry per feature row")
+    max_elements = max_block_elements or _default_max_elements(device)
+    ref_in = torch.zeros(len(u), dtype=torch.bool, device=device)
+    smp_in = torch.zeros(len(v), dtype=torch.bool, device=device)
+    with torch.no_grad(), _ieee_fp32_matmul():
+        for r0 in range(0, len(u), row_batch_size):
+            rows = slice(r0, min(r0 + row_batch_size, len(u)))
+            for c0 in range(0, len(v), col_batch_size):
+                cols = slice(c0, min(c0 + col_batch_size, len(v)))
+                chunk = _row_chunk(cols.stop - cols.start, max_elements)
+
+                def both(d, sub, cols=cols):
+                    # ref row i is covered when some sample j has d_ij <= radius_j, and vice versa.
+                    ref_hit = (d <= r_smp[None, cols]).any(dim=1)
+                    smp_hit = (d <= r_ref[sub, None]).any(dim=0)
+                    return ref_hit, smp_hit
+
+                for sub, (ref_hit, smp_hit) in _reduce_block(u, v, rows, cols, both, chunk):
+                    ref_in[sub] |= ref_hit
+                    smp_in[cols] |= smp_hit
+    return smp_in.cpu().numpy(), ref_in.cpu().numpy()
+
+
+def precision_recall(
+    ref_feats,
+    sample_feats,
+    k: int = 3,
+    *,
+    device=None,
+    ref_radii: Optional[np.ndarray] = None,
+    sample_radii: Optional[np.ndarray] = None,
+    row_batch_size: int = REFERENCE_BLOCK,
+    col_batch_size: int = REFERENCE_BLOCK,
+    max_block_elements: Optional[int] = None,
+    norms: str = "tf_cpu",
+) -> Tuple[float, float]:
+    """Improved precision and recall of ``sample_feats`` against ``ref_feats`` (k-NN manifolds).
+
+    precision = fraction of samples inside the reference manifold; recall = fraction of reference points
+    inside the sample manifold.  Radii are computed with :func:`manifold_radii` unless given.
+    """
+    device = _resolve_device(device)
+    u, v = _Features(ref_feats, device, norms), _Features(sample_feats, device, norms)
+    if u.x.shape[1] != v.x.shape[1]:
+        raise ValueError(
+            f"reference and sample features differ in dimension: {u.x.shape[1]} vs {v.x.shape[1]}"
+        )
+    for name, f in (("reference", u), ("sample", v)):
+        if len(f) < k + 1:
+            raise ValueError(
+                f"precision/recall with k={k} needs at least {k + 1} {name} feature rows; got {len(f)}. "
+                "Evaluate more images (or lower k)."
+            )
+    opts = dict(
+        device=device,
+        row_batch_size=row_batch_size,
+        col_batch_size=col_batch_size,
+        max_block_elements=max_block_elements,
+    )
+    if ref_radii is None:
+        ref_radii = manifold_radii(None, k, _prepared=u, **opts)
+    if sample_radii is None:
+        sample_radii = manifold_radii(None, k, _prepared=v, **opts)
+    smp_in, ref_in = manifold_membership(
+        None, ref_radii, None, sample_radii, _prepared=(u, v), **opts
+    )
+    precision = float(np.count_nonzero(smp_in)) / len(smp_in)
+    recall = float(np.count_nonzero(ref_in)) / len(ref_in)
+    return precision, recall
