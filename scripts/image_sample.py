@@ -16,6 +16,7 @@ The release's MODEL_FLAGS and SAMPLE_FLAGS work verbatim. Launch as one process,
 """
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -120,6 +121,7 @@ class Run:
         self.store = SampleStore(self.output_dir, self.config, args.num_samples,
                                  (args.image_size, args.image_size, 3),
                                  expected_labels=self.labels.labels if self.labels.enabled else None)
+        self.resuming = False
         if dist_util.rank() == 0:  # cheap folder checks before loading any weights
             self.store.check_writable()
             self.resuming = self.store.check_manifest()
@@ -166,7 +168,7 @@ def run_config(args, attention_items, labels):
     checkpoints are identified by size and a hash of their first MiB rather than by their path.
     """
     config = {
-        "model": {k: getattr(args, k) for k in model_and_diffusion_defaults()},
+        "model": model_flags(args),
         "model_checkpoint": checkpoint_identity(args.model_path, "--model_path"),
         "sampling": {"num_samples": args.num_samples, "seed": args.seed, "use_ddim": args.use_ddim,
                      "eta": args.eta, "clip_denoised": args.clip_denoised, "precision": precision(args),
@@ -177,8 +179,8 @@ def run_config(args, attention_items, labels):
     if args.classifier_path:
         config["classifier"] = {k: getattr(args, k) for k in CLASSIFIER_DEFAULTS if k != "classifier_path"}
         config["classifier"]["checkpoint"] = checkpoint_identity(args.classifier_path, "--classifier_path")
-        config["classifier"]["guidance"] = {"scale": args.classifier_scale, "interval": args.classifier_interval,
-                                            "schedule": args.classifier_schedule}
+        # built here without the classifier, so that a bad interval or schedule fails early
+        config["classifier"]["guidance"] = dataclasses.asdict(classifier_guidance(args, None).options)
     return config
 
 
@@ -193,8 +195,12 @@ def precision(args):
     return args.precision or ("fp16" if args.use_fp16 else "fp32")
 
 
+def model_flags(args):
+    return {k: getattr(args, k) for k in model_and_diffusion_defaults()}
+
+
 def load_model(args, device):
-    model, diffusion = create_model_and_diffusion(**{k: getattr(args, k) for k in model_and_diffusion_defaults()})
+    model, diffusion = create_model_and_diffusion(**model_flags(args))
     load_checkpoint(model, args.model_path)
     return apply_precision(model, precision(args)).to(device).eval(), diffusion
 
@@ -313,13 +319,17 @@ def sample(args):
              count / max(seconds, 1e-9))
 
     stats = dist_util.all_gather_objects((count, seconds))  # also waits for every rank to finish
+    error = None
     if rank == 0:
         if world > 1:
             for r, (n, s) in enumerate(stats):
                 log.info("  rank %d: %d images, %.3f img/s", r, n, n / max(s, 1e-9))
-        path = store.assemble()
-        log.info("wrote %s and %s", path, store.grid_path)
-    dist_util.barrier()
+        try:
+            path = store.assemble()  # checks count and coverage first
+            log.info("wrote %s and %s", path, store.grid_path)
+        except (ValueError, OSError) as exc:
+            error = exc
+    dist_util.raise_if_any_failed(error)
     return run.output_dir
 
 
