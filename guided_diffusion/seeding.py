@@ -14,6 +14,9 @@ Only the raw 64-bit output of numpy's PCG64 is used for labels (bit generators' 
 numpy versions, `Generator` methods' are not).
 """
 
+import concurrent.futures
+import os
+
 import numpy as np
 import torch
 
@@ -40,17 +43,36 @@ class ImageNoise:
     `initial()` gives x_T; `step(i)` the noise of sampling step i (i counting down, as the sampling loops
     do). Every image's stream is consumed in the same order whatever batch it lands in, so a row's noise
     depends on (seed, index) only. `shape` is one image's shape, [C, H, W].
+
+    The draws run on the CPU (the same numbers for every device). With `prefetch` (the default off the
+    CPU) the next draw is made by background threads, one task per image, while the device computes the
+    current step; each generator still makes its draws one after another, so the numbers do not change.
     """
 
-    def __init__(self, seed, indices, shape, device="cpu"):
+    def __init__(self, seed, indices, shape, device="cpu", prefetch=None):
         self.shape = tuple(shape)
-        self.device = device
+        self.device = torch.device(device)
         self.generators = [torch.Generator().manual_seed(image_noise_seed(seed, i)) for i in indices]
         self.last_step = None
+        self.prefetch = self.device.type != "cpu" if prefetch is None else prefetch
+        self.pending = self._submit() if self.prefetch else None
+
+    def _draw_one(self, generator):
+        return torch.randn(self.shape, generator=generator, dtype=torch.float32)
+
+    def _submit(self):
+        return [_pool().submit(self._draw_one, g) for g in self.generators]
 
     def _draw(self):
-        draws = [torch.randn(self.shape, generator=g, dtype=torch.float32) for g in self.generators]
-        return torch.stack(draws).to(self.device)
+        if self.prefetch:
+            draws = [future.result() for future in self.pending]
+            self.pending = self._submit()  # only after every generator finished its previous draw
+        else:
+            draws = [self._draw_one(g) for g in self.generators]
+        batch = torch.stack(draws)
+        if self.device.type == "cuda":
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.to(self.device)
 
     def initial(self):
         if self.last_step is not None:
@@ -65,6 +87,17 @@ class ImageNoise:
                                f"after {self.last_step})")
         self.last_step = i
         return self._draw()
+
+
+_executor = None
+
+
+def _pool():
+    global _executor
+    if _executor is None:
+        _executor = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
+                                                          thread_name_prefix="image-noise")
+    return _executor
 
 
 def _raw64(seed_sequence, count=1):

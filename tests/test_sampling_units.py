@@ -18,8 +18,8 @@ from guided_diffusion.seeding import ImageNoise, LabelSource, balanced_label_tab
 # seeding
 
 
-def draw(seed, indices, steps=(3, 2, 1)):
-    noise = ImageNoise(seed, indices, (3, 4, 4))
+def draw(seed, indices, steps=(3, 2, 1), prefetch=False):
+    noise = ImageNoise(seed, indices, (3, 4, 4), prefetch=prefetch)
     return [noise.initial()] + [noise.step(i) for i in steps]
 
 
@@ -27,9 +27,11 @@ def test_noise_of_an_image_does_not_depend_on_its_batch():
     together = draw(5, [0, 1, 2, 3])
     apart = [draw(5, [i]) for i in range(4)]
     reordered = draw(5, [3, 1])
+    prefetched = draw(5, [0, 1, 2, 3], prefetch=True)  # background draws (the default on GPUs)
     for k in range(4):
         assert torch.equal(together[k], torch.cat([a[k] for a in apart]))
         assert torch.equal(reordered[k], together[k][[3, 1]])
+        assert torch.equal(prefetched[k], together[k])
 
 
 def test_noise_streams_differ_between_images_steps_and_seeds():
