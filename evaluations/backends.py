@@ -15,8 +15,11 @@ name, and the evaluator also accepts a backend object directly.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import inspect
 from abc import ABC, abstractmethod
-from typing import Callable, Dict
+from typing import Callable, Dict, Union
 
 import numpy as np
 
@@ -53,14 +56,14 @@ BackendFactory = Callable[..., FeatureBackend]
 _REGISTRY: Dict[str, BackendFactory] = {}
 
 
-def register_backend(name: str, factory: BackendFactory, *, overwrite: bool = False) -> None:
-    """Make ``factory`` available as ``--backend name``.
+def register_backend(name: str, factory: Union[BackendFactory, str]) -> None:
+    """Make ``factory`` available as ``--backend name`` (re-registering a name replaces it).
 
-    The factory is called with keyword options (currently ``graph_path``, which may be ``None``) and
-    should accept and ignore options it does not use (``**kwargs``).
+    ``factory`` is a callable returning a backend, or a ``"package.module:function"`` string that is
+    imported only when the backend is first created.  It is called with the keyword options it
+    accepts among those the evaluator passes (currently ``graph_path``, the ``--inception_graph`` flag,
+    which may be ``None``).
     """
-    if not overwrite and name in _REGISTRY and _REGISTRY[name] is not factory:
-        raise ValueError(f"a feature backend named {name!r} is already registered")
     _REGISTRY[name] = factory
 
 
@@ -68,12 +71,32 @@ def available_backends():
     return sorted(_REGISTRY)
 
 
+def _resolve_factory(factory: Union[BackendFactory, str]) -> BackendFactory:
+    if isinstance(factory, str):
+        module_name, _, attr = factory.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+    return factory
+
+
+def _accepted_options(factory: Callable, options: Dict) -> Dict:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return options
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return options
+    names = {p.name for p in params}
+    return {k: v for k, v in options.items() if k in names}
+
+
 def create_backend(name: str, **options) -> FeatureBackend:
+    """Build the backend registered as ``name``."""
     if name not in _REGISTRY:
         raise ValueError(
             f"unknown feature backend {name!r}; available: {', '.join(available_backends()) or 'none'}"
         )
-    return _REGISTRY[name](**options)
+    factory = _resolve_factory(_REGISTRY[name])
+    return factory(**_accepted_options(factory, options))
 
 
 def backend_fingerprint(backend) -> str:
@@ -99,10 +122,32 @@ def check_features(backend_name: str, feats, batch_len: int) -> Dict[str, np.nda
     return out
 
 
-def _inception_factory(graph_path=None, **_unused) -> FeatureBackend:
+def _inception_factory(graph_path=None) -> FeatureBackend:
     from .inception import InceptionGraphBackend
 
     return InceptionGraphBackend(graph_path)
 
 
+class _DigitsBackend:
+    """The digits network of :mod:`evaluations.digits_features`, keyed in caches by its weights."""
+
+    name = "digits"
+
+    def __init__(self):
+        from .digits_features import DEFAULT_CHECKPOINT, digits_feature_backend
+
+        self._inner = digits_feature_backend()
+        digest = hashlib.sha256()
+        with open(DEFAULT_CHECKPOINT, "rb") as f:
+            digest.update(f.read())
+        self._fingerprint = f"digits:{digest.hexdigest()[:16]}"
+
+    def compute(self, batch):
+        return self._inner.compute(batch)
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+
 register_backend("inception", _inception_factory)
+register_backend("digits", _DigitsBackend)

@@ -202,38 +202,49 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _eigen_half_leaf(s):
-    torch = _torch()
+def _to_half_grid(a: np.ndarray) -> np.ndarray:
+    """Round float32 values to float16 (round-to-nearest-even, subnormals included), kept as float32.
+
+    A float16 addition in Eigen (and numpy, and torch on CPU) is a float32 addition rounded this way."""
+    return a.astype(np.float16).astype(np.float32)
+
+
+def _eigen_half_leaf(s: np.ndarray) -> np.ndarray:
     P = _EIGEN_PACKET
     rows, n = s.shape
     start = 0
-    acc0 = torch.zeros(rows, P, dtype=torch.float16, device=s.device)
+    acc0 = np.zeros((rows, P), np.float32)
     if n >= 4 * P:
         stop4 = (n // (4 * P)) * (4 * P)
-        blocks = s[:, :stop4].reshape(rows, stop4 // (4 * P), 4, P)
-        acc = torch.zeros(rows, 4, P, dtype=torch.float16, device=s.device)
-        for j in range(blocks.shape[1]):
-            acc = acc + blocks[:, j]
-        acc0 = ((acc[:, 0] + acc[:, 1]) + acc[:, 2]) + acc[:, 3]
+        # [steps, rows, 4 packets of P lanes], contiguous per step
+        blocks = np.ascontiguousarray(
+            s[:, :stop4].reshape(rows, stop4 // (4 * P), 4 * P).transpose(1, 0, 2)
+        )
+        acc = np.zeros((rows, 4 * P), np.float32)
+        for step in blocks:  # the four packet accumulators side by side
+            acc = _to_half_grid(acc + step)
+        acc = acc.reshape(rows, 4, P)
+        acc0 = _to_half_grid(acc[:, 0] + acc[:, 1])
+        acc0 = _to_half_grid(acc0 + acc[:, 2])
+        acc0 = _to_half_grid(acc0 + acc[:, 3])
         start = stop4
     if start <= n - P:
         stop = (n // P) * P
         for j in range(start, stop, P):
-            acc0 = acc0 + s[:, j : j + P]
+            acc0 = _to_half_grid(acc0 + s[:, j : j + P])
         start = stop
-    tail = torch.zeros(rows, dtype=torch.float16, device=s.device)
+    tail = np.zeros(rows, np.float32)
     for j in range(start, n):
-        tail = tail + s[:, j]
-    lanes = acc0.to(torch.float32)
+        tail = _to_half_grid(tail + s[:, j])
     # horizontal float32 sum of the 8 lanes, in the order of Eigen's AVX/SSE predux
-    pairs = lanes[:, :4] + lanes[:, 4:]
+    pairs = acc0[:, :4] + acc0[:, 4:]
     total = (pairs[:, 0] + pairs[:, 2]) + (pairs[:, 1] + pairs[:, 3])
-    return tail + total.to(torch.float16)
+    return _to_half_grid(tail + _to_half_grid(total))
 
 
-def _eigen_half_sum(s, first: int):
-    """Row sums of float16 ``s`` in the order of Eigen's tree reduction; ``first`` is the flat index of
-    the rows' first element (only its position modulo the packet size matters)."""
+def _eigen_half_sum(s: np.ndarray, first: int) -> np.ndarray:
+    """Row sums of float16 values ``s`` (held as float32) in the order of Eigen's tree reduction;
+    ``first`` is the flat index of the rows' first element (only its value modulo 8 matters)."""
     P = _EIGEN_PACKET
     n = s.shape[1]
     if n > P * _EIGEN_HALF_LEAF:
@@ -241,38 +252,44 @@ def _eigen_half_sum(s, first: int):
         num_left = min(split - first, n)
         acc = _eigen_half_sum(s[:, :num_left], first)
         if num_left < n:
-            acc = acc + _eigen_half_sum(s[:, num_left:], split)
+            acc = _to_half_grid(acc + _eigen_half_sum(s[:, num_left:], split))
         return acc
     return _eigen_half_leaf(s)
 
 
-def fp16_squared_norms(x, mode: str = "tf_cpu"):
+def fp16_squared_norms(x, mode: str = "tf_cpu", chunk_rows: int = 8192):
     """float16 squared row norms of ``x`` (a torch tensor ``[N, D]``) as the reference computes them.
 
     Each square is rounded to float16; the row sums follow ``mode`` (see ``NORM_MODES``).  Row ``r`` is
     treated as row ``r`` of the reference's block (blocks start at multiples of 10000 rows), which only
-    matters when ``D`` is not a multiple of 8.
+    matters when ``D`` is not a multiple of 8.  The ``"tf_cpu"`` replay runs in numpy on the CPU (it is
+    a chain of small sequential steps, which suits neither a GPU nor a contended thread pool).
     """
     torch = _torch()
-    x16 = x.to(torch.float16)
-    sq = x16 * x16
     if mode == "rounded":
-        return torch.sum(sq, dim=1)
+        x16 = x.to(torch.float16)
+        return torch.sum(x16 * x16, dim=1)
     if mode != "tf_cpu":
         raise ValueError(f"unknown norm mode {mode!r}; expected one of {NORM_MODES}")
-    n, d = sq.shape
-    out = torch.empty(n, dtype=torch.float16, device=x.device)
-    if d == 0:
-        return out.zero_()
-    phase = (torch.arange(n, device=x.device) * d) % _EIGEN_PACKET
-    if d % _EIGEN_PACKET == 0:
-        out[:] = _eigen_half_sum(sq, 0)
-        return out
-    for p in range(_EIGEN_PACKET):
-        idx = torch.nonzero(phase == p).flatten()
-        if idx.numel():
-            out[idx] = _eigen_half_sum(sq[idx], p)
-    return out
+    xs = x.detach().to("cpu", torch.float32).numpy()
+    n, d = xs.shape
+    out = np.zeros(n, np.float32)
+    with np.errstate(over="ignore"):  # float16 overflow to inf is part of the semantics
+        _replay_norms(xs, out, chunk_rows)
+    return torch.from_numpy(out.astype(np.float16)).to(x.device)
+
+
+def _replay_norms(xs: np.ndarray, out: np.ndarray, chunk_rows: int) -> None:
+    n, d = xs.shape
+    for r0 in range(0, n, chunk_rows):
+        r1 = min(r0 + chunk_rows, n)
+        sq = _to_half_grid(np.square(xs[r0:r1].astype(np.float16).astype(np.float32)))
+        if d == 0:
+            continue
+        phase = (np.arange(r0, r1, dtype=np.int64) * d) % _EIGEN_PACKET
+        for p in np.unique(phase):
+            sel = phase == p
+            out[r0:r1][sel] = _eigen_half_sum(sq[sel] if not sel.all() else sq, int(p))
 
 
 class _Features:
@@ -292,33 +309,69 @@ class _Features:
         self.x = x.contiguous()
         self.norm16 = fp16_squared_norms(self.x, norms)
         self.norm32 = torch.sum(self.x * self.x, dim=1)
+        self._x16 = None
+
+    @property
+    def x16(self):
+        """The features rounded to float16, held as float32 (exactly) for a fast float32 GEMM."""
+        if self._x16 is None:
+            torch = _torch()
+            self._x16 = self.x.to(torch.float16).to(torch.float32)
+        return self._x16
 
     def __len__(self):
         return self.x.shape[0]
 
 
-def _distances_fp16(u: _Features, v: _Features, rows: slice, cols: slice):
-    """Squared distances with float16 semantics: ``max(|u|^2 - 2 u.v + |v|^2, 0)``, each op in float16.
+_MKLDNN_USABLE: Optional[bool] = None
 
-    The matmul takes float16 inputs and accumulates in float32 before the result is rounded to float16
-    (what a float16 GEMM does); it runs as a float32 GEMM on the float16-rounded inputs, which gives the
-    same values and is much faster on CPUs without native float16 arithmetic.
-    """
+
+def _matmul_nt(a, b):
+    """``a @ b.T`` in float32.  On CPU through oneDNN when torch has it: as exact, and on some CPUs
+    (e.g. AMD, where MKL's SGEMM runs a slower code path) much faster than the default BLAS."""
+    global _MKLDNN_USABLE
     torch = _torch()
-    a = u.x[rows].to(torch.float16).to(torch.float32)
-    b = v.x[cols].to(torch.float16).to(torch.float32)
-    dot = torch.matmul(a, b.T).to(torch.float16)
-    d = u.norm16[rows, None] - 2 * dot
-    d = d + v.norm16[None, cols]
-    return torch.clamp_min(d, 0)
+    if a.device.type == "cpu" and _MKLDNN_USABLE is not False and torch.backends.mkldnn.is_available():
+        try:
+            out = torch.nn.functional.linear(
+                a.contiguous().to_mkldnn(), b.contiguous().to_mkldnn()
+            ).to_dense()
+            _MKLDNN_USABLE = True
+            return out
+        except (RuntimeError, NotImplementedError):  # pragma: no cover - build without the kernel
+            _MKLDNN_USABLE = False
+    return torch.matmul(a, b.T)
+
+
+def _dot16(u: _Features, v: _Features, rows: slice, cols: slice):
+    """``u[rows] . v[cols]^T`` as a float16 GEMM computes it: float16 inputs, float32 accumulation,
+    result rounded to float16.  It runs as a float32 GEMM on the float16-rounded inputs, which gives the
+    same values and is much faster on CPUs without native float16 arithmetic."""
+    torch = _torch()
+    return _matmul_nt(u.x16[rows], v.x16[cols]).to(torch.float16)
+
+
+def _combine16(norm_rows, dot16, norm_cols):
+    """``max(norm_rows - 2 dot + norm_cols, 0)`` evaluated left to right, every op rounded to float16."""
+    torch = _torch()
+    return torch.clamp_min((norm_rows[:, None] - 2 * dot16) + norm_cols[None, :], 0)
+
+
+def _distances_fp16(u: _Features, v: _Features, rows: slice, cols: slice):
+    """Squared distances with the reference's float16 semantics (see the module docstring)."""
+    return _combine16(u.norm16[rows], _dot16(u, v, rows, cols), v.norm16[cols])
 
 
 def _distances_fp32(u: _Features, v: _Features, rows: slice, cols: slice):
     torch = _torch()
-    dot = torch.matmul(u.x[rows], v.x[cols].T)
-    d = u.norm32[rows, None] - 2 * dot
-    d = d + v.norm32[None, cols]
-    return torch.clamp_min(d, 0)
+    dot = _matmul_nt(u.x[rows], v.x[cols])
+    return torch.clamp_min((u.norm32[rows, None] - 2 * dot) + v.norm32[None, cols], 0)
+
+
+def _all_finite(d) -> bool:
+    # distances are >= 0 after the clamp, so the maximum is finite iff every value is (NaN propagates)
+    torch = _torch()
+    return bool(torch.isfinite(d.amax()))
 
 
 def _row_chunk(num_cols: int, max_elements: int) -> int:
@@ -329,26 +382,80 @@ def _default_max_elements(device) -> int:
     return 1 << 27 if device.type == "cuda" else 1 << 23
 
 
-def _reduce_block(u, v, rows: slice, cols: slice, reduce_fn, chunk_rows: int):
+def _reduce_block(u, v, rows: slice, cols: slice, reduce_fn, chunk_rows: int, fp16: bool = True):
     """Apply ``reduce_fn(dist, row_slice)`` to row chunks of the ``rows x cols`` distance block.
 
     The block is first computed in float16; if any of its values is not finite, the whole block is
-    recomputed in float32 (the reference's per-block fallback).  Returns the list of chunk results.
+    recomputed in float32 (the reference's per-block fallback).  Returns ``[(row_slice, result)]``.
     """
     torch = _torch()
-    for dist_fn in (_distances_fp16, _distances_fp32):
+    if fp16:
         results = []
-        finite = True
         for start in range(rows.start, rows.stop, chunk_rows):
             sub = slice(start, min(start + chunk_rows, rows.stop))
-            d = dist_fn(u, v, sub, cols)
-            if dist_fn is _distances_fp16 and not bool(torch.isfinite(d).all()):
-                finite = False
+            d = _distances_fp16(u, v, sub, cols)
+            if not _all_finite(d):
                 break
             results.append((sub, reduce_fn(d.to(torch.float32), sub)))
-        if finite:
+        else:
             return results
+    results = []
+    for start in range(rows.start, rows.stop, chunk_rows):
+        sub = slice(start, min(start + chunk_rows, rows.stop))
+        results.append((sub, reduce_fn(_distances_fp32(u, v, sub, cols), sub)))
     return results
+
+
+def _smallest_in_rows(f, rows: slice, cols: slice, keep: int, chunk: int, fp16: bool = True):
+    """The ``keep`` smallest distances of each row of the ``rows x cols`` block (unsorted)."""
+    torch = _torch()
+    keep = min(keep, cols.stop - cols.start)
+
+    def smallest(d, _sub):
+        return torch.topk(d, keep, dim=1, largest=False, sorted=False).values
+
+    return torch.cat([p for _, p in _reduce_block(f, f, rows, cols, smallest, chunk, fp16)], dim=0)
+
+
+def _smallest_in_block_pair(f, a: slice, b: slice, keep: int, chunk: int):
+    """The ``keep`` smallest float16 distances per row of block ``a x b`` and of block ``b x a``.
+
+    Both blocks are made from one GEMM: entry ``(i, j)`` of ``a x b`` is ``(|x_i|^2 - 2 d_ij) + |x_j|^2``
+    and entry ``(j, i)`` of ``b x a`` is ``(|x_j|^2 - 2 d_ij) + |x_i|^2``, rounded as the reference rounds
+    them.  A result is ``None`` when that block has a non-finite value (it then needs float32).
+    """
+    torch = _torch()
+    keep_ab = min(keep, b.stop - b.start)
+    keep_ba = min(keep, a.stop - a.start)
+    ab_parts, ba_best = [], None
+    ab_ok = ba_ok = True
+    norm_b = f.norm16[b]
+    for start in range(a.start, a.stop, chunk):
+        sub = slice(start, min(start + chunk, a.stop))
+        dot = _dot16(f, f, sub, b)
+        norm_sub = f.norm16[sub]
+        if ab_ok:
+            d = _combine16(norm_sub, dot, norm_b)
+            ab_ok = _all_finite(d)
+            if ab_ok:
+                ab_parts.append(
+                    torch.topk(d.to(torch.float32), keep_ab, dim=1, largest=False, sorted=False).values
+                )
+        if ba_ok:
+            # [rows of sub, cols of b] layout holding the b x a distances; reduce over dim 0
+            d = torch.clamp_min((norm_b[None, :] - 2 * dot) + norm_sub[:, None], 0)
+            ba_ok = _all_finite(d)
+            if ba_ok:
+                part = d.to(torch.float32)
+                if ba_best is not None:
+                    part = torch.cat([ba_best, part], dim=0)
+                take = min(keep_ba, part.shape[0])
+                ba_best = torch.topk(part, take, dim=0, largest=False, sorted=False).values
+        if not (ab_ok or ba_ok):
+            break
+    ab = torch.cat(ab_parts, dim=0) if ab_ok else None
+    ba = ba_best.T.contiguous() if ba_ok else None
+    return ab, ba
 
 
 def manifold_radii(
@@ -366,7 +473,8 @@ def manifold_radii(
 
     The row itself (distance 0, or its float16 rounding) counts as a neighbour, as in the reference's
     ``np.partition(..., kth=k)``: the radius is the (k+1)-th smallest squared distance.  Returns float32
-    ``[N]``.
+    ``[N]``.  With equal row and column block sizes (the default), the GEMM of each pair of
+    off-diagonal blocks serves both of them.
     """
     torch = _torch()
     device = _resolve_device(device)
@@ -380,25 +488,40 @@ def manifold_radii(
             "Evaluate more samples (or lower k)."
         )
     max_elements = max_block_elements or _default_max_elements(device)
+    keep = k + 1
     radii = np.empty(n, dtype=np.float32)
     with torch.no_grad(), _ieee_fp32_matmul():
-        for r0 in range(0, n, row_batch_size):
-            rows = slice(r0, min(r0 + row_batch_size, n))
-            candidates = []
-            for c0 in range(0, n, col_batch_size):
-                cols = slice(c0, min(c0 + col_batch_size, n))
-                width = cols.stop - cols.start
-                chunk = _row_chunk(width, max_elements)
-                keep = min(k + 1, width)
-
-                def smallest(d, _sub, keep=keep):
-                    return torch.topk(d, keep, dim=1, largest=False, sorted=False).values
-
-                parts = _reduce_block(f, f, rows, cols, smallest, chunk)
-                candidates.append(torch.cat([p for _, p in parts], dim=0))
-            cand = torch.cat(candidates, dim=1)
-            kth = torch.kthvalue(cand, k + 1, dim=1).values
-            radii[rows] = kth.cpu().numpy()
+        if row_batch_size == col_batch_size:
+            tiles = [slice(s, min(s + row_batch_size, n)) for s in range(0, n, row_batch_size)]
+            candidates = [[] for _ in tiles]
+            for i, a in enumerate(tiles):
+                chunk = _row_chunk(a.stop - a.start, max_elements)
+                candidates[i].append(_smallest_in_rows(f, a, a, keep, chunk))
+                for j in range(i + 1, len(tiles)):
+                    b = tiles[j]
+                    chunk = _row_chunk(b.stop - b.start, max_elements)
+                    ab, ba = _smallest_in_block_pair(f, a, b, keep, chunk)
+                    if ab is None:
+                        ab = _smallest_in_rows(f, a, b, keep, chunk, fp16=False)
+                    if ba is None:
+                        ba = _smallest_in_rows(
+                            f, b, a, keep, _row_chunk(a.stop - a.start, max_elements), fp16=False
+                        )
+                    candidates[i].append(ab)
+                    candidates[j].append(ba)
+                cand = torch.cat(candidates[i], dim=1)
+                candidates[i] = None
+                radii[a] = torch.kthvalue(cand, keep, dim=1).values.cpu().numpy()
+        else:
+            for r0 in range(0, n, row_batch_size):
+                rows = slice(r0, min(r0 + row_batch_size, n))
+                parts = []
+                for c0 in range(0, n, col_batch_size):
+                    cols = slice(c0, min(c0 + col_batch_size, n))
+                    chunk = _row_chunk(cols.stop - cols.start, max_elements)
+                    parts.append(_smallest_in_rows(f, rows, cols, keep, chunk))
+                cand = torch.cat(parts, dim=1)
+                radii[rows] = torch.kthvalue(cand, keep, dim=1).values.cpu().numpy()
     return radii
 
 

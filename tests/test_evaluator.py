@@ -412,7 +412,7 @@ def test_cli_json_with_registered_backend(fx, tmp_path, capsys):
             p = np.exp(pool[i] - pool[i].max(1, keepdims=True))
             return {"pool": pool[i], "spatial": spatial[i], "probs": p / p.sum(1, keepdims=True)}
 
-    register_backend("tiny-test", lambda **kw: Tiny(), overwrite=True)
+    register_backend("tiny-test", lambda: Tiny())
     ref, sample = tmp_path / "r.npz", tmp_path / "s.npz"
     np.savez(ref, FixtureBackend.encode(0, 40))
     np.savez(sample, FixtureBackend.encode(1, 40))
@@ -427,3 +427,14 @@ def test_cli_json_with_registered_backend(fx, tmp_path, capsys):
     assert cache_path_for(sample, "tiny-test").is_file()
     assert main([str(ref), str(sample), "--backend", "no-such-backend", "--quiet"]) == 2
     assert "unknown feature backend" in capsys.readouterr().err
+
+
+def test_digits_backend_is_registered():
+    from evaluations.backends import available_backends, create_backend
+
+    assert {"inception", "digits"} <= set(available_backends())
+    backend = create_backend("digits", graph_path="ignored")
+    feats = backend.compute(np.zeros((2, 16, 16, 3), np.uint8))
+    assert feats["pool"].shape[0] == feats["spatial"].shape[0] == feats["probs"].shape[0] == 2
+    np.testing.assert_allclose(feats["probs"].sum(1), 1.0, rtol=1e-5)
+    assert backend.fingerprint().startswith("digits:")
