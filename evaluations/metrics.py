@@ -167,19 +167,29 @@ def _resolve_device(device):
 
 @contextlib.contextmanager
 def _ieee_fp32_matmul():
-    """Keep float32 matmuls in full float32 (no TF32 / bf16 shortcuts) inside the block."""
+    """Keep float32 matmuls in full float32 (no TF32 / bf16 shortcuts) inside the block, whatever the
+    caller configured; the previous settings are restored afterwards."""
     torch = _torch()
-    try:
-        previous = torch.get_float32_matmul_precision()
-    except Exception:  # pragma: no cover - exotic torch configurations
-        previous = None
-    if previous is not None and previous != "highest":
-        torch.set_float32_matmul_precision("highest")
+    backends = [
+        getattr(getattr(torch.backends, name, None), "matmul", None) for name in ("cuda", "mkldnn")
+    ]
+    backends = [b for b in backends if b is not None and hasattr(b, "fp32_precision")]
+    if backends:  # torch >= 2.9
+        saved = [b.fp32_precision for b in backends]
+        for b in backends:
+            b.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            for b, value in zip(backends, saved):
+                b.fp32_precision = value
+        return
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
     try:
         yield
     finally:
-        if previous is not None and previous != "highest":
-            torch.set_float32_matmul_precision(previous)
+        torch.set_float32_matmul_precision(previous)
 
 
 # --- float16 squared norms -----------------------------------------------------------------------------

@@ -438,3 +438,4 @@ def test_digits_backend_is_registered():
     assert feats["pool"].shape[0] == feats["spatial"].shape[0] == feats["probs"].shape[0] == 2
     np.testing.assert_allclose(feats["probs"].sum(1), 1.0, rtol=1e-5)
     assert backend.fingerprint().startswith("digits:")
+

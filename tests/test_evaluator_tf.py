@@ -198,3 +198,23 @@ def test_fp16_squared_norms_match_tensorflow_cpu(dim):
     # the once-rounded float32 sum is a different float16 value for some rows, which is why it matters
     rounded = metrics.fp16_squared_norms(torch.from_numpy(x), "rounded").numpy()
     assert (rounded != want).any()
+
+
+def test_download_helper_verifies_before_installing(tmp_path):
+    tf = _tf()
+    from evaluations.download_inception import download_inception_graph
+
+    source = tmp_path / "served.pb"
+    _write_graph(tf, source, _weights(1))
+    dest = tmp_path / "cache" / "classify_image_graph_def.pb"
+    # a file:// URL stands in for the official one (no network in tests)
+    got = download_inception_graph(dest, url=source.as_uri(), progress=False)
+    assert got == dest and dest.read_bytes() == source.read_bytes()
+    assert not dest.with_name(dest.name + ".part").exists()
+
+    junk = tmp_path / "junk.pb"
+    junk.write_bytes(b"<html>not a graph</html>")
+    other = tmp_path / "cache2" / "classify_image_graph_def.pb"
+    with pytest.raises(ValueError):
+        download_inception_graph(other, url=junk.as_uri(), progress=False)
+    assert not other.exists() and not other.with_name(other.name + ".part").exists()
