@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 
 from . import guidance as guidance_lib
 from .gaussian_diffusion import ModelMeanType
+from .image_io import to_uint8
 
 COLUMNS = ("normal x0", "perturbed x0", "guided x0", "|guidance|")
 
@@ -55,10 +56,6 @@ def guidance_snapshots(diffusion, model, noise, guidance, steps, model_kwargs=No
     return x, snapshots
 
 
-def _to_rgb_uint8(images):
-    return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def _heat(signal):
     """Map a non-negative [H, W] array to RGB (black -> red -> yellow), scaled to its own maximum."""
     v = signal / max(float(signal.max()), 1e-12)
@@ -79,7 +76,7 @@ def save_guidance_figure(snapshots, path, image_index=0, tile=96):
     for r, snap in enumerate(snapshots):
         top = header + r * tile
         draw.text((4, top + tile // 2 - 6), f"t = {snap['t']}", fill="black")
-        panels = [_to_rgb_uint8(snap[k][image_index:image_index + 1])[0] for k in ("normal", "perturbed", "guided")]
+        panels = [to_uint8(snap[k][image_index:image_index + 1])[0].cpu().numpy() for k in ("normal", "perturbed", "guided")]
         panels.append(_heat(snap["signal"][image_index].cpu().numpy()))
         for c, panel in enumerate(panels):
             canvas.paste(Image.fromarray(panel).resize((tile, tile), Image.NEAREST), (label + c * tile, top))

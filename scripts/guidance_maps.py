@@ -1,0 +1,84 @@
+"""Draw what guidance does at chosen steps (in the spirit of the PAG paper's Fig. 3).
+
+For each chosen step, one row: the x0 predicted by the normal pass, by the perturbed pass (PAG's identity
+attention or SAG's blurred input), by the guided combination, and the size of the guidance signal
+|eps~ - eps|. Example on the shipped demo model:
+
+    python -m scripts.guidance_maps --config configs/digits/model.yaml \\
+        --model_path checkpoints/digits_adm16_ema.pt --pag_scale 3 --pag_layers middle_block.1 \\
+        --timestep_respacing ddim25 --use_ddim True --out guidance.png
+"""
+
+import argparse
+
+import torch
+
+from guided_diffusion.config import HelpFormatter, add_flags, parse_args
+from guided_diffusion.guidance_flags import GUIDANCE_DEFAULTS, GUIDANCE_HELP, attention_guidance
+from guided_diffusion.image_io import save_image_grid, to_uint8
+from guided_diffusion.script_util import model_and_diffusion_defaults
+from guided_diffusion.seeding import ImageNoise
+from guided_diffusion.visualize import guidance_snapshots, save_guidance_figure
+from scripts.image_sample import load_model
+
+FIGURE_DEFAULTS = dict(model_path="", seed=0, image_index=0, num_images=4, steps="0.9,0.6,0.3,0.0", use_ddim=True,
+                       eta=0.0, precision="", out="guidance.png", class_label=-1)
+FIGURE_HELP = dict(
+    model_path="diffusion checkpoint",
+    seed="image i's noise comes from (seed, i), as in image_sample.py",
+    image_index="which of the sampled images the figure shows",
+    num_images="images sampled (a grid of all of them is written next to the figure)",
+    steps="comma-separated positions in the sampling run, 1.0 = first step (pure noise), 0.0 = last",
+    use_ddim="DDIM steps (else DDPM)", eta="DDIM eta",
+    precision="fp32, fp16, autocast-bf16 or autocast-fp16 (empty: from --use_fp16)",
+    out="PNG to write", class_label="class label for conditional models (-1: image index mod 1000)",
+)
+
+
+def create_argparser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML file of flag values")
+    add_flags(parser.add_argument_group("figure"), FIGURE_DEFAULTS, FIGURE_HELP)
+    add_flags(parser.add_argument_group("guidance"), GUIDANCE_DEFAULTS, GUIDANCE_HELP)
+    add_flags(parser.add_argument_group("model and diffusion (the ADM release's flags)"),
+              model_and_diffusion_defaults())
+    return parser
+
+
+def step_indices(fractions, num_steps):
+    """Step indices (counting down from num_steps - 1) at the given positions of the run."""
+    indices = []
+    for text in str(fractions).split(","):
+        fraction = float(text)
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"--steps positions must lie in [0, 1], got {fraction}")
+        indices.append(round(fraction * (num_steps - 1)))
+    return sorted(set(indices), reverse=True)
+
+
+def main(argv=None):
+    args = parse_args(create_argparser(), argv)
+    guidance = attention_guidance(args)
+    if not guidance:
+        raise SystemExit("nothing to draw: set --pag_scale and/or --sag_scale")
+    model, diffusion = load_model(args, "cpu" if not torch.cuda.is_available() else "cuda")
+    device = next(model.parameters()).device
+    indices = list(range(args.num_images))
+    noise = ImageNoise(args.seed, indices, (3, args.image_size, args.image_size), device=device)
+    model_kwargs = {}
+    if args.class_cond:
+        labels = [args.class_label if args.class_label >= 0 else i % 1000 for i in indices]
+        model_kwargs["y"] = torch.tensor(labels, device=device)
+    steps = step_indices(args.steps, diffusion.num_timesteps)
+    final, snapshots = guidance_snapshots(diffusion, model, noise.initial(), guidance, steps,
+                                          model_kwargs=model_kwargs, use_ddim=args.use_ddim, eta=args.eta,
+                                          step_noise_fn=noise.step)
+    save_guidance_figure(snapshots, args.out, image_index=args.image_index)
+    grid = args.out.rsplit(".", 1)[0] + "_samples.png"
+    save_image_grid(to_uint8(final), grid)
+    print(f"wrote {args.out} and {grid}")
+    return args.out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The guidance-maps CLI on a small checkpoint."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from golden import load_fixture
+from guided_diffusion.script_util import model_and_diffusion_defaults
+from scripts import guidance_maps
+
+
+def test_cli_writes_the_figure_and_the_samples(tmp_path):
+    fx = load_fixture("pag_adm32.pt")
+    checkpoint = tmp_path / "model.pt"
+    torch.save(fx["state_dict"], checkpoint)
+    flags = [f"--{k}={fx['config'][k]}" for k in model_and_diffusion_defaults() if k != "timestep_respacing"]
+    out = tmp_path / "fig.png"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: thread hand-offs cost more than they save on a loaded machine
+    try:
+        _run_cli(guidance_maps, flags, checkpoint, out)
+    finally:
+        torch.set_num_threads(threads)
+    figure = np.asarray(Image.open(out))
+    assert figure.shape[0] == 18 + 96 * 3  # three steps
+    assert np.asarray(Image.open(tmp_path / "fig_samples.png")).shape[:2] == (32, 64)
+    with pytest.raises(ValueError, match="unknown attention layer"):
+        guidance_maps.main(flags + ["--model_path", str(checkpoint), "--pag_scale", "2",
+                                    "--pag_layers", "input_blocks.14.1", "--out", str(out)])
+
+
+def _run_cli(guidance_maps, flags, checkpoint, out):
+    guidance_maps.main(flags + ["--model_path", str(checkpoint), "--timestep_respacing", "ddim5",
+                                "--pag_scale", "2", "--pag_layers", "middle_block.1", "--num_images", "2",
+                                "--steps", "1.0,0.5,0.0", "--out", str(out)])
+
+
+def test_step_positions():
+    assert guidance_maps.step_indices("1.0,0.5,0.0", 25) == [24, 12, 0]
+    with pytest.raises(ValueError, match="steps"):
+        guidance_maps.step_indices("1.5", 25)
