@@ -320,6 +320,18 @@ class _Features:
         self.norm16 = fp16_squared_norms(self.x, norms)
         self.norm32 = torch.sum(self.x * self.x, dim=1)
         self._x16 = None
+        self._mkldnn = {}
+
+    def x16_mkldnn(self, rows: slice):
+        """``x16[rows]`` in oneDNN layout, converted once per row range (CPU only, else ``None``)."""
+        if not _use_mkldnn(self.x):
+            return None
+        key = (rows.start, rows.stop)
+        if key not in self._mkldnn:
+            if len(self._mkldnn) >= 64:
+                self._mkldnn.clear()
+            self._mkldnn[key] = self.x16[rows].contiguous().to_mkldnn()
+        return self._mkldnn[key]
 
     @property
     def x16(self):
@@ -336,16 +348,22 @@ class _Features:
 _MKLDNN_USABLE: Optional[bool] = None
 
 
-def _matmul_nt(a, b):
+def _use_mkldnn(t) -> bool:
+    torch = _torch()
+    return t.device.type == "cpu" and _MKLDNN_USABLE is not False and torch.backends.mkldnn.is_available()
+
+
+def _matmul_nt(a, b, a_mk=None, b_mk=None):
     """``a @ b.T`` in float32.  On CPU through oneDNN when torch has it: as exact, and on some CPUs
-    (e.g. AMD, where MKL's SGEMM runs a slower code path) much faster than the default BLAS."""
+    (e.g. AMD, where MKL's SGEMM runs a slower code path) much faster than the default BLAS.
+    ``a_mk`` / ``b_mk`` are the operands already converted with ``to_mkldnn()``, if at hand."""
     global _MKLDNN_USABLE
     torch = _torch()
-    if a.device.type == "cpu" and _MKLDNN_USABLE is not False and torch.backends.mkldnn.is_available():
+    if _use_mkldnn(a):
         try:
-            out = torch.nn.functional.linear(
-                a.contiguous().to_mkldnn(), b.contiguous().to_mkldnn()
-            ).to_dense()
+            a_mk = a.contiguous().to_mkldnn() if a_mk is None else a_mk
+            b_mk = b.contiguous().to_mkldnn() if b_mk is None else b_mk
+            out = torch.nn.functional.linear(a_mk, b_mk).to_dense()
             _MKLDNN_USABLE = True
             return out
         except (RuntimeError, NotImplementedError):  # pragma: no cover - build without the kernel
@@ -358,7 +376,7 @@ def _dot16(u: _Features, v: _Features, rows: slice, cols: slice):
     result rounded to float16.  It runs as a float32 GEMM on the float16-rounded inputs, which gives the
     same values and is much faster on CPUs without native float16 arithmetic."""
     torch = _torch()
-    return _matmul_nt(u.x16[rows], v.x16[cols]).to(torch.float16)
+    return _matmul_nt(u.x16[rows], v.x16[cols], u.x16_mkldnn(rows), v.x16_mkldnn(cols)).to(torch.float16)
 
 
 def _combine16(norm_rows, dot16, norm_cols):
@@ -427,45 +445,11 @@ def _smallest_in_rows(f, rows: slice, cols: slice, keep: int, chunk: int, fp16: 
     return torch.cat([p for _, p in _reduce_block(f, f, rows, cols, smallest, chunk, fp16)], dim=0)
 
 
-def _smallest_in_block_pair(f, a: slice, b: slice, keep: int, chunk: int):
-    """The ``keep`` smallest float16 distances per row of block ``a x b`` and of block ``b x a``.
-
-    Both blocks are made from one GEMM: entry ``(i, j)`` of ``a x b`` is ``(|x_i|^2 - 2 d_ij) + |x_j|^2``
-    and entry ``(j, i)`` of ``b x a`` is ``(|x_j|^2 - 2 d_ij) + |x_i|^2``, rounded as the reference rounds
-    them.  A result is ``None`` when that block has a non-finite value (it then needs float32).
-    """
+def _merge_smallest(best, new, keep: int):
+    """Keep the ``keep`` smallest of ``best`` and ``new`` along dim 1 (both ``[rows, *]``)."""
     torch = _torch()
-    keep_ab = min(keep, b.stop - b.start)
-    keep_ba = min(keep, a.stop - a.start)
-    ab_parts, ba_best = [], None
-    ab_ok = ba_ok = True
-    norm_b = f.norm16[b]
-    for start in range(a.start, a.stop, chunk):
-        sub = slice(start, min(start + chunk, a.stop))
-        dot = _dot16(f, f, sub, b)
-        norm_sub = f.norm16[sub]
-        if ab_ok:
-            d = _combine16(norm_sub, dot, norm_b)
-            ab_ok = _all_finite(d)
-            if ab_ok:
-                ab_parts.append(
-                    torch.topk(d.to(torch.float32), keep_ab, dim=1, largest=False, sorted=False).values
-                )
-        if ba_ok:
-            # [rows of sub, cols of b] layout holding the b x a distances; reduce over dim 0
-            d = torch.clamp_min((norm_b[None, :] - 2 * dot) + norm_sub[:, None], 0)
-            ba_ok = _all_finite(d)
-            if ba_ok:
-                part = d.to(torch.float32)
-                if ba_best is not None:
-                    part = torch.cat([ba_best, part], dim=0)
-                take = min(keep_ba, part.shape[0])
-                ba_best = torch.topk(part, take, dim=0, largest=False, sorted=False).values
-        if not (ab_ok or ba_ok):
-            break
-    ab = torch.cat(ab_parts, dim=0) if ab_ok else None
-    ba = ba_best.T.contiguous() if ba_ok else None
-    return ab, ba
+    both = torch.cat([best, new], dim=1)
+    return torch.topk(both, keep, dim=1, largest=False, sorted=False).values
 
 
 def manifold_radii(
@@ -483,8 +467,12 @@ def manifold_radii(
 
     The row itself (distance 0, or its float16 rounding) counts as a neighbour, as in the reference's
     ``np.partition(..., kth=k)``: the radius is the (k+1)-th smallest squared distance.  Returns float32
-    ``[N]``.  With equal row and column block sizes (the default), the GEMM of each pair of
-    off-diagonal blocks serves both of them.
+    ``[N]``.
+
+    With equal row and column block sizes (the default) only half of the GEMMs are done: for sub-blocks
+    ``p != q`` one product ``x_p . x_q^T`` gives both ``D[p, q] = (|x_p|^2 - 2 x_p.x_q) + |x_q|^2`` and
+    ``D[q, p] = (|x_q|^2 - 2 x_p.x_q) + |x_p|^2``, each rounded as the reference rounds it.  The float32
+    fallback is still decided per reference block (``row_batch_size x col_batch_size``).
     """
     torch = _torch()
     device = _resolve_device(device)
@@ -499,30 +487,9 @@ def manifold_radii(
         )
     max_elements = max_block_elements or _default_max_elements(device)
     keep = k + 1
-    radii = np.empty(n, dtype=np.float32)
     with torch.no_grad(), _ieee_fp32_matmul():
-        if row_batch_size == col_batch_size:
-            tiles = [slice(s, min(s + row_batch_size, n)) for s in range(0, n, row_batch_size)]
-            candidates = [[] for _ in tiles]
-            for i, a in enumerate(tiles):
-                chunk = _row_chunk(a.stop - a.start, max_elements)
-                candidates[i].append(_smallest_in_rows(f, a, a, keep, chunk))
-                for j in range(i + 1, len(tiles)):
-                    b = tiles[j]
-                    chunk = _row_chunk(b.stop - b.start, max_elements)
-                    ab, ba = _smallest_in_block_pair(f, a, b, keep, chunk)
-                    if ab is None:
-                        ab = _smallest_in_rows(f, a, b, keep, chunk, fp16=False)
-                    if ba is None:
-                        ba = _smallest_in_rows(
-                            f, b, a, keep, _row_chunk(a.stop - a.start, max_elements), fp16=False
-                        )
-                    candidates[i].append(ab)
-                    candidates[j].append(ba)
-                cand = torch.cat(candidates[i], dim=1)
-                candidates[i] = None
-                radii[a] = torch.kthvalue(cand, keep, dim=1).values.cpu().numpy()
-        else:
+        if row_batch_size != col_batch_size:
+            radii = np.empty(n, dtype=np.float32)
             for r0 in range(0, n, row_batch_size):
                 rows = slice(r0, min(r0 + row_batch_size, n))
                 parts = []
@@ -532,7 +499,56 @@ def manifold_radii(
                     parts.append(_smallest_in_rows(f, rows, cols, keep, chunk))
                 cand = torch.cat(parts, dim=1)
                 radii[rows] = torch.kthvalue(cand, keep, dim=1).values.cpu().numpy()
-    return radii
+            return radii
+
+        block = row_batch_size
+        num_tiles = _ceil_div(n, block)
+        side = max(1, min(block, int(max_elements**0.5)))
+        # sub-blocks never straddle a reference block
+        subs = [
+            (t, slice(s, min(s + side, (t + 1) * block, n)))
+            for t in range(num_tiles)
+            for s in range(t * block, min((t + 1) * block, n), side)
+        ]
+        inf = float("inf")
+        # best[i, t]: the `keep` smallest float16 distances from row i to the columns of block t
+        best = torch.full((n, num_tiles, keep), inf, device=device)
+        finite = np.ones((num_tiles, num_tiles), dtype=bool)
+        for pi, (tp, p) in enumerate(subs):
+            norm_p = f.norm16[p]
+            for tq, q in subs[pi:]:
+                if not (finite[tp, tq] or finite[tq, tp]):
+                    continue
+                dot = _dot16(f, f, p, q)
+                norm_q = f.norm16[q]
+                if finite[tp, tq]:
+                    d = _combine16(norm_p, dot, norm_q)
+                    if _all_finite(d):
+                        take = min(keep, d.shape[1])
+                        small = torch.topk(d, take, dim=1, largest=False).values.to(torch.float32)
+                        best[p, tq] = _merge_smallest(best[p, tq], small, keep)
+                    else:
+                        finite[tp, tq] = False
+                if q != p and finite[tq, tp]:
+                    # rows of q against the columns of p, laid out as [p, q]: reduce over dim 0
+                    d = torch.clamp_min((norm_q[None, :] - 2 * dot) + norm_p[:, None], 0)
+                    if _all_finite(d):
+                        take = min(keep, d.shape[0])
+                        small = torch.topk(d, take, dim=0, largest=False).values.to(torch.float32)
+                        best[q, tp] = _merge_smallest(best[q, tp], small.T, keep)
+                    else:
+                        finite[tq, tp] = False
+        # reference blocks with a non-finite float16 value: float32 distances, as the reference does
+        for ti, tj in zip(*np.nonzero(~finite)):
+            rows = slice(ti * block, min((ti + 1) * block, n))
+            cols = slice(tj * block, min((tj + 1) * block, n))
+            chunk = _row_chunk(cols.stop - cols.start, max_elements)
+            small = _smallest_in_rows(f, rows, cols, keep, chunk, fp16=False)
+            fill = torch.full((small.shape[0], keep), inf, device=device)
+            fill[:, : small.shape[1]] = small
+            best[rows, tj] = fill
+        radii = torch.kthvalue(best.reshape(n, -1), keep, dim=1).values
+    return radii.cpu().numpy()
 
 
 def manifold_membership(
