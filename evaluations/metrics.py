@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple
 
 import numpy as np
 import scipy.linalg
-
-ArrayLike = Union[np.ndarray, "torch.Tensor"]  # noqa: F821
 
 __all__ = [
     "statistics",
@@ -33,6 +31,8 @@ __all__ = [
     "manifold_radii",
     "manifold_membership",
     "precision_recall",
+    "fp16_squared_norms",
+    "NORM_MODES",
 ]
 
 

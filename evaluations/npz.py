@@ -12,7 +12,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -241,6 +241,3 @@ def read_npz_statistics(path, kind: str) -> Optional[Tuple[np.ndarray, np.ndarra
         )
     return mu, sigma
 
-
-def npz_statistics_summary(info: NpzInfo) -> Dict[str, bool]:
-    return {kind: info.has_statistics(kind) for kind in STAT_KEYS}

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from evaluations import metrics
-from evaluations.evaluator import BatchFeatures, Evaluator, cache_path_for, main
+from evaluations.evaluator import Evaluator, cache_path_for, main
 from evaluations.npz import NpzImageReader, inspect_npz
 
 GOLDEN_DIR = Path(
@@ -439,3 +439,23 @@ def test_digits_backend_is_registered():
     np.testing.assert_allclose(feats["probs"].sum(1), 1.0, rtol=1e-5)
     assert backend.fingerprint().startswith("digits:")
 
+
+
+def test_error_reference_statistics_from_another_network(tmp_path):
+    rng = np.random.default_rng(2)
+    pool, spatial = rng.random((12, 6)), rng.random((12, 5))
+
+    class Small:
+        name = "small"
+
+        def compute(self, batch):
+            i = batch[:, 0, 0, 1].astype(int)
+            return {"pool": pool[i], "spatial": spatial[i], "probs": np.full((len(i), 4), 0.25)}
+
+    ref, sample = tmp_path / "ref.npz", tmp_path / "s.npz"
+    np.savez(ref, mu=np.zeros(2048, np.float32), sigma=np.eye(2048), mu_s=np.zeros(5), sigma_s=np.eye(5))
+    np.savez(sample, FixtureBackend.encode(1, 12))
+    with pytest.raises(ValueError, match=r"dimension 2048.*6-d.*another feature network"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            Evaluator(Small(), progress=False, use_cache=False).evaluate(ref, sample)
