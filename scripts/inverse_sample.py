@@ -23,8 +23,8 @@ Example (the demo digits model):
 
     python scripts/inverse_sample.py --config configs/digits/model.yaml \
         --model_path checkpoints/digits_adm16_ema.pt --data digits:heldout --num_images 16 \
-        --operator inpaint_box --mask_size 8 --timestep_respacing ddim50 --use_ddim True --zeta 1.0 \
-        --pag_scale 1.0 --pag_layers input_blocks.4.1 --output_dir results/digits_box
+        --operator inpaint_box --mask_size 8 --timestep_respacing ddim25 --use_ddim True --zeta 2.0 \
+        --residual_x0 raw --pag_scale 3.0 --pag_layers input_blocks.5.1 middle_block.1 --output_dir results/digits_box
 """
 
 import argparse
@@ -66,13 +66,16 @@ RUN_HELP = dict(
     progress="show progress bars",
     ref_batch="reference .npz for FID of the reconstructions (evaluations.evaluator; optional)",
 )
-DPS_DEFAULTS = dict(sigma_y=0.05, zeta=1.0, use_ddim=False, eta=0.0, clip_denoised=True)
+DPS_DEFAULTS = dict(sigma_y=0.05, zeta=1.0, use_ddim=False, eta=0.0, clip_denoised=True, residual_x0="clipped")
 DPS_HELP = dict(
     sigma_y="measurement noise std in the model's [-1, 1] units (DPS: 0.05)",
     zeta="DPS step size: x_{t-1} -= zeta * grad ||y - A x0_hat|| (tune per task; DPS used 0.3-1.0)",
     use_ddim="DDIM steps instead of DDPM steps (use with --timestep_respacing ddimN)",
     eta="DDIM eta",
-    clip_denoised="clamp x0_hat to [-1, 1] in every step, before the residual (as DPS)",
+    clip_denoised="clamp the x0 prediction to [-1, 1] in every step (as ADM and DPS)",
+    residual_x0="the x0 prediction the residual ||y - A x0_hat|| uses: 'clipped' (after the clamp, as the "
+                "official DPS code) or 'raw' (before it: the gradient never vanishes where predictions saturate; "
+                "better for the digits demo model)",
 )
 GUIDANCE_KEYS = [k for k in GUIDANCE_DEFAULTS if k.startswith(("pag_", "sag_"))]
 
@@ -122,6 +125,8 @@ def check_flags(args):
         problems.append("--sigma_y must be >= 0")
     if args.eta and not args.use_ddim:
         problems.append("--eta is a DDIM setting: add --use_ddim True")
+    if args.residual_x0 not in ("raw", "clipped"):
+        problems.append("--residual_x0 must be 'raw' or 'clipped'")
     if args.class_cond:
         problems.append("class-conditional models are not supported here: use an unconditional model")
     if problems:
@@ -177,7 +182,8 @@ def reconstruct(args, model, diffusion, operator, guidance, x0, indices, device)
     noise = ImageNoise(args.seed, indices, tuple(x0.shape[1:]), device=device)
     x_hat = dps_sample_loop(diffusion, model, operator, y, noise=fit(noise.initial()), zeta=args.zeta,
                             use_ddim=args.use_ddim, eta=args.eta, clip_denoised=args.clip_denoised, device=device,
-                            progress=False, guidance=guidance or None, step_noise_fn=lambda i: fit(noise.step(i)))
+                            progress=False, guidance=guidance or None, step_noise_fn=lambda i: fit(noise.step(i)),
+                            residual_x0=args.residual_x0)
     return y[:rows].cpu(), x_hat[:rows].cpu()
 
 
@@ -233,6 +239,7 @@ def run(args):
         "seconds": seconds,
         "config": {"operator": operator.describe(), "sigma_y": args.sigma_y, "zeta": args.zeta,
                    "use_ddim": args.use_ddim, "eta": args.eta, "clip_denoised": args.clip_denoised,
+                   "residual_x0": args.residual_x0,
                    "seed": args.seed, "guidance": describe_guidance(guidance), "data": args.data,
                    "model_path": os.path.abspath(args.model_path),
                    "model": {k: getattr(args, k) for k in model_and_diffusion_defaults()}},

@@ -13,10 +13,18 @@ The gradient of the norm (not of its square) is DPS's step-size normalisation ze
 Norms are taken per image and summed, so every image gets its own gradient whatever batch it is in (DPS
 itself takes one norm over the batch, which is the same for its batches of one).
 
-Clipping: with `clip_denoised=True` (DPS's configuration, and ADM's default) x0_hat is clamped to
-[-1, 1] inside every step, before the residual, exactly as in the sampler, and the gradient flows through
-the clamp (zero for clamped pixels). The returned x_0 is the last step's sample after its data-consistency
-update, unclipped; `image_io.to_uint8` clamps it when it is saved.
+Clipping: `clip_denoised=True` clamps x0_hat to [-1, 1] inside every step, exactly as the sampler does
+(ADM's default, and DPS's configuration). By default (`residual_x0="clipped"`) the residual is taken on
+that clamped x0_hat, with the gradient through the clamp (zero for clamped pixels), as the official DPS
+code does. `residual_x0="raw"` takes it on the x0 prediction before the clamp, so the gradient never
+vanishes where the prediction saturates: on the demo digits model (black backgrounds, saturated
+predictions) the clipped residual leaves some images stuck far from their measurements and the raw one
+does not; on an untrained model, whose raw predictions are huge at high noise, the raw one diverges.
+The returned x_0 is the last step's sample after its data-consistency update, unclipped;
+`image_io.to_uint8` clamps it when it is saved.
+
+Guidance: PAG and SAG (any mix) go through the step's guided prediction, so the gradient flows through
+the guided x0_hat, perturbed passes included. Classifier guidance is not supported here.
 
 With `zeta=0` the loop is the plain sampler: it returns the same numbers as `p_sample_loop` /
 `ddim_sample_loop` given the same noise.
@@ -33,19 +41,40 @@ def measurement_residual(operator, x, measurement):
     return (measurement - operator.forward(x)).flatten(1).norm(dim=1)
 
 
+RESIDUAL_X0 = ("raw", "clipped")
+
+
+def check_guidance(guidance):
+    for item in guidance_lib.as_list(guidance):
+        if isinstance(item, guidance_lib.ClassifierGuidance):
+            raise ValueError("DPS here takes PAG / SAG guidance; classifier guidance is not supported")
+
+
 def dps_step(diffusion, model, x, t, operator, measurement, zeta=1.0, use_ddim=False, eta=0.0, clip_denoised=True,
-             denoised_fn=None, model_kwargs=None, guidance=None, step_noise=None):
-    """One DPS step x_t -> x_{t-1}: {"sample", "pred_xstart", "residual" (per image, before the step)}."""
+             denoised_fn=None, model_kwargs=None, guidance=None, step_noise=None, residual_x0="clipped"):
+    """One DPS step x_t -> x_{t-1}: {"sample", "pred_xstart", "residual" (per image, before the update)}."""
+    if residual_x0 not in RESIDUAL_X0:
+        raise ValueError(f"residual_x0 must be one of {', '.join(RESIDUAL_X0)}, got {residual_x0!r}")
+    check_guidance(guidance)
     consistency = bool(torch.as_tensor(zeta).ne(0).any())
     x_in = x.detach().requires_grad_(consistency)
-    step_kwargs = dict(clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs,
+    raw = {}
+
+    def record_raw(x0):  # the x0 prediction before the step's clamp (the last one made: the guided one)
+        if denoised_fn is not None:
+            x0 = denoised_fn(x0)
+        raw["x0"] = x0
+        return x0
+
+    step_kwargs = dict(clip_denoised=clip_denoised, denoised_fn=record_raw, model_kwargs=model_kwargs,
                        guidance=guidance, step_noise=step_noise)
     with torch.enable_grad() if consistency else torch.no_grad():
         if use_ddim:
             out = diffusion.ddim_sample(model, x_in, t, eta=eta, **step_kwargs)
         else:
             out = diffusion.p_sample(model, x_in, t, **step_kwargs)
-        residual = measurement_residual(operator, out["pred_xstart"], measurement)
+        x0_hat = raw["x0"] if residual_x0 == "raw" else out["pred_xstart"]
+        residual = measurement_residual(operator, x0_hat, measurement)
         sample = out["sample"].detach()
         if consistency:
             (gradient,) = torch.autograd.grad(residual.sum(), x_in)
@@ -61,7 +90,7 @@ def _per_image(zeta, like):
 
 def dps_sample_loop_progressive(diffusion, model, operator, measurement, shape=None, noise=None, zeta=1.0,
                                 use_ddim=False, eta=0.0, clip_denoised=True, denoised_fn=None, model_kwargs=None,
-                                device=None, progress=False, guidance=None, step_noise_fn=None):
+                                device=None, progress=False, guidance=None, step_noise_fn=None, residual_x0="clipped"):
     """Yield each DPS step's {"sample", "pred_xstart", "residual", "t"}.
 
     `noise` is x_T (else drawn with `torch.randn(shape)`); `step_noise_fn(i)` gives step i's noise (DDPM,
@@ -69,6 +98,9 @@ def dps_sample_loop_progressive(diffusion, model, operator, measurement, shape=N
     `zeta` is DPS's step size: a number, or a [B] tensor of one per image.
     """
     guidance_lib.validate(guidance, model)
+    check_guidance(guidance)
+    if residual_x0 not in RESIDUAL_X0:
+        raise ValueError(f"residual_x0 must be one of {', '.join(RESIDUAL_X0)}, got {residual_x0!r}")
     if device is None:
         device = next(model.parameters()).device
     if noise is not None:
@@ -90,7 +122,7 @@ def dps_sample_loop_progressive(diffusion, model, operator, measurement, shape=N
         step_noise = step_noise_fn(i) if step_noise_fn is not None and uses_step_noise and i > 0 else None
         out = dps_step(diffusion, model, img, t, operator, measurement, zeta=zeta, use_ddim=use_ddim, eta=eta,
                        clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs,
-                       guidance=guidance, step_noise=step_noise)
+                       guidance=guidance, step_noise=step_noise, residual_x0=residual_x0)
         out["t"] = i
         yield out
         img = out["sample"]
@@ -98,11 +130,11 @@ def dps_sample_loop_progressive(diffusion, model, operator, measurement, shape=N
 
 def dps_sample_loop(diffusion, model, operator, measurement, shape=None, noise=None, zeta=1.0, use_ddim=False,
                     eta=0.0, clip_denoised=True, denoised_fn=None, model_kwargs=None, device=None, progress=False,
-                    guidance=None, step_noise_fn=None):
+                    guidance=None, step_noise_fn=None, residual_x0="clipped"):
     """Posterior samples x_0 ([B, C, H, W]) for measurements y = A x + noise; see the module docstring."""
     final = None
     for final in dps_sample_loop_progressive(diffusion, model, operator, measurement, shape, noise, zeta, use_ddim,
                                              eta, clip_denoised, denoised_fn, model_kwargs, device, progress,
-                                             guidance, step_noise_fn):
+                                             guidance, step_noise_fn, residual_x0):
         pass
     return final["sample"]
