@@ -186,8 +186,8 @@ def test_cli_inpainting_with_sag(cli_inputs, tmp_path):
 
 
 def test_cli_super_resolution_measurement_shape(cli_inputs, tmp_path):
-    report = _run_cli(cli_inputs, tmp_path, "--operator", "super_resolution", "--scale_factor", "2", "--num_images", "2",
-                      "--residual_x0", "raw")
+    report = _run_cli(cli_inputs, tmp_path, "--operator", "super_resolution", "--scale_factor", "2",
+                      "--num_images", "2", "--residual_x0", "raw")
     assert report["config"]["residual_x0"] == "raw"
     with np.load(tmp_path / "results.npz") as results:
         assert results["measurement"].shape == (2, 3, 8, 8)
