@@ -23,5 +23,10 @@ setup(
         "plots": ["matplotlib"],
         "test": ["pytest>=7", "mpi4py>=3.1"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": [
+        "pag-image-sample=scripts.image_sample:main",
+        "pag-classifier-sample=scripts.classifier_sample:main",
+        "pag-guidance-maps=scripts.guidance_maps:main",
+        "pag-sweep=scripts.sweep:main",
+    ]},
 )
