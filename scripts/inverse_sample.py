@@ -233,7 +233,7 @@ def run(args):
         "measurement_residual": {
             "reconstruction": _stats(torch.cat(residual_recon).tolist()),
             "degraded_input": _stats(torch.cat(residual_input).tolist()),
-            "noise_level": args.sigma_y * float(np.sqrt(np.prod(raw_y.shape[1:]))),
+            "noise_level": noise_level(operator, args.sigma_y, raw_y.shape[1:]),
         },
         "num_images": int(len(images)),
         "seconds": seconds,
@@ -255,6 +255,12 @@ def run(args):
               f"{deg['psnr']['mean']:.2f}), SSIM {rec['ssim']['mean']:.4f} ({deg['ssim']['mean']:.4f}); "
               f"wrote {args.output_dir}")
     return report
+
+
+def noise_level(operator, sigma_y, measurement_shape):
+    """The expected ||y - A x|| of the true image: sigma_y * sqrt(number of measured entries)."""
+    measured = operator.restrict_noise(torch.ones(1, *measurement_shape)).sum()
+    return sigma_y * float(measured) ** 0.5
 
 
 def describe_guidance(items):

@@ -183,6 +183,7 @@ def test_cli_inpainting_with_sag(cli_inputs, tmp_path):
         shown = results["measurement_image"]
     observed = shown.astype(int)[:, :, :, 0] != 127  # missing pixels show as 0 in [-1, 1], i.e. grey
     assert 0.4 < observed.mean() < 0.6
+    assert report["measurement_residual"]["noise_level"] == pytest.approx(0.05 * (0.5 * 16 * 16 * 3) ** 0.5)
 
 
 def test_cli_super_resolution_measurement_shape(cli_inputs, tmp_path):
