@@ -28,5 +28,7 @@ setup(
         "pag-classifier-sample=scripts.classifier_sample:main",
         "pag-guidance-maps=scripts.guidance_maps:main",
         "pag-sweep=scripts.sweep:main",
+        "adm-evaluate=evaluations.evaluator:main",
+        "adm-download-inception=evaluations.download_inception:main",
     ]},
 )
