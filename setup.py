@@ -15,12 +15,14 @@ setup(
         "blobfile>=1.0",
         "pyyaml",
         "pillow",
+        "scikit-learn",  # the embedded digits dataset of the demo
     ],
     extras_require={
         # The ADM reference Inception graph is a TensorFlow graph; `tensorflow-cpu` works as well.
         "eval": ["tensorflow>=2.15"],
         "mpi": ["mpi4py>=3.1"],
         "plots": ["matplotlib"],
+        "lpips": ["lpips"],
         "test": ["pytest>=7", "mpi4py>=3.1"],
     },
     entry_points={"console_scripts": [
@@ -28,6 +30,10 @@ setup(
         "pag-classifier-sample=scripts.classifier_sample:main",
         "pag-guidance-maps=scripts.guidance_maps:main",
         "pag-sweep=scripts.sweep:main",
+        "pag-image-train=scripts.image_train:main",
+        "pag-train-digits-features=scripts.train_digits_features:main",
+        "pag-inverse-sample=scripts.inverse_sample:main",
+        "pag-demo=scripts.demo:main",
         "adm-evaluate=evaluations.evaluator:main",
         "adm-download-inception=evaluations.download_inception:main",
     ]},
