@@ -8,5 +8,11 @@ install:
 test:
 	$(PYTHON) -m pytest -q tests
 
+# Installs the package (and the CPU build of torch where no torch is installed), then runs the demo.
+demo:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install --quiet "torch==2.13.0"
+	$(PYTHON) -m pip install --quiet -e .
+	$(PYTHON) -m scripts.demo
+
 bench:
 	$(PYTHON) benchmarks/guidance_cost.py
