@@ -12,9 +12,13 @@ A sweep spec (YAML):
     points:                                         # ... or an explicit list (both may be given)
       - {pag_scale: 0.0}
     launch: "mpiexec -n 8"                          # optional prefix of the sampling command
+    prepare_reference: [python, -m, guided_diffusion.digits, --split, heldout, --out, "{reference}"]
+                                                    # optional: makes the reference batch when it is missing
 
+Commands run from the repository root, so paths inside sampling configs (model_path) are relative to it.
 Each point is keyed by its overrides; `results.jsonl` holds one line per finished or failed point, and a
-rerun skips the points already done. Relative paths in a spec are relative to the spec's folder.
+rerun skips the points already done. Relative paths in a spec are relative to the
+repository root. A point may carry a `label` (not a flag) that names its row in the table.
 """
 
 import hashlib
@@ -29,6 +33,8 @@ from pathlib import Path
 
 import yaml
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 METRICS = (("FID", "min"), ("sFID", "min"), ("IS", "max"), ("Precision", "max"), ("Recall", "max"))
 _METRIC_KEYS = {"FID": "fid", "sFID": "sfid", "IS": "inception_score", "Precision": "precision", "Recall": "recall"}
 
@@ -41,7 +47,7 @@ def load_spec(path):
             raise ValueError(f"sweep spec {path} has no '{key}' entry")
     if "grid" not in spec and "points" not in spec:
         raise ValueError(f"sweep spec {path} needs a 'grid' or a 'points' list")
-    root = path.resolve().parent
+    root = REPO_ROOT  # like every config path in the project, spec paths are relative to the repository root
     for key in ("base", "reference", "output_dir"):
         if key in spec and not os.path.isabs(str(spec[key])):
             spec[key] = str(root / spec[key])
@@ -86,25 +92,20 @@ def _append(path, record):
 
 
 def point_commands(spec, overrides, point_dir):
-    """(sampling command, evaluation command, samples path) for one point."""
+    """(sampling command, evaluation command, samples path) for one point; writes the point's config."""
     base = yaml.safe_load(Path(spec["base"]).read_text()) or {}
-    config = {**base, **overrides}
+    config = {**base, **{k: v for k, v in overrides.items() if k != "label"}}
     point_dir.mkdir(parents=True, exist_ok=True)
     config_path = point_dir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=True))
     launch = shlex.split(spec.get("launch", ""))
     sample = launch + [sys.executable, "-m", "scripts.image_sample", "--config", str(config_path),
                        "--output_dir", str(point_dir / "samples")]
-    evaluate = [sys.executable, "-m", "evaluations.evaluator", spec["reference"], "{samples}",
+    size = config.get("image_size", 64)
+    samples = point_dir / "samples" / f"samples_{config.get('num_samples', 10000)}x{size}x{size}x3.npz"
+    evaluate = [sys.executable, "-m", "evaluations.evaluator", spec["reference"], str(samples),
                 "--json", str(point_dir / "metrics.json")] + [str(a) for a in spec.get("evaluator_args", [])]
-    return sample, evaluate
-
-
-def _find_samples(folder):
-    found = sorted(Path(folder).glob("samples_*.npz"))
-    if len(found) != 1:
-        raise RuntimeError(f"expected one samples_*.npz in {folder}, found {len(found)}")
-    return found[0]
+    return sample, evaluate, samples
 
 
 def run_sweep(spec, dry_run=False, log=print, env=None):
@@ -112,6 +113,10 @@ def run_sweep(spec, dry_run=False, log=print, env=None):
     out = Path(spec["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
+    if spec.get("prepare_reference") and not Path(spec["reference"]).exists() and not dry_run:
+        command = [sys.executable if c == "python" else str(c).replace("{reference}", spec["reference"])
+                   for c in spec["prepare_reference"]]
+        _run(command, out / "prepare_reference.log", env)
     done = {k for k, r in read_results(results_path).items() if r["status"] == "ok"}
     points = expand_points(spec)
     for index, overrides in enumerate(points):
@@ -121,18 +126,17 @@ def run_sweep(spec, dry_run=False, log=print, env=None):
             log(f"[{index + 1}/{len(points)}] {label}: done, skipped")
             continue
         point_dir = out / key
-        sample_cmd, eval_cmd = point_commands(spec, overrides, point_dir)
+        sample_cmd, eval_cmd, samples = point_commands(spec, overrides, point_dir)
         if dry_run:
             log(shlex.join(sample_cmd))
-            log(shlex.join(c.replace("{samples}", str(point_dir / "samples" / "samples_*.npz")) for c in eval_cmd))
+            log(shlex.join(eval_cmd))
             continue
         log(f"[{index + 1}/{len(points)}] {label}: sampling and evaluating in {point_dir}")
         start = time.time()
         record = {"key": key, "overrides": overrides}
         try:
             _run(sample_cmd, point_dir / "sample.log", env)
-            samples = _find_samples(point_dir / "samples")
-            _run([str(samples) if c == "{samples}" else c for c in eval_cmd], point_dir / "evaluate.log", env)
+            _run(eval_cmd, point_dir / "evaluate.log", env)
             metrics = json.loads((point_dir / "metrics.json").read_text())
             record.update(status="ok", metrics=metrics, samples=str(samples))
         except Exception as error:  # one failed point must not stop the sweep
@@ -145,7 +149,7 @@ def run_sweep(spec, dry_run=False, log=print, env=None):
 
 def _run(cmd, log_path, env):
     with open(log_path, "w") as log_file:
-        proc = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
     if proc.returncode != 0:
         tail = Path(log_path).read_text()[-1500:]
         raise RuntimeError(f"{shlex.join(cmd[:4])} ... exited with {proc.returncode}; log {log_path}:\n{tail}")
@@ -155,6 +159,8 @@ def results_table(spec, results):
     """A Markdown table in the form of the paper's Table 1, best value per metric in bold."""
     points = expand_points(spec)
     columns = list(dict.fromkeys(k for p in points for k in p))
+    if "label" in columns:  # labelled rows: the label says it all
+        columns = ["label"]
     rows = []
     for overrides in points:
         record = results.get(point_key(overrides))
