@@ -64,7 +64,7 @@ def preprocess(images_uint8_nhwc, device="cpu"):
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(f"expected images [N, H, W, 1 or 3], got shape {images.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).float().permute(0, 3, 1, 2)
+    x = torch.from_numpy(np.array(images, copy=True)).to(device).float().permute(0, 3, 1, 2)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     x = x / 127.5 - 1.0
