@@ -66,11 +66,8 @@ def create_model_and_diffusion(image_size, class_cond, learn_sigma, num_channels
                          use_scale_shift_norm=use_scale_shift_norm, dropout=dropout,
                          resblock_updown=resblock_updown, use_fp16=use_fp16,
                          use_new_attention_order=use_new_attention_order)
-    diffusion = create_gaussian_diffusion(steps=diffusion_steps, learn_sigma=learn_sigma,
-                                          noise_schedule=noise_schedule, use_kl=use_kl,
-                                          predict_xstart=predict_xstart, rescale_timesteps=rescale_timesteps,
-                                          rescale_learned_sigmas=rescale_learned_sigmas,
-                                          timestep_respacing=timestep_respacing)
+    diffusion = _diffusion_from_flags(diffusion_steps, learn_sigma, noise_schedule, use_kl, predict_xstart,
+                                      rescale_timesteps, rescale_learned_sigmas, timestep_respacing)
     return model, diffusion
 
 
@@ -110,11 +107,8 @@ def create_classifier_and_diffusion(image_size, classifier_use_fp16, classifier_
     classifier = create_classifier(image_size, classifier_use_fp16, classifier_width, classifier_depth,
                                    classifier_attention_resolutions, classifier_use_scale_shift_norm,
                                    classifier_resblock_updown, classifier_pool)
-    diffusion = create_gaussian_diffusion(steps=diffusion_steps, learn_sigma=learn_sigma,
-                                          noise_schedule=noise_schedule, use_kl=use_kl,
-                                          predict_xstart=predict_xstart, rescale_timesteps=rescale_timesteps,
-                                          rescale_learned_sigmas=rescale_learned_sigmas,
-                                          timestep_respacing=timestep_respacing)
+    diffusion = _diffusion_from_flags(diffusion_steps, learn_sigma, noise_schedule, use_kl, predict_xstart,
+                                      rescale_timesteps, rescale_learned_sigmas, timestep_respacing)
     return classifier, diffusion
 
 
@@ -136,11 +130,8 @@ def sr_create_model_and_diffusion(large_size, small_size, class_cond, learn_sigm
                             num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
                             use_scale_shift_norm=use_scale_shift_norm, dropout=dropout,
                             resblock_updown=resblock_updown, use_fp16=use_fp16)
-    diffusion = create_gaussian_diffusion(steps=diffusion_steps, learn_sigma=learn_sigma,
-                                          noise_schedule=noise_schedule, use_kl=use_kl,
-                                          predict_xstart=predict_xstart, rescale_timesteps=rescale_timesteps,
-                                          rescale_learned_sigmas=rescale_learned_sigmas,
-                                          timestep_respacing=timestep_respacing)
+    diffusion = _diffusion_from_flags(diffusion_steps, learn_sigma, noise_schedule, use_kl, predict_xstart,
+                                      rescale_timesteps, rescale_learned_sigmas, timestep_respacing)
     return model, diffusion
 
 
@@ -156,6 +147,16 @@ def sr_create_model(large_size, small_size, num_channels, num_res_blocks, learn_
         num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
         use_scale_shift_norm=use_scale_shift_norm, resblock_updown=resblock_updown, use_fp16=use_fp16,
     )
+
+
+def _diffusion_from_flags(diffusion_steps, learn_sigma, noise_schedule, use_kl, predict_xstart, rescale_timesteps,
+                          rescale_learned_sigmas, timestep_respacing):
+    """The diffusion that the release's flag names describe."""
+    return create_gaussian_diffusion(steps=diffusion_steps, learn_sigma=learn_sigma, noise_schedule=noise_schedule,
+                                     use_kl=use_kl, predict_xstart=predict_xstart,
+                                     rescale_timesteps=rescale_timesteps,
+                                     rescale_learned_sigmas=rescale_learned_sigmas,
+                                     timestep_respacing=timestep_respacing)
 
 
 def create_gaussian_diffusion(*, steps=1000, learn_sigma=False, sigma_small=False, noise_schedule="linear",
