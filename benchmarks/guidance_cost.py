@@ -18,6 +18,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from guided_diffusion.cpu_allocator import reuse_freed_memory
 from guided_diffusion.guidance import OFFICIAL_PAG_LAYERS_256, PerturbedAttentionGuidance, perturbed_attention
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 
@@ -68,7 +69,13 @@ def main():
     parser.add_argument("--layers", nargs="+", default=list(OFFICIAL_PAG_LAYERS_256))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--use_fp16", action="store_true", help="the release's fp16 conversion (GPU)")
+    parser.add_argument("--glibc_default_malloc", action="store_true",
+                        help="CPU: keep glibc's default of returning large freed blocks to the kernel, as the "
+                             "entry points do not (see guided_diffusion/cpu_allocator.py)")
     args = parser.parse_args()
+    allocator = "glibc default malloc"
+    if args.device == "cpu" and not args.glibc_default_malloc and reuse_freed_memory():
+        allocator = "freed memory kept for reuse"
 
     torch.manual_seed(0)
     model, diffusion = create_model_and_diffusion(**adm256_flags(args.num_channels))
@@ -108,7 +115,8 @@ def main():
     limit, total = flop_limit(model, x, t, args.layers)
     base_flops = count_flops(unguided)
     base_time = statistics.median(times["unguided"])
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    device = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+              else f"CPU ({torch.get_num_threads()} threads, {allocator})")
     print(f"ADM-256 topology, num_channels {args.num_channels}, batch {args.batch_size}, {device}, "
           f"{total / args.batch_size / 1e9:.1f} GFLOP per image forward; layers {' '.join(args.layers)}\n")
     print("| method | ms / step | time vs unguided | FLOPs vs unguided |")

@@ -13,6 +13,7 @@ import argparse
 
 import torch
 
+from guided_diffusion import dist_util
 from guided_diffusion.config import HelpFormatter, add_flags, parse_args
 from guided_diffusion.guidance_flags import GUIDANCE_DEFAULTS, GUIDANCE_HELP, attention_guidance
 from guided_diffusion.image_io import save_image_grid, to_uint8
@@ -61,8 +62,8 @@ def main(argv=None):
     guidance = attention_guidance(args)
     if not guidance:
         raise SystemExit("nothing to draw: set --pag_scale and/or --sag_scale")
-    model, diffusion = load_model(args, "cpu" if not torch.cuda.is_available() else "cuda")
-    device = next(model.parameters()).device
+    device = dist_util.dev()
+    model, diffusion = load_model(args, device)
     indices = list(range(args.num_images))
     noise = ImageNoise(args.seed, indices, (3, args.image_size, args.image_size), device=device)
     model_kwargs = {}

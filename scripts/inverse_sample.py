@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from guided_diffusion import dist_util
 from guided_diffusion.checkpoints import load_checkpoint
 from guided_diffusion.config import add_flags, parse_args
 from guided_diffusion.guidance import validate as validate_guidance
@@ -189,7 +190,7 @@ def reconstruct(args, model, diffusion, operator, guidance, x0, indices, device)
 
 def run(args):
     check_flags(args)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = dist_util.dev()
     operator = build_operator(args)
     guidance = attention_guidance(args)
     images = load_images(args)  # uint8 NHWC
