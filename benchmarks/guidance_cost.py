@@ -66,6 +66,7 @@ def main():
     parser.add_argument("--num_channels", type=int, default=256, help="U-Net width (256 = released ADM-256)")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per method (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds of every method first")
     parser.add_argument("--layers", nargs="+", default=list(OFFICIAL_PAG_LAYERS_256))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--use_fp16", action="store_true", help="the release's fp16 conversion (GPU)")
@@ -102,8 +103,9 @@ def main():
     times = {name: [] for name in methods}
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     with torch.inference_mode():
-        for fn in methods.values():  # warm-up
-            fn()
+        for _ in range(args.warmup):  # until the allocator's pools (or the CPU heap) stop growing
+            for fn in methods.values():
+                fn()
         for _ in range(args.repeats):
             for name, fn in methods.items():
                 sync()
