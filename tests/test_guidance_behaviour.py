@@ -39,6 +39,30 @@ def test_batched_pag_equals_two_separate_passes(setup):
     assert (guided["pred_xstart"] - diffusion.p_mean_variance(model, x, t)["pred_xstart"]).abs().max() > 1e-3
 
 
+def test_shared_prefix_runs_once_and_perturbed_blocks_skip_q_and_k(setup):
+    """The cost claims, as row counts: B rows up to the first perturbed block, 2B after it, and the
+    perturbed blocks' qkv projection sees only the B normal rows (the perturbed rows compute V alone)."""
+    model, diffusion, x, _ = setup
+    first = int(LAYERS[0].split(".")[1])  # input_blocks.5.1: the copy happens inside input block 5
+    expected = {f"input_blocks.{i}.0": 2 if i <= first else 4 for i in range(len(model.input_blocks))}
+    expected.update({f"output_blocks.{i}.0": 4 for i in range(len(model.output_blocks))}, **{"middle_block.0": 4})
+    for name in model.attention_blocks():
+        in_prefix = name.startswith("input_blocks") and int(name.split(".")[1]) < first
+        expected[f"{name}.qkv"] = 2 if name in LAYERS or in_prefix else 4
+    rows = {}
+    modules = dict(model.named_modules())
+    hooks = [modules[name].register_forward_hook(
+        lambda mod, args, out, name=name: rows.setdefault(name, []).append(args[0].shape[0])) for name in expected]
+    try:
+        with torch.no_grad():
+            diffusion.p_mean_variance(model, x, torch.full((2,), 12),
+                                      guidance=PerturbedAttentionGuidance(scale=3.0, layers=LAYERS))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert rows == {name: [count] for name, count in expected.items()}  # and each ran once: one model call
+
+
 def test_guidances_combine_additively(setup):
     model, diffusion, x, noise = setup
     one = _step(diffusion, model, x, 10, noise, PerturbedAttentionGuidance(scale=3.0, layers=LAYERS))
