@@ -24,14 +24,7 @@ TINY_FLAGS = dict(image_size=16, num_channels=32, channel_mult="1,2", num_res_bl
                   num_head_channels=16, learn_sigma=True, noise_schedule="cosine", diffusion_steps=100)
 TINY_LAYERS = ["input_blocks.3.1", "middle_block.1"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and much faster on a shared, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(timestep_respacing="6"):

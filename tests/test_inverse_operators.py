@@ -12,14 +12,7 @@ from guided_diffusion.inverse.operators import (OPERATOR_NAMES, PADDINGS, Blur, 
 
 BLURS = ("gaussian_blur", "uniform_blur")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a shared, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _all_operators(image_size=16):

@@ -27,16 +27,7 @@ ADM_CONFIG = os.path.join(ROOT, "configs", "digits", "model.yaml")
 TINY = dict(image_size=8, num_channels=32, channel_mult="1,2", num_res_blocks=1, attention_resolutions="4",
             num_head_channels=16, learn_sigma=True, diffusion_steps=50, noise_schedule="cosine", dropout=0.1)
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small models on shared cores run far faster on one thread than on oversubscribed ones.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
 
 def tiny_model(**overrides):
