@@ -8,7 +8,7 @@ Prints, from one run (methods interleaved so machine load hits all alike):
   FLOP limit         1 + the FLOP share of the network from the first perturbed block on
 
 Random weights; `--num_channels` shrinks the width, which keeps every layer's FLOP share.
-Example (CPU): python benchmarks/guidance_cost.py --num_channels 64 --batch_size 2 --repeats 5
+Defaults: the released width 256 and batch 4 on a GPU; width 64 and batch 2 on a CPU.
 """
 
 import argparse
@@ -63,17 +63,24 @@ def count_flops(fn):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num_channels", type=int, default=256, help="U-Net width (256 = released ADM-256)")
-    parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=10, help="timed steps per method (median reported)")
+    parser.add_argument("--num_channels", type=int, help="U-Net width (default: 256, the released ADM-256, on a "
+                                                              "GPU; 64 on a CPU, where 256 takes ~15 s a step)")
+    parser.add_argument("--batch_size", type=int, help="images per step (default: 4 on a GPU, 2 on a CPU)")
+    parser.add_argument("--repeats", type=int, help="timed steps per method, median reported (default: 10 on a "
+                                                   "GPU, 5 on a CPU)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds of every method first")
-    parser.add_argument("--layers", nargs="+", default=list(OFFICIAL_PAG_LAYERS_256))
+    parser.add_argument("--layers", nargs="+", default=list(OFFICIAL_PAG_LAYERS_256),
+                        help="perturbed attention blocks (default: the official ImageNet-256 set)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--use_fp16", action="store_true", help="the release's fp16 conversion (GPU)")
     parser.add_argument("--glibc_default_malloc", action="store_true",
                         help="CPU: keep glibc's default of returning large freed blocks to the kernel, as the "
                              "entry points do not (see guided_diffusion/cpu_allocator.py)")
     args = parser.parse_args()
+    on_gpu = args.device.startswith("cuda")
+    args.num_channels = args.num_channels or (256 if on_gpu else 64)
+    args.batch_size = args.batch_size or (4 if on_gpu else 2)
+    args.repeats = args.repeats or (10 if on_gpu else 5)
     allocator = "glibc default malloc"
     if args.device == "cpu" and not args.glibc_default_malloc and reuse_freed_memory():
         allocator = "freed memory kept for reuse"
