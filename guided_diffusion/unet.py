@@ -122,6 +122,34 @@ def _heads_kwargs(num_heads, num_head_channels, use_checkpoint, use_new_attentio
                 use_new_attention_order=use_new_attention_order)
 
 
+def _encoder_half(in_channels, model_channels, channel_mult, num_res_blocks, attention_resolutions,
+                  conv_resample, dims, resblock_updown, res, attn):
+    """The input blocks and middle block that the U-Net and the classifier share.
+
+    Returns (input_blocks, middle_block, channels of every input block's output, final downsampling factor).
+    """
+    ch = int(channel_mult[0] * model_channels)
+    input_blocks = nn.ModuleList([TimestepEmbedSequential(conv_nd(dims, in_channels, ch, 3, padding=1))])
+    block_channels = [ch]
+    ds = 1
+    for level, mult in enumerate(channel_mult):
+        for _ in range(num_res_blocks):
+            layers = [ResBlock(ch, out_channels=int(mult * model_channels), **res)]
+            ch = int(mult * model_channels)
+            if ds in attention_resolutions:
+                layers.append(AttentionBlock(ch, **attn))
+            input_blocks.append(TimestepEmbedSequential(*layers))
+            block_channels.append(ch)
+        if level != len(channel_mult) - 1:
+            down = (ResBlock(ch, out_channels=ch, down=True, **res) if resblock_updown
+                    else Downsample(ch, conv_resample, dims=dims, out_channels=ch))
+            input_blocks.append(TimestepEmbedSequential(down))
+            block_channels.append(ch)
+            ds *= 2
+    middle_block = TimestepEmbedSequential(ResBlock(ch, **res), AttentionBlock(ch, **attn), ResBlock(ch, **res))
+    return input_blocks, middle_block, block_channels, ds
+
+
 class UNetModel(nn.Module):
     """The ADM U-Net (Dhariwal & Nichol, 2021) with the release's flags and parameter names."""
 
@@ -159,28 +187,10 @@ class UNetModel(nn.Module):
         down_attn = _heads_kwargs(num_heads, num_head_channels, use_checkpoint, use_new_attention_order)
         up_attn = _heads_kwargs(num_heads_upsample, num_head_channels, use_checkpoint, use_new_attention_order)
 
-        ch = input_ch = int(channel_mult[0] * model_channels)
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(conv_nd(dims, in_channels, ch, 3, padding=1))])
-        input_block_chans = [ch]
-        ds = 1
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers = [ResBlock(ch, out_channels=int(mult * model_channels), **res)]
-                ch = int(mult * model_channels)
-                if ds in attention_resolutions:
-                    layers.append(AttentionBlock(ch, **down_attn))
-                self.input_blocks.append(TimestepEmbedSequential(*layers))
-                input_block_chans.append(ch)
-            if level != len(channel_mult) - 1:
-                down = (ResBlock(ch, out_channels=ch, down=True, **res) if resblock_updown
-                        else Downsample(ch, conv_resample, dims=dims, out_channels=ch))
-                self.input_blocks.append(TimestepEmbedSequential(down))
-                input_block_chans.append(ch)
-                ds *= 2
-
-        self.middle_block = TimestepEmbedSequential(
-            ResBlock(ch, **res), AttentionBlock(ch, **down_attn), ResBlock(ch, **res)
-        )
+        self.input_blocks, self.middle_block, input_block_chans, ds = _encoder_half(
+            in_channels, model_channels, channel_mult, num_res_blocks, attention_resolutions, conv_resample, dims,
+            resblock_updown, res, down_attn)
+        input_ch, ch = input_block_chans[0], input_block_chans[-1]
 
         self.output_blocks = nn.ModuleList([])
         for level, mult in list(enumerate(channel_mult))[::-1]:
@@ -323,27 +333,11 @@ class EncoderUNetModel(nn.Module):
                    use_scale_shift_norm=use_scale_shift_norm)
         attn = _heads_kwargs(num_heads, num_head_channels, use_checkpoint, use_new_attention_order)
 
-        ch = int(channel_mult[0] * model_channels)
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(conv_nd(dims, in_channels, ch, 3, padding=1))])
-        feature_size = ch
-        ds = 1
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers = [ResBlock(ch, out_channels=int(mult * model_channels), **res)]
-                ch = int(mult * model_channels)
-                if ds in attention_resolutions:
-                    layers.append(AttentionBlock(ch, **attn))
-                self.input_blocks.append(TimestepEmbedSequential(*layers))
-                feature_size += ch
-            if level != len(channel_mult) - 1:
-                down = (ResBlock(ch, out_channels=ch, down=True, **res) if resblock_updown
-                        else Downsample(ch, conv_resample, dims=dims, out_channels=ch))
-                self.input_blocks.append(TimestepEmbedSequential(down))
-                ds *= 2
-                feature_size += ch
-        self.middle_block = TimestepEmbedSequential(ResBlock(ch, **res), AttentionBlock(ch, **attn),
-                                                    ResBlock(ch, **res))
-        feature_size += ch
+        self.input_blocks, self.middle_block, block_channels, ds = _encoder_half(
+            in_channels, model_channels, channel_mult, num_res_blocks, attention_resolutions, conv_resample, dims,
+            resblock_updown, res, attn)
+        ch = block_channels[-1]
+        feature_size = sum(block_channels) + ch  # the spatial pools concatenate every block's mean and the middle's
 
         if pool == "adaptive":
             self.out = nn.Sequential(normalization(ch), silu(), nn.AdaptiveAvgPool2d((1, 1)),
