@@ -60,6 +60,21 @@ def row_runs(rows, batch):
     return runs
 
 
+
+def attention_blocks(model):
+    """Every attention block of `model`, by module path (`input_blocks.14.1`, `middle_block.1`, ...)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, AttentionBlock)}
+
+
+def select_blocks(model, names):
+    """The attention blocks called `names` in `model`; any unknown name raises a ValueError listing the valid ones."""
+    blocks = attention_blocks(model)
+    unknown = [name for name in names if name not in blocks]
+    if unknown:
+        raise ValueError(f"unknown attention layer(s) {', '.join(map(repr, unknown))}; this model's attention "
+                         f"blocks are: {', '.join(blocks) or '(none)'}")
+    return [blocks[name] for name in names]
+
 class AttentionBlock(nn.Module):
     """Spatial self-attention with a residual connection.
 

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .attention import AttentionBlock
+from .attention import select_blocks
 
 # The official PAG layers for ADM ImageNet 256 (the deepest input blocks and the middle block).
 OFFICIAL_PAG_LAYERS_256 = ("input_blocks.14.1", "input_blocks.16.1", "input_blocks.17.1", "middle_block.1")
@@ -31,19 +31,9 @@ def unwrap(model):
         model = inner
 
 
-def attention_blocks(model):
-    """Every attention block of `model`, by module path (`input_blocks.14.1`, `middle_block.1`, ...)."""
-    return {name: m for name, m in unwrap(model).named_modules() if isinstance(m, AttentionBlock)}
-
-
 def check_layers(model, layers):
-    """Raise a ValueError naming the valid layers when any of `layers` is not an attention block."""
-    blocks = attention_blocks(model)
-    unknown = [name for name in layers if name not in blocks]
-    if unknown:
-        raise ValueError(f"unknown attention layer(s) {', '.join(map(repr, unknown))}; this model's attention "
-                         f"blocks are: {', '.join(blocks) or '(none)'}")
-    return [blocks[name] for name in layers]
+    """The attention blocks `layers` of `model` (unwrapped); a ValueError lists the valid names for unknown ones."""
+    return select_blocks(unwrap(model), layers)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import AttentionBlock, AttentionPool2d
+from .attention import AttentionBlock, AttentionPool2d, attention_blocks, select_blocks
 from .fp16_util import convert_module_to_f16, convert_module_to_f32
 from .nn import (avg_pool_nd, checkpoint, conv_nd, interpolate_nearest_2x, linear, normalization, silu,
                  timestep_embedding, zero_module)
@@ -222,7 +222,7 @@ class UNetModel(nn.Module):
 
     def attention_blocks(self):
         """Every attention block by its module path (`input_blocks.14.1`, `middle_block.1`, ...)."""
-        return {name: m for name, m in self.named_modules() if isinstance(m, AttentionBlock)}
+        return attention_blocks(self)
 
     def forward(self, x, timesteps, y=None, attention_variants=None):
         """Apply the model to a batch `x` [B, C, H, W] at `timesteps` [B] (class labels `y` [B] if conditional).
@@ -265,12 +265,9 @@ class _VariantWalk:
     def __init__(self, model, variants, batch):
         self.copies = 1 + len(variants)
         self.masks = {}
-        blocks = model.attention_blocks() if variants else {}
         for index, names in enumerate(variants):
-            for name in names:
-                if name not in blocks:
-                    raise ValueError(unknown_layer_message(name, blocks))
-                mask = self.masks.setdefault(blocks[name], [False] * (self.copies * batch))
+            for block in select_blocks(model, names):
+                mask = self.masks.setdefault(block, [False] * (self.copies * batch))
                 mask[(index + 1) * batch:(index + 2) * batch] = [True] * batch
         self.expanded = self.copies == 1
 
@@ -290,11 +287,6 @@ class _VariantWalk:
             else:
                 h = layer(h)
         return h, emb
-
-
-def unknown_layer_message(name, blocks):
-    return (f"unknown attention layer {name!r}; this model's attention blocks are: "
-            f"{', '.join(blocks) or '(none)'}")
 
 
 class SuperResModel(UNetModel):
