@@ -280,8 +280,7 @@ class GaussianDiffusion:
         if eta != 0.0:
             raise ValueError("reverse DDIM is deterministic: use eta=0")
         out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
-        eps = ((_extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, x.shape) * x - out["pred_xstart"])
-               / _extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, x.shape))
+        eps = self._predict_eps_from_xstart(x, t, out["pred_xstart"])
         alpha_bar_next = _extract_into_tensor(self.alphas_cumprod_next, t, x.shape)
         sample = out["pred_xstart"] * torch.sqrt(alpha_bar_next) + torch.sqrt(1 - alpha_bar_next) * eps
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
