@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     if not args.skip_tf:
         tf_pr = TFDistanceBlockPR(args.k)
         tf_pr.precision_recall(ref[warm], sample[warm])
-        (p_f, r_f, rad_ref_tf, rad_smp_tf), t_tf = _timed(lambda: tf_pr.precision_recall(ref, sample))
+        (p_f, r_f, rad_ref_tf, _), t_tf = _timed(lambda: tf_pr.precision_recall(ref, sample))
         rows.append(("TensorFlow DistanceBlock (reference approach)", t_tf))
         rad_ref = metrics.manifold_radii(ref, args.k, device=device)
         same = (p_t, r_t) == (p_f, r_f)
