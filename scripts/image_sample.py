@@ -153,10 +153,10 @@ def check_flags(args):
                             f"got {args.num_samples}")
     if args.eta and not args.use_ddim:
         problems.append("--eta is a DDIM setting: add --use_ddim True")
-    if args.precision and args.precision not in PRECISIONS:
-        problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {args.precision!r}")
-    elif args.use_fp16 and args.precision not in ("", "fp16"):
-        problems.append(f"--use_fp16 True converts the model to fp16: drop it to use --precision {args.precision}")
+    try:
+        precision(args)
+    except ValueError as err:
+        problems.append(str(err))
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -192,6 +192,11 @@ def checkpoint_identity(path, flag):
 
 
 def precision(args):
+    """The model's precision from --precision and the release's --use_fp16, which must not disagree."""
+    if args.precision and args.precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {args.precision!r}")
+    if args.use_fp16 and args.precision not in ("", "fp16"):
+        raise ValueError(f"--use_fp16 True converts the model to fp16: drop it to use --precision {args.precision}")
     return args.precision or ("fp16" if args.use_fp16 else "fp32")
 
 

@@ -28,6 +28,9 @@ def test_cli_writes_the_figure_and_the_samples(tmp_path):
     with pytest.raises(ValueError, match="unknown attention layer"):
         guidance_maps.main(flags + ["--model_path", str(checkpoint), "--pag_scale", "2",
                                     "--pag_layers", "input_blocks.14.1", "--out", str(out)])
+    with pytest.raises(ValueError, match="--use_fp16 True converts the model to fp16"):
+        guidance_maps.main(flags + ["--model_path", str(checkpoint), "--pag_scale", "2", "--use_fp16", "True",
+                                    "--precision", "fp32", "--out", str(out)])
 
 
 def _run_cli(guidance_maps, flags, checkpoint, out):
