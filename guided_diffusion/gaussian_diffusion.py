@@ -197,12 +197,17 @@ class GaussianDiffusion:
         return {"mean": model_mean, "variance": model_variance, "log_variance": model_log_variance,
                 "pred_xstart": pred_xstart}
 
-    def p_mean_variance(self, model, x, t, clip_denoised=True, denoised_fn=None, model_kwargs=None, guidance=None):
-        """p(x_{t-1} | x_t): mean, variance, log-variance and the x_0 prediction, optionally guided."""
+    def p_mean_variance(self, model, x, t, clip_denoised=True, denoised_fn=None, model_kwargs=None, guidance=None,
+                        details=None):
+        """p(x_{t-1} | x_t): mean, variance, log-variance and the x_0 prediction, optionally guided.
+
+        `details`, if a dict, receives the guided prediction's intermediates (see `guidance.guided_prediction`).
+        """
         model_kwargs = model_kwargs or {}
-        if guidance is not None:
+        if guidance is not None or details is not None:
             return guidance_lib.guided_prediction(self, model, x, t, guidance, clip_denoised=clip_denoised,
-                                                  denoised_fn=denoised_fn, model_kwargs=model_kwargs)
+                                                  denoised_fn=denoised_fn, model_kwargs=model_kwargs,
+                                                  details=details)
         mean_output, var_output = self.split_output(self.run_model(model, x, t, **model_kwargs), x)
         return self.prediction_from_output(mean_output, var_output, x, t, clip_denoised, denoised_fn)
 
@@ -243,10 +248,10 @@ class GaussianDiffusion:
     # Sampling steps
 
     def p_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None,
-                 guidance=None, step_noise=None):
+                 guidance=None, step_noise=None, details=None):
         """One ancestral (DDPM) step x_t -> x_{t-1}. `step_noise` is the Gaussian noise the step adds."""
         model_kwargs = model_kwargs or {}
-        out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs, guidance)
+        out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs, guidance, details)
         cond_fn = guidance_lib.classifier_fn(cond_fn, guidance, self, t)
         if cond_fn is not None:
             out["mean"] = self.condition_mean(cond_fn, out, x, t, model_kwargs)
@@ -255,10 +260,10 @@ class GaussianDiffusion:
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
     def ddim_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None,
-                    eta=0.0, guidance=None, step_noise=None):
+                    eta=0.0, guidance=None, step_noise=None, details=None):
         """One DDIM step (Song et al., 2021); eta = 1 is ancestral-like, eta = 0 deterministic."""
         model_kwargs = model_kwargs or {}
-        out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs, guidance)
+        out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs, guidance, details)
         cond_fn = guidance_lib.classifier_fn(cond_fn, guidance, self, t)
         if cond_fn is not None:
             out = self.condition_score(cond_fn, out, x, t, model_kwargs)

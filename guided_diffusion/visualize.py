@@ -35,24 +35,24 @@ def guidance_snapshots(diffusion, model, noise, guidance, steps, model_kwargs=No
     snapshots = []
     step_fn = diffusion.ddim_sample if use_ddim else diffusion.p_sample
     extra = {"eta": eta} if use_ddim else {}
+    adds_noise = step_noise_fn is not None and not (use_ddim and eta == 0)
     with torch.no_grad():
         for i in reversed(range(diffusion.num_timesteps)):
             t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            if i in wanted:
-                details = {}
-                guided = guidance_lib.guided_prediction(diffusion, model, x, t, guidance, model_kwargs=model_kwargs,
-                                                        details=details)
+            details = {} if i in wanted else None  # the step itself records its guided prediction's parts
+            step_noise = step_noise_fn(i) if adds_noise and i > 0 else None
+            out = step_fn(model, x, t, model_kwargs=model_kwargs, guidance=guidance, step_noise=step_noise,
+                          details=details, **extra)
+            if details is not None:
                 perturbed = details["perturbed_eps"][0] if details["perturbed_eps"] else details["eps"]
                 snapshots.append({
                     "step": i, "t": int(diffusion.timestep_map[i]),
                     "normal": _x0(diffusion, x, t, details["eps"]),
                     "perturbed": _x0(diffusion, x, t, perturbed),
-                    "guided": guided["pred_xstart"],
+                    "guided": _x0(diffusion, x, t, details["guided_eps"]),
                     "signal": (details["guided_eps"] - details["eps"]).abs().mean(dim=1),
                 })
-            step_noise = step_noise_fn(i) if step_noise_fn is not None and i > 0 else None
-            x = step_fn(model, x, t, model_kwargs=model_kwargs, guidance=guidance, step_noise=step_noise,
-                        **extra)["sample"]
+            x = out["sample"]
     return x, snapshots
 
 
