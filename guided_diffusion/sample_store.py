@@ -80,6 +80,11 @@ def atomic_write(path, write):
         raise
 
 
+def batch_name(num_samples, image_shape):
+    """`samples_{N}x{H}x{W}x3`: the stem of the final npz (the ADM release's naming) and of its grid."""
+    return "samples_" + "x".join(str(int(s)) for s in (num_samples, *image_shape))
+
+
 class SampleStore:
     """Shards, manifest and final outputs of one run in folder `root`."""
 
@@ -93,7 +98,7 @@ class SampleStore:
         self.image_shape = tuple(int(s) for s in image_shape)
         self.expected_labels = expected_labels
         self.shard_dir = os.path.join(root, SHARDS)
-        name = "samples_" + "x".join(str(s) for s in (self.num_samples, *self.image_shape))
+        name = batch_name(self.num_samples, self.image_shape)
         self.final_path = os.path.join(root, name + ".npz")
         self.grid_path = os.path.join(root, name + "_grid.png")
 

@@ -33,6 +33,9 @@ from pathlib import Path
 
 import yaml
 
+from .sample_store import batch_name
+from .script_util import model_and_diffusion_defaults
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 METRICS = (("FID", "min"), ("sFID", "min"), ("IS", "max"), ("Precision", "max"), ("Recall", "max"))
@@ -101,8 +104,11 @@ def point_commands(spec, overrides, point_dir):
     launch = shlex.split(spec.get("launch", ""))
     sample = launch + [sys.executable, "-m", "scripts.image_sample", "--config", str(config_path),
                        "--output_dir", str(point_dir / "samples")]
-    size = config.get("image_size", 64)
-    samples = point_dir / "samples" / f"samples_{config.get('num_samples', 10000)}x{size}x{size}x3.npz"
+    from scripts.image_sample import SAMPLE_DEFAULTS  # the sampler's defaults fix the file name
+
+    size = config.get("image_size", model_and_diffusion_defaults()["image_size"])
+    num_samples = config.get("num_samples", SAMPLE_DEFAULTS["num_samples"])
+    samples = point_dir / "samples" / (batch_name(num_samples, (size, size, 3)) + ".npz")
     evaluate = [sys.executable, "-m", "evaluations.evaluator", spec["reference"], str(samples),
                 "--json", str(point_dir / "metrics.json")] + [str(a) for a in spec.get("evaluator_args", [])]
     return sample, evaluate, samples
