@@ -240,8 +240,6 @@ class SampleStore:
             if len(missing):
                 raise ShardError(f"{len(missing)} of {self.num_samples} samples are missing (first indices: "
                                  f"{missing[:10].tolist()}); run the same command again to sample them")
-            if int(filled.sum()) != self.num_samples or len(images) != len(labels):
-                raise ShardError("sample and label counts do not match num_samples")
             images.flush()
             arrays = {"arr_0": images}
             if self.expected_labels is not None:
