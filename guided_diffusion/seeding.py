@@ -9,6 +9,7 @@ different images and of different purposes apart):
   order; the draws are moved to the sampling device afterwards, so GPUs get the same numbers as CPUs;
 - labels: either one draw per image from its own label stream, or (`balanced=True`) a fixed
   permutation of `num_samples / num_classes` copies of every class, the same for any process layout.
+- measurement noise (scripts/inverse_sample.py): a CPU `torch.Generator` per image on its own stream.
 
 Only the raw 64-bit output of numpy's PCG64 is used for labels (bit generators' streams are stable across
 numpy versions, `Generator` methods' are not).
@@ -23,6 +24,8 @@ import torch
 _NOISE_STREAM = 0
 _LABEL_STREAM = 1
 _BALANCED_STREAM = 2
+# The measurement noise y = A x + sigma_y * n of scripts/inverse_sample.py.
+MEASUREMENT_STREAM = 16
 
 
 def _seed_sequence(seed, *key):
@@ -31,9 +34,9 @@ def _seed_sequence(seed, *key):
     return np.random.SeedSequence(int(seed), spawn_key=tuple(int(k) for k in key))
 
 
-def image_noise_seed(seed, index):
-    """The 64-bit seed of image `index`'s noise generator."""
-    low, high = _seed_sequence(seed, index, _NOISE_STREAM).generate_state(2, np.uint32)
+def image_noise_seed(seed, index, stream=_NOISE_STREAM):
+    """The 64-bit seed of image `index`'s torch generator for `stream` (default: x_T and step noise)."""
+    low, high = _seed_sequence(seed, index, stream).generate_state(2, np.uint32)
     return int(low) | (int(high) << 32)
 
 

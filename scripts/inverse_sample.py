@@ -49,11 +49,7 @@ from guided_diffusion.inverse import metrics
 from guided_diffusion.inverse.dps import dps_sample_loop, measurement_residual
 from guided_diffusion.inverse.operators import OPERATOR_NAMES, PADDINGS, create_operator
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
-from guided_diffusion.seeding import ImageNoise
-
-# Stream number of the measurement noise in each image's SeedSequence(seed, spawn_key=(index, stream));
-# guided_diffusion.seeding uses 0..2 for x_T / step noise and labels.
-MEASUREMENT_STREAM = 16
+from guided_diffusion.seeding import MEASUREMENT_STREAM, ImageNoise, image_noise_seed
 
 RUN_DEFAULTS = dict(model_path="", data="", num_images=0, batch_size=4, seed=0, output_dir="inverse_results",
                     progress=True, ref_batch="")
@@ -162,8 +158,7 @@ def measurement_noise(seed, indices, shape):
     """Standard-normal noise of measurement shape `shape` for each image, from its own stream."""
     draws = []
     for i in indices:
-        state = np.random.SeedSequence(int(seed), spawn_key=(int(i), MEASUREMENT_STREAM)).generate_state(2, np.uint32)
-        g = torch.Generator().manual_seed(int(state[0]) | (int(state[1]) << 32))
+        g = torch.Generator().manual_seed(image_noise_seed(seed, i, MEASUREMENT_STREAM))
         draws.append(torch.randn(shape, generator=g, dtype=torch.float32))
     return torch.stack(draws)
 

@@ -12,7 +12,8 @@ from guided_diffusion import dist_util
 from guided_diffusion.image_io import save_image_grid, to_uint8
 from guided_diffusion.sample_store import (OutputFolderError, SampleStore, ShardError, config_digest,
                                            describe_differences)
-from guided_diffusion.seeding import ImageNoise, LabelSource, balanced_label_table, image_noise_seed, random_labels
+from guided_diffusion.seeding import (MEASUREMENT_STREAM, ImageNoise, LabelSource, balanced_label_table, image_noise_seed,
+                                      random_labels)
 
 # ----------------------------------------------------------------------------------------------------
 # seeding
@@ -40,6 +41,18 @@ def test_noise_streams_differ_between_images_steps_and_seeds():
     assert not torch.equal(x_t[0], step3[0])
     assert not torch.equal(draw(1, [0])[0], x_t[:1])
     assert image_noise_seed(0, 1) != image_noise_seed(1, 0)
+
+
+def test_image_noise_seed_streams():
+    for seed, index in [(0, 0), (5, 3), (2**40 + 1, 1234)]:
+        for stream in (0, MEASUREMENT_STREAM):
+            low, high = np.random.SeedSequence(seed, spawn_key=(index, stream)).generate_state(2, np.uint32)
+            assert image_noise_seed(seed, index, stream) == int(low) | (int(high) << 32)
+        assert image_noise_seed(seed, index) == image_noise_seed(seed, index, 0)
+        assert image_noise_seed(seed, index, MEASUREMENT_STREAM) != image_noise_seed(seed, index)
+    for seed in (-1, 2**63):
+        with pytest.raises(ValueError, match="seed must be"):
+            image_noise_seed(seed, 0, MEASUREMENT_STREAM)
 
 
 def test_step_noise_must_follow_x_t_in_step_order():
