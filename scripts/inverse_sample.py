@@ -39,7 +39,6 @@ import torch
 from tqdm.auto import tqdm
 
 from guided_diffusion import dist_util
-from guided_diffusion.checkpoints import load_checkpoint
 from guided_diffusion.config import add_flags, parse_args
 from guided_diffusion.guidance import validate as validate_guidance
 from guided_diffusion.guidance_flags import GUIDANCE_DEFAULTS, GUIDANCE_HELP, attention_guidance
@@ -48,11 +47,12 @@ from guided_diffusion.image_io import save_image_grid, to_uint8
 from guided_diffusion.inverse import metrics
 from guided_diffusion.inverse.dps import dps_sample_loop, measurement_residual
 from guided_diffusion.inverse.operators import OPERATOR_NAMES, PADDINGS, create_operator
-from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+from guided_diffusion.script_util import model_and_diffusion_defaults
 from guided_diffusion.seeding import MEASUREMENT_STREAM, ImageNoise, image_noise_seed
+from scripts.image_sample import SAMPLE_HELP, load_model, precision
 
 RUN_DEFAULTS = dict(model_path="", data="", num_images=0, batch_size=4, seed=0, output_dir="inverse_results",
-                    progress=True, ref_batch="")
+                    progress=True, ref_batch="", precision="")
 RUN_HELP = dict(
     model_path="diffusion model checkpoint (e.g. models/256x256_diffusion_uncond.pt)",
     data="image folder, .npz (arr_0 uint8 NHWC) or digits:heldout",
@@ -62,6 +62,7 @@ RUN_HELP = dict(
     output_dir="folder for the grids, results.npz and metrics.json",
     progress="show progress bars",
     ref_batch="reference .npz for FID of the reconstructions (evaluations.evaluator; optional)",
+    precision=SAMPLE_HELP["precision"],
 )
 DPS_DEFAULTS = dict(sigma_y=0.05, zeta=1.0, use_ddim=False, eta=0.0, clip_denoised=True, residual_x0="clipped")
 DPS_HELP = dict(
@@ -126,16 +127,12 @@ def check_flags(args):
         problems.append("--residual_x0 must be 'raw' or 'clipped'")
     if args.class_cond:
         problems.append("class-conditional models are not supported here: use an unconditional model")
+    try:
+        precision(args)
+    except ValueError as err:
+        problems.append(str(err))
     if problems:
         raise SystemExit("error: " + "; ".join(problems))
-
-
-def load_model(args, device):
-    model, diffusion = create_model_and_diffusion(**{k: getattr(args, k) for k in model_and_diffusion_defaults()})
-    load_checkpoint(model, args.model_path)
-    if args.use_fp16:
-        model.convert_to_fp16()
-    return model.to(device).eval(), diffusion
 
 
 def load_images(args):

@@ -188,6 +188,13 @@ def test_cli_super_resolution_measurement_shape(cli_inputs, tmp_path):
         assert results["measurement_image"].shape == (2, 16, 16, 3)
 
 
+def test_cli_precision_flag_checks(cli_inputs, tmp_path):
+    with pytest.raises(SystemExit, match="--use_fp16 True converts the model to fp16"):
+        _run_cli(cli_inputs, tmp_path, "--use_fp16", "True", "--precision", "fp32")
+    with pytest.raises(SystemExit, match="--precision must be one of"):
+        _run_cli(cli_inputs, tmp_path, "--precision", "int8")
+
+
 # --------------------------------------------------------------------------------------------------
 # The demo digits model (trained by scripts/image_train.py; skipped until its checkpoint exists)
 
