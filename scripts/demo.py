@@ -27,7 +27,7 @@ from guided_diffusion.script_util import create_model_and_diffusion, model_and_d
 from guided_diffusion.seeding import ImageNoise
 from guided_diffusion.sweep import point_key, results_table
 from guided_diffusion.visualize import guidance_snapshots, save_guidance_figure
-from scripts.image_sample import sample_images
+from scripts.image_sample import batches, sample_images
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIG = ROOT / "configs" / "digits" / "model.yaml"
@@ -105,9 +105,9 @@ def main(argv=None):
     for name, guidance in rows:
         start = time.time()
         images = np.concatenate([
-            to_uint8(sample_images(model, diffusion, indices[i:i + args.batch_size], seed=args.seed,
-                                   image_size=flags["image_size"], use_ddim=use_ddim, guidance=guidance)).numpy()
-            for i in range(0, args.num_samples, args.batch_size)])
+            to_uint8(sample_images(model, diffusion, batch, seed=args.seed, image_size=flags["image_size"],
+                                   use_ddim=use_ddim, guidance=guidance)).numpy()
+            for batch in batches(indices, args.batch_size)])
         seconds = time.time() - start
         path = out / f"samples_{name.replace(' ', '_').replace(',', '').replace('=', '')}.npz"
         np.savez(path, arr_0=images)

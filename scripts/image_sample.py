@@ -243,13 +243,7 @@ def sample_images(model, diffusion, indices, *, seed, image_size, labels=None, u
     device = torch.device(device)
     noise = ImageNoise(seed, indices, (3, image_size, image_size), device=device)
     rows = len(indices)
-    # On CPU a batch of exactly one row runs other conv kernels than any batch of 2 or more and differs
-    # in the last bits; a copy of the row (dropped below) keeps the image identical to a larger batch's.
-    pad = rows == 1 and device.type == "cpu"
-
-    def fit(t):
-        return torch.cat([t, t]) if pad else t
-
+    fit = batch_invariant_fit(rows, device)  # the padding row is dropped below
     model_kwargs = {} if labels is None else {"y": fit(torch.from_numpy(np.asarray(labels)).to(device))}
     loop = diffusion.ddim_sample_loop if use_ddim else diffusion.p_sample_loop
     extra = {"eta": eta} if use_ddim else {}
@@ -271,7 +265,21 @@ def sample_batch(run, indices):
 
 
 def batches(indices, batch_size):
+    """`indices` in consecutive batches of `batch_size` (the last one may be smaller)."""
     return [indices[k:k + batch_size] for k in range(0, len(indices), batch_size)]
+
+
+def batch_invariant_fit(rows, device):
+    """`fit(t)` for the per-row tensors of a batch of `rows` images on `device`: `t` itself, except that on
+    CPU a batch of one gets a copy of its row.
+
+    On CPU a batch of exactly one row runs other conv kernels than any batch of 2 or more and differs in
+    the last bits; the copy keeps the image identical to a larger batch's. Callers keep the first `rows`
+    rows of the result.
+    """
+    if rows == 1 and torch.device(device).type == "cpu":
+        return lambda t: torch.cat([t, t])
+    return lambda t: t
 
 
 def sample(args):

@@ -49,7 +49,7 @@ from guided_diffusion.inverse.dps import dps_sample_loop, measurement_residual
 from guided_diffusion.inverse.operators import OPERATOR_NAMES, PADDINGS, create_operator
 from guided_diffusion.script_util import model_and_diffusion_defaults
 from guided_diffusion.seeding import MEASUREMENT_STREAM, ImageNoise, image_noise_seed
-from scripts.image_sample import SAMPLE_HELP, load_model, precision
+from scripts.image_sample import SAMPLE_HELP, batch_invariant_fit, batches, load_model, precision
 
 RUN_DEFAULTS = dict(model_path="", data="", num_images=0, batch_size=4, seed=0, output_dir="inverse_results",
                     progress=True, ref_batch="", precision="")
@@ -163,13 +163,7 @@ def measurement_noise(seed, indices, shape):
 def reconstruct(args, model, diffusion, operator, guidance, x0, indices, device):
     """Measurements and DPS reconstructions for ground-truth batch `x0` (model range) of images `indices`."""
     rows = len(indices)
-    # On CPU a batch of one runs other kernels than larger batches; a copy of the row (dropped at the
-    # end) keeps every image identical to what a larger batch gives, as in scripts/image_sample.py.
-    pad = rows == 1 and device.type == "cpu"
-
-    def fit(t):
-        return torch.cat([t, t]) if pad else t
-
+    fit = batch_invariant_fit(rows, device)  # a batch of one gets the same numbers as in a larger batch
     y_shape = operator.measurement_shape(x0.shape)
     y = operator.measure(fit(x0), args.sigma_y, noise=fit(measurement_noise(args.seed, indices, y_shape[1:])))
     noise = ImageNoise(args.seed, indices, tuple(x0.shape[1:]), device=device)
@@ -191,12 +185,11 @@ def run(args):
     os.makedirs(args.output_dir, exist_ok=True)
 
     indices = np.arange(len(images))
-    batches = [indices[k:k + args.batch_size] for k in range(0, len(indices), args.batch_size)]
     recon, measured, raw_y = [], [], []
     residual_recon, residual_input = [], []
     started = time.time()
     bar = tqdm(total=len(indices), unit="img", desc=f"DPS {args.operator}", disable=not args.progress)
-    for batch in batches:
+    for batch in batches(indices, args.batch_size):
         x0 = to_model_range(images[batch])
         y, x_hat = reconstruct(args, model, diffusion, operator, guidance, x0.to(device), batch, device)
         degraded = operator.to_image(y)

@@ -287,3 +287,16 @@ def test_a_row_is_bit_identical_in_any_batch_even_alone(tiny_model, use_ddim):
     assert torch.equal(run([7, 5])[[1, 0]], batch[[0, 2]])
     # A batch of one is padded on CPU: unpadded, its conv kernels differ in the last bits from a batch's.
     assert torch.equal(run([6])[0], batch[1])
+
+
+def test_batches_and_the_single_row_padding():
+    from scripts.image_sample import batch_invariant_fit, batches
+
+    split = batches(np.arange(7), 3)
+    assert [b.tolist() for b in split] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert batches(np.arange(0), 3) == []
+    row, pair = torch.randn(1, 2), torch.randn(2, 2)
+    assert torch.equal(batch_invariant_fit(1, "cpu")(row), torch.cat([row, row]))
+    assert torch.equal(batch_invariant_fit(1, torch.device("cpu"))(row), torch.cat([row, row]))
+    assert batch_invariant_fit(2, "cpu")(pair) is pair
+    assert batch_invariant_fit(1, "meta")(row) is row  # off the CPU a batch of one is left alone
