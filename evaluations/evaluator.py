@@ -19,13 +19,14 @@ import json
 import os
 import re
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
+
+from guided_diffusion.sample_store import atomic_write
 
 from . import metrics
 from .backends import FEATURE_KEYS, backend_fingerprint, check_features, create_backend
@@ -115,19 +116,9 @@ def _save_cache(cache: Path, key: Dict, feats: BatchFeatures) -> None:
         meta=np.array(json.dumps(key)),
     )
     try:
-        fd, tmp = tempfile.mkstemp(prefix=cache.name + ".", suffix=".tmp", dir=cache.parent)
-    except OSError as exc:
+        atomic_write(str(cache), lambda f: np.savez(f, **arrays))
+    except OSError as exc:  # a cache is an optimisation: a read-only folder must not fail the evaluation
         warnings.warn(f"cannot write activation cache {cache}: {exc}", RuntimeWarning)
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, cache)
-    except OSError as exc:
-        warnings.warn(f"cannot write activation cache {cache}: {exc}", RuntimeWarning)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ----------------------------------------------------------------------------------------------------

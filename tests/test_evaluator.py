@@ -237,6 +237,7 @@ def test_evaluator_with_precomputed_reference_statistics(fx, tmp_path):
     for path, prefix, n in ((ref_path, "ref", 400), (sample_path, "sample", 320)):
         cache = cache_path_for(path, "fixture")
         assert cache.is_file()
+        assert cache.stat().st_mode & 0o777 == path.stat().st_mode & 0o777  # an ordinary file, like the batch
         with np.load(cache) as data:
             np.testing.assert_array_equal(data["pool"], inputs[f"{prefix}_pool"][:n])
             np.testing.assert_array_equal(data["spatial"], inputs[f"{prefix}_spatial"][:n])
