@@ -119,6 +119,30 @@ def test_shape_checks(tiny):
         dps_sample_loop(diffusion, model, op, y, noise=x_t, guidance=PerturbedAttentionGuidance(scale=1.0))
 
 
+def test_x_t_from_the_shape_and_the_option_checks(tiny):
+    from guided_diffusion.inverse import dps_step
+
+    model, diffusion, op, y, x_t, steps = tiny
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        drawn = dps_sample_loop(diffusion, model, op, y, shape=tuple(x_t.shape), zeta=1.0, use_ddim=True,
+                                progress=True)
+        torch.manual_seed(3)
+        given = dps_sample_loop(diffusion, model, op, y, noise=torch.randn(*x_t.shape), zeta=1.0, use_ddim=True)
+    assert torch.equal(drawn, given)
+    with pytest.raises(ValueError, match="give the sample shape"):
+        dps_sample_loop(diffusion, model, op, y)
+    t = torch.full((3,), 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="residual_x0"):
+        dps_step(diffusion, model, x_t, t, op, y, residual_x0="soft")
+    from guided_diffusion.guidance import ClassifierGuidance
+
+    with pytest.raises(ValueError, match="classifier guidance is not supported"):
+        dps_step(diffusion, model, x_t, t, op, y, guidance=ClassifierGuidance(classifier=None, scale=1.0))
+    with pytest.raises(ValueError, match="classifier guidance is not supported"):
+        dps_sample_loop(diffusion, model, op, y, noise=x_t, guidance=ClassifierGuidance(classifier=None, scale=1.0))
+
+
 # --------------------------------------------------------------------------------------------------
 # The command-line script, on the tiny model
 

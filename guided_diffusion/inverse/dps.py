@@ -30,8 +30,9 @@ With `zeta=0` the loop is the plain sampler: it returns the same numbers as `p_s
 `ddim_sample_loop` given the same noise.
 """
 
+import functools
+
 import torch
-from tqdm.auto import tqdm
 
 from .. import guidance as guidance_lib
 
@@ -50,12 +51,24 @@ def check_guidance(guidance):
             raise ValueError("DPS here takes PAG / SAG guidance; classifier guidance is not supported")
 
 
-def dps_step(diffusion, model, x, t, operator, measurement, zeta=1.0, use_ddim=False, eta=0.0, clip_denoised=True,
-             denoised_fn=None, model_kwargs=None, guidance=None, step_noise=None, residual_x0="clipped"):
-    """One DPS step x_t -> x_{t-1}: {"sample", "pred_xstart", "residual" (per image, before the update)}."""
+def _check_options(guidance, residual_x0):
     if residual_x0 not in RESIDUAL_X0:
         raise ValueError(f"residual_x0 must be one of {', '.join(RESIDUAL_X0)}, got {residual_x0!r}")
     check_guidance(guidance)
+
+
+def dps_step(diffusion, model, x, t, operator, measurement, zeta=1.0, use_ddim=False, eta=0.0, clip_denoised=True,
+             denoised_fn=None, model_kwargs=None, guidance=None, step_noise=None, residual_x0="clipped"):
+    """One DPS step x_t -> x_{t-1}: {"sample", "pred_xstart", "residual" (per image, before the update)}."""
+    _check_options(guidance, residual_x0)
+    return _dps_step(diffusion, model, x, t, operator, measurement, zeta, use_ddim, eta, clip_denoised, denoised_fn,
+                     model_kwargs, guidance, step_noise, residual_x0)
+
+
+def _dps_step(diffusion, model, x, t, operator, measurement, zeta=1.0, use_ddim=False, eta=0.0, clip_denoised=True,
+              denoised_fn=None, model_kwargs=None, guidance=None, step_noise=None, residual_x0="clipped"):
+    """`dps_step` without the option checks (the loop makes them once). Enables gradients itself: the
+    diffusion's loop runs every step under `torch.no_grad`."""
     consistency = bool(torch.as_tensor(zeta).ne(0).any())
     x_in = x.detach().requires_grad_(consistency)
     raw = {}
@@ -96,36 +109,26 @@ def dps_sample_loop_progressive(diffusion, model, operator, measurement, shape=N
     `noise` is x_T (else drawn with `torch.randn(shape)`); `step_noise_fn(i)` gives step i's noise (DDPM,
     or DDIM with eta > 0), as in the diffusion's own loops, so each image can own its random stream.
     `zeta` is DPS's step size: a number, or a [B] tensor of one per image.
+    The steps run in the diffusion's own sampling loop (which also checks the guidance's layers).
     """
-    guidance_lib.validate(guidance, model)
-    check_guidance(guidance)
-    if residual_x0 not in RESIDUAL_X0:
-        raise ValueError(f"residual_x0 must be one of {', '.join(RESIDUAL_X0)}, got {residual_x0!r}")
+    _check_options(guidance, residual_x0)
+    if noise is None and shape is None:
+        raise ValueError("give the sample shape or the initial noise x_T")
     if device is None:
         device = next(model.parameters()).device
-    if noise is not None:
-        img = noise.to(device)
-    elif shape is not None:
-        img = torch.randn(*shape, device=device)
-    else:
-        raise ValueError("give the sample shape or the initial noise x_T")
+    batch_shape = tuple(noise.shape if noise is not None else shape)
     measurement = measurement.to(device)
-    if measurement.shape[0] != img.shape[0]:
-        raise ValueError(f"{measurement.shape[0]} measurements for a batch of {img.shape[0]} images")
-    expected = tuple(operator.measurement_shape(img.shape))
+    if measurement.shape[0] != batch_shape[0]:
+        raise ValueError(f"{measurement.shape[0]} measurements for a batch of {batch_shape[0]} images")
+    expected = tuple(operator.measurement_shape(batch_shape))
     if tuple(measurement.shape) != expected:
         raise ValueError(f"measurement of shape {tuple(measurement.shape)}, but {operator.name} gives {expected}")
     uses_step_noise = not use_ddim or eta != 0
-    indices = list(range(diffusion.num_timesteps))[::-1]
-    for i in tqdm(indices, desc="DPS", leave=False) if progress else indices:
-        t = torch.full((img.shape[0],), i, device=device, dtype=torch.long)
-        step_noise = step_noise_fn(i) if step_noise_fn is not None and uses_step_noise and i > 0 else None
-        out = dps_step(diffusion, model, img, t, operator, measurement, zeta=zeta, use_ddim=use_ddim, eta=eta,
-                       clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs,
-                       guidance=guidance, step_noise=step_noise, residual_x0=residual_x0)
-        out["t"] = i
-        yield out
-        img = out["sample"]
+    yield from diffusion._loop(functools.partial(_dps_step, diffusion), model, shape, noise, device, progress,
+                               step_noise_fn if uses_step_noise else None,
+                               dict(operator=operator, measurement=measurement, zeta=zeta, use_ddim=use_ddim, eta=eta,
+                                    clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs,
+                                    guidance=guidance, residual_x0=residual_x0))
 
 
 def dps_sample_loop(diffusion, model, operator, measurement, shape=None, noise=None, zeta=1.0, use_ddim=False,
