@@ -1,8 +1,9 @@
 """Command-line flags with help, and `--config FILE.yaml` files whose keys are the flag names.
 
-Precedence: the flag defaults, then the YAML file, then flags given on the command line. YAML values are
-converted by the flag's own type (`use_fp16: true`, `timestep_respacing: 250` and `pag_layers: [a, b]`
-all work), and a key that is not a flag is an error naming the closest flags.
+Precedence: the flag defaults, then the YAML files (`--config` may be given several times; the files
+apply in order, so later files win), then flags given on the command line. YAML values are converted by
+the flag's own type (`use_fp16: true`, `timestep_respacing: 250` and `pag_layers: [a, b]` all work), and a
+key that is not a flag is an error naming the closest flags.
 """
 
 import argparse
@@ -80,26 +81,38 @@ def _as_text(value):
 
 
 def parse_args(parser, argv=None, config_flag="config"):
-    """Parse `argv` with YAML defaults from `--config FILE` (which `parser` must define)."""
+    """Parse `argv` with YAML defaults from each `--config FILE` (which `parser` must define), in order.
+
+    The parser may declare the flag for one file (`default=None`) or several (`action="append"`); either
+    way every `--config` on the command line is read, later files overriding earlier ones.
+    """
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument(f"--{config_flag}", default=None)
+    pre.add_argument(f"--{config_flag}", action="append", default=[])
     known, _ = pre.parse_known_args(argv)
-    path = getattr(known, config_flag)
-    if path:
+    paths = [path for path in getattr(known, config_flag) if path]
+    if paths:
         actions = _flag_actions(parser)
         defaults = {}
-        try:
-            values = load_yaml(path)
-        except ValueError as error:
-            parser.error(str(error))
-        for key, value in values.items():
-            if key == config_flag or key not in actions:
-                close = difflib.get_close_matches(str(key), list(actions), n=3)
-                hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                parser.error(f"config file {path}: {key!r} is not a flag of this script{hint}")
-            try:
-                defaults[key] = _convert(actions[key], value)
-            except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
-                parser.error(f"config file {path}: bad value {value!r} for {key}: {error}")
+        for path in paths:
+            defaults.update(_config_defaults(parser, actions, path, config_flag))
         parser.set_defaults(**defaults)
     return parser.parse_args(argv)
+
+
+def _config_defaults(parser, actions, path, config_flag):
+    """The flag values of one config file, converted (a bad file is a `parser.error`)."""
+    try:
+        values = load_yaml(path)
+    except ValueError as error:
+        parser.error(str(error))
+    defaults = {}
+    for key, value in values.items():
+        if key == config_flag or key not in actions:
+            close = difflib.get_close_matches(str(key), list(actions), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            parser.error(f"config file {path}: {key!r} is not a flag of this script{hint}")
+        try:
+            defaults[key] = _convert(actions[key], value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+            parser.error(f"config file {path}: bad value {value!r} for {key}: {error}")
+    return defaults

@@ -10,7 +10,6 @@ flags on the command line override. Runs on one process, or under `mpiexec -n N`
 """
 
 import argparse
-import difflib
 import os
 import sys
 import time
@@ -20,8 +19,8 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from guided_diffusion import dist_util, logger  # noqa: E402
-from guided_diffusion.config import add_flags, load_yaml  # noqa: E402
+from guided_diffusion import config, dist_util, logger  # noqa: E402
+from guided_diffusion.config import add_flags  # noqa: E402
 from guided_diffusion.image_datasets import load_data  # noqa: E402
 from guided_diffusion.resample import SAMPLER_NAMES, create_named_schedule_sampler  # noqa: E402
 from guided_diffusion.script_util import (args_to_dict, create_model_and_diffusion,  # noqa: E402
@@ -66,37 +65,8 @@ def create_argparser():
     return parser
 
 
-def _as_text(value):
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, (list, tuple)):
-        return ",".join(_as_text(v) for v in value)
-    return str(value)
-
-
 def parse_args(argv=None):
-    parser = create_argparser()
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", action="append", default=[])
-    known, _ = pre.parse_known_args(argv)
-    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
-    values = {}
-    for path in known.config:
-        try:
-            mapping = load_yaml(path)
-        except ValueError as error:
-            parser.error(str(error))
-        for key, value in mapping.items():
-            if key not in actions:
-                close = difflib.get_close_matches(str(key), list(actions), n=3)
-                parser.error(f"config file {path}: {key!r} is not a flag of this script"
-                             + (f" (did you mean {', '.join(close)}?)" if close else ""))
-            try:
-                values[key] = None if value is None else (actions[key].type or str)(_as_text(value))
-            except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
-                parser.error(f"config file {path}: bad value {value!r} for {key}: {error}")
-    parser.set_defaults(**values)
-    return parser.parse_args(argv)
+    return config.parse_args(create_argparser(), argv)
 
 
 def main(argv=None):

@@ -38,6 +38,27 @@ def test_precedence_defaults_then_yaml_then_command_line(tmp_path):
     assert parse_args(small_parser(), ["--use_fp16", "False", "--config", config]).use_fp16 is False
 
 
+
+@pytest.mark.parametrize("repeatable", [False, True])
+def test_several_config_files_apply_in_order_and_the_command_line_wins(tmp_path, capsys, repeatable):
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text("steps: 100\nscale: 1\nsize: 32\nlayers: [p, q]\n")
+    second.write_text("scale: 2\nsize: 48\n")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", **(dict(action="append", default=[]) if repeatable else {}))
+    add_flags(parser, dict(steps="", use_fp16=False, scale=0.0, size=64, layers=["a", "b"], path=None))
+    args = parse_args(parser, ["--config", str(first), "--size", "256", "--config", str(second)])
+    assert (args.steps, args.scale, args.size, args.layers) == ("100", 2.0, 256, ["p", "q"])
+    # the order of the files decides, not their contents
+    args = parse_args(small_parser(), ["--config", str(second), "--config", str(first)])
+    assert (args.scale, args.size) == (1.0, 32)
+    # a bad key in a later file is still an error naming that file
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("szie: 1\n")
+    with pytest.raises(SystemExit):
+        parse_args(small_parser(), ["--config", str(first), "--config", str(bad)])
+    assert f"config file {bad}: 'szie' is not a flag of this script (did you mean size?)" in capsys.readouterr().err
+
 def test_yaml_lists_and_strings_for_multi_value_flags(tmp_path):
     assert parse_args(small_parser(), ["--config", write(tmp_path, "layers: [x, y, z]\n")]).layers == ["x", "y", "z"]
     assert parse_args(small_parser(), ["--config", write(tmp_path, "layers: x y\n")]).layers == ["x", "y"]
