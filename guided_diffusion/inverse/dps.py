@@ -60,15 +60,8 @@ def _check_options(guidance, residual_x0):
 def dps_step(diffusion, model, x, t, operator, measurement, zeta=1.0, use_ddim=False, eta=0.0, clip_denoised=True,
              denoised_fn=None, model_kwargs=None, guidance=None, step_noise=None, residual_x0="clipped"):
     """One DPS step x_t -> x_{t-1}: {"sample", "pred_xstart", "residual" (per image, before the update)}."""
-    _check_options(guidance, residual_x0)
-    return _dps_step(diffusion, model, x, t, operator, measurement, zeta, use_ddim, eta, clip_denoised, denoised_fn,
-                     model_kwargs, guidance, step_noise, residual_x0)
-
-
-def _dps_step(diffusion, model, x, t, operator, measurement, zeta=1.0, use_ddim=False, eta=0.0, clip_denoised=True,
-              denoised_fn=None, model_kwargs=None, guidance=None, step_noise=None, residual_x0="clipped"):
-    """`dps_step` without the option checks (the loop makes them once). Enables gradients itself: the
-    diffusion's loop runs every step under `torch.no_grad`."""
+    _check_options(guidance, residual_x0)  # cheap; the loop also makes it before its first step
+    # Gradients are enabled below: the diffusion's sampling loop runs every step under torch.no_grad.
     consistency = bool(torch.as_tensor(zeta).ne(0).any())
     x_in = x.detach().requires_grad_(consistency)
     raw = {}
@@ -124,7 +117,7 @@ def dps_sample_loop_progressive(diffusion, model, operator, measurement, shape=N
     if tuple(measurement.shape) != expected:
         raise ValueError(f"measurement of shape {tuple(measurement.shape)}, but {operator.name} gives {expected}")
     uses_step_noise = not use_ddim or eta != 0
-    yield from diffusion._loop(functools.partial(_dps_step, diffusion), model, shape, noise, device, progress,
+    yield from diffusion._loop(functools.partial(dps_step, diffusion), model, shape, noise, device, progress,
                                step_noise_fn if uses_step_noise else None,
                                dict(operator=operator, measurement=measurement, zeta=zeta, use_ddim=use_ddim, eta=eta,
                                     clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs,
