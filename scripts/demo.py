@@ -130,7 +130,7 @@ def main(argv=None):
     figure_guidance = next(g for name, g in rows if isinstance(g, PerturbedAttentionGuidance))
     _, snaps = guidance_snapshots(diffusion, model, noise.initial(), figure_guidance,
                                   steps=[diffusion.num_timesteps - 1, diffusion.num_timesteps // 2, 2, 0],
-                                  use_ddim=use_ddim)
+                                  use_ddim=use_ddim, step_noise_fn=noise.step)
     save_guidance_figure(snaps, out / "guidance_pag.png", tile=64)
     print()
     print(table)
