@@ -411,11 +411,13 @@ def _parse_rates(ema_rate):
 
 
 def _grad_norm(params):
-    total = 0.0
-    for p in params:
-        if p.grad is not None:
-            total += float(p.grad.detach().float().pow(2).sum())
-    return float(np.sqrt(total))
+    """The L2 norm of all the gradients together (float32), read back to the host once."""
+    grads = [p.grad.detach().float() for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norms = torch._foreach_norm(grads, 2.0)
+    device = norms[0].device
+    return float(torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms])))
 
 
 def _sibling(path, name):
