@@ -92,7 +92,6 @@ class TrainLoop:
         self.last_saved_step = None
 
         self._seed(seed)
-        self.param_names = [name for name, _ in model.named_parameters()]
         self.model_params = [p for _, p in model.named_parameters()]
 
         resume = self._find_resume()
@@ -149,12 +148,12 @@ class TrainLoop:
 
     def _load_ema(self, main_checkpoint):
         for rate, params in zip(self.ema_rate, self.ema_params):
-            path = _sibling(main_checkpoint, f"ema_{rate}_{self.step:06d}.pt")
-            if os.path.exists(path):
+            path = find_ema_checkpoint(main_checkpoint, self.step, rate)
+            if path:
                 self.log.log(f"loading EMA from checkpoint: {path}")
                 self._copy_state_into(_load(path), params)
             else:
-                self.log.log(f"no {os.path.basename(path)}: the EMA at rate {rate} restarts from the model")
+                self.log.log(f"no {_ema_name(rate, self.step)}: the EMA at rate {rate} restarts from the model")
 
     def _load_opt(self, main_checkpoint):
         path = _sibling(main_checkpoint, f"opt{self.step:06d}.pt")
@@ -383,7 +382,7 @@ class TrainLoop:
                          os.path.join(self.run_dir, f"model{step:06d}.pt"))
             for rate, params in zip(self.ema_rate, self.ema_params):
                 _atomic_save(self.params_to_state_dict(params),
-                             os.path.join(self.run_dir, f"ema_{rate}_{step:06d}.pt"))
+                             os.path.join(self.run_dir, _ema_name(rate, step)))
             _atomic_save(self.opt.state_dict(), os.path.join(self.run_dir, f"opt{step:06d}.pt"))
             train_state = {"step": step, "seed": self.seed, "world_size": self.world_size, "ranks": ranks,
                            "lg_loss_scale": self.lg_loss_scale,
@@ -457,10 +456,15 @@ def find_resume_checkpoint(run_dir):
     return os.path.join(run_dir, f"model{step:06d}.pt")
 
 
+def _ema_name(rate, step):
+    return f"ema_{rate}_{step:06d}.pt"
+
+
 def find_ema_checkpoint(main_checkpoint, step, rate):
+    """The EMA file at `rate` beside `main_checkpoint` for `step`, or None when there is none."""
     if not main_checkpoint:
         return None
-    path = _sibling(main_checkpoint, f"ema_{rate}_{step:06d}.pt")
+    path = _sibling(main_checkpoint, _ema_name(rate, step))
     return path if os.path.exists(path) else None
 
 
