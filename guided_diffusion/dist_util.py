@@ -144,15 +144,18 @@ def _free_port():
 
 
 def is_distributed():
+    """Whether a torch.distributed process group is up (set up by `setup_dist()` or any other way)."""
     return dist.is_available() and dist.is_initialized()
 
 
 def rank():
-    return _launch.rank
+    """This process's rank: the process group's when there is one, else the launch's (0 for one process)."""
+    return dist.get_rank() if is_distributed() else _launch.rank
 
 
 def world_size():
-    return _launch.world_size
+    """The number of processes: the process group's when there is one, else the launch's (1 for one process)."""
+    return dist.get_world_size() if is_distributed() else _launch.world_size
 
 
 def launcher():

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import dist_util
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp")
 
 
@@ -33,16 +35,10 @@ def load_data(*, data_dir, batch_size, image_size, class_cond=False, determinist
     if not data_dir:
         raise ValueError("unspecified data directory: pass --data_dir (an image folder, an .npz or 'digits')")
     if shard is None or num_shards is None:
-        shard, num_shards = _rank_and_world()
+        shard, num_shards = dist_util.rank(), dist_util.world_size()
     dataset = open_dataset(data_dir, image_size, class_cond=class_cond, random_crop=random_crop)
     return BatchStream(dataset, batch_size, shuffle=not deterministic, random_flip=random_flip, seed=seed,
                        shard=shard, num_shards=num_shards)
-
-
-def _rank_and_world():
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def open_dataset(data_dir, image_size, class_cond=False, random_crop=False):

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from . import dist_util
+
 SAMPLER_NAMES = ("uniform", "loss-second-moment")
 
 
@@ -76,7 +78,7 @@ class UniformSampler(ScheduleSampler):
 class LossAwareSampler(ScheduleSampler):
     def update_with_local_losses(self, local_ts, local_losses):
         """Update with this rank's (timesteps, losses); under torch.distributed, every rank must call it."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if dist_util.is_distributed() and dist_util.world_size() > 1:
             ts, losses = _all_gather_ragged(local_ts.detach(), local_losses.detach())
         else:
             ts, losses = local_ts.detach(), local_losses.detach()
@@ -89,7 +91,7 @@ class LossAwareSampler(ScheduleSampler):
 
 def _all_gather_ragged(ts, losses):
     """Concatenate every rank's 1-D `ts` and `losses` (whose lengths may differ), in rank order."""
-    world = dist.get_world_size()
+    world = dist_util.world_size()
     size = torch.tensor([len(ts)], dtype=torch.int64, device=ts.device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)

@@ -82,8 +82,8 @@ class TrainLoop:
         self.mixed_precision = mixed_precision
         self.progress = progress
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.rank = dist.get_rank() if _distributed() else 0
-        self.world_size = dist.get_world_size() if _distributed() else 1
+        self.rank = dist_util.rank()
+        self.world_size = dist_util.world_size()
         self.global_batch = batch_size * self.world_size
         self.run_dir = run_dir or logger.get_dir() or "."
         self.log = logger.get_current()
@@ -118,7 +118,7 @@ class TrainLoop:
                 self.last_saved_step = self.step  # already on disk: no need to write it again at the end
         self._sync_from_rank0()
 
-        if _distributed():
+        if dist_util.is_distributed():
             # The ADM models have no buffers, so DDP's default buffer handling costs nothing.
             self.ddp_model = DDP(self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
                                  find_unused_parameters=False)
@@ -185,7 +185,7 @@ class TrainLoop:
             self.data.load_state_dict(mine["data"])
 
     def _sync_from_rank0(self):
-        if not _distributed():
+        if not dist_util.is_distributed():
             return
         with torch.no_grad():
             for tensor in list(self.master_params) + [p for params in self.ema_params for p in params]:
@@ -373,7 +373,7 @@ class TrainLoop:
 
     def save(self):
         """Write model, EMA, optimizer and train state for the current step (rank 0 writes)."""
-        ranks = dist_util.all_gather_objects(self._rank_state()) if _distributed() else [self._rank_state()]
+        ranks = dist_util.all_gather_objects(self._rank_state())
         if self.rank == 0:
             os.makedirs(self.run_dir, exist_ok=True)
             step = self.step
@@ -389,16 +389,11 @@ class TrainLoop:
                            "scaler": self.scaler.state_dict() if self.scaler is not None else None}
             _atomic_save(train_state, os.path.join(self.run_dir, f"train_state{step:06d}.pt"))
         self.last_saved_step = self.step
-        if _distributed():
-            dist_util.barrier()
+        dist_util.barrier()
 
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _distributed():
-    return dist.is_available() and dist.is_initialized()
 
 
 def _parse_rates(ema_rate):

@@ -72,14 +72,14 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     launch = dist_util.setup_dist()
-    rank = launch.rank
+    rank, world_size = dist_util.rank(), dist_util.world_size()  # the process group's, however it was set up
     run_dir = args.run_dir or os.environ.get("OPENAI_LOGDIR") or time.strftime("runs/train-%Y%m%d-%H%M%S")
     run_dir = dist_util.broadcast_object(run_dir)
     logger.configure(run_dir, rank=rank)
     if rank == 0:
         with open(os.path.join(run_dir, "args.yaml"), "w") as f:
             yaml.safe_dump({k: v for k, v in sorted(vars(args).items()) if k != "config"}, f, sort_keys=True)
-    logger.log(f"launcher {launch.launcher}, {launch.world_size} process(es), device {dist_util.dev()}, "
+    logger.log(f"launcher {launch.launcher}, {world_size} process(es), device {dist_util.dev()}, "
                f"run dir {run_dir}")
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
@@ -90,7 +90,7 @@ def main(argv=None):
 
     data = load_data(data_dir=args.data_dir, batch_size=args.batch_size, image_size=args.image_size,
                      class_cond=args.class_cond, random_flip=args.random_flip, random_crop=args.random_crop,
-                     seed=args.seed, shard=rank, num_shards=launch.world_size)
+                     seed=args.seed, shard=rank, num_shards=world_size)
     logger.log("training...")
     TrainLoop(
         model=model, diffusion=diffusion, data=data, batch_size=args.batch_size, microbatch=args.microbatch,

@@ -316,6 +316,30 @@ def test_image_train_under_mpiexec(tmp_path):
     assert [r["data"]["shard"] for r in state["ranks"]] == [0, 1]
 
 
+OUTSIDE_GROUP = """
+import sys, torch.distributed as dist
+from guided_diffusion import dist_util
+from guided_diffusion.image_datasets import load_data
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=rank, world_size=2)
+assert dist_util.is_distributed() and (dist_util.rank(), dist_util.world_size()) == (rank, 2)
+assert dist_util.all_gather_objects(rank * 10) == [0, 10]
+assert load_data(data_dir="digits:train", batch_size=2, image_size=8).state_dict()["shard"] == rank
+dist_util.barrier()
+dist_util.cleanup()
+"""
+
+
+def test_dist_util_follows_a_process_group_set_up_elsewhere(tmp_path):
+    """Rank, world size, gathers and data shards come from torch.distributed, not only from setup_dist()."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    store = str(tmp_path / "store")
+    procs = [subprocess.Popen([sys.executable, "-c", OUTSIDE_GROUP, str(rank), store], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+
+
 # --------------------------------------------------------------------------------------------------
 # The shipped checkpoints and the digits split
 
