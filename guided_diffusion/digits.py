@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .sample_store import atomic_write
+
 NUM_DIGITS = 1797
 TRAIN_SIZE = 1500
 HELDOUT_SIZE = NUM_DIGITS - TRAIN_SIZE
@@ -70,9 +72,7 @@ def write_digits_npz(path, image_size=16, split="train"):
     images, labels = load_digits_split(image_size, split)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    np.savez(tmp, arr_0=images, arr_1=labels)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, arr_0=images, arr_1=labels))
     return path
 
 

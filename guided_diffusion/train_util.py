@@ -43,6 +43,7 @@ from torch.optim import AdamW
 from . import dist_util, logger
 from .checkpoints import load_checkpoint
 from .resample import LossAwareSampler, UniformSampler
+from .sample_store import atomic_write
 
 INITIAL_LOG_LOSS_SCALE = 20.0
 MIXED_PRECISION_MODES = ("none", "bf16", "fp16")
@@ -423,13 +424,7 @@ def _load(path):
 
 
 def _atomic_save(obj, path):
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, functools.partial(torch.save, obj))
 
 
 def parse_resume_step_from_filename(filename):

@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluations.digits_features import INPUT_SIZE, DigitsFeatureNet, preprocess  # noqa: E402
 from guided_diffusion.digits import load_digits_split  # noqa: E402
+from guided_diffusion.sample_store import atomic_write  # noqa: E402
 
 
 def augment(x, generator):
@@ -84,9 +85,7 @@ def main(argv=None):
           f"({time.time() - start:.0f} s)")
     state = {k: v.detach().float().contiguous() for k, v in net.state_dict().items()}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = f"{args.out}.tmp{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, args.out)
+    atomic_write(args.out, lambda f: torch.save(state, f))
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e3:.0f} kB, "
           f"{sum(v.numel() for v in state.values()):,} parameters)")
 
