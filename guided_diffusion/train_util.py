@@ -410,9 +410,7 @@ def _grad_norm(params):
     grads = [p.grad.detach().float() for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    norms = torch._foreach_norm(grads, 2.0)
-    device = norms[0].device
-    return float(torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms])))
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
 
 
 def _sibling(path, name):
