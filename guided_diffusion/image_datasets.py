@@ -9,6 +9,8 @@ float NCHW in [-1, 1] and `kwargs["y"]` the class labels when `class_cond`), wit
   optional `arr_1` integer labels;
 * `digits` (or `digits:train`, `digits:heldout`, `digits:all`): the scikit-learn digits split of
   `guided_diffusion.digits`, rendered at `image_size`.
+* `fashion` (or `fashion:train`, `fashion:test`, `fashion:test:/folder/of/idx/files`): Fashion-MNIST padded
+  to 32x32 RGB (`guided_diffusion.fashion`).
 
 Images that are not `image_size` square are resized and cropped as the release does (box-halving, then
 bicubic to the short side, then a centre crop, or a random crop with `random_crop`). Each rank reads the
@@ -50,6 +52,12 @@ def open_dataset(data_dir, image_size, class_cond=False, random_crop=False):
         split = name.partition(":")[2] or "train"
         images, labels = load_digits_split(image_size, split)
         return ArrayImages(images, labels if class_cond else None, image_size, random_crop=random_crop)
+    if name == "fashion" or name.startswith("fashion:"):
+        from .fashion import load_fashion_split
+
+        split, _, folder = name.partition(":")[2].partition(":")
+        images, labels = load_fashion_split(split or "train", folder or None)
+        return ArrayImages(images, labels if class_cond else None, image_size, random_crop=random_crop)
     if name.endswith(".npz"):
         with bf.BlobFile(name, "rb") as f:
             data = np.load(f)
@@ -59,7 +67,7 @@ def open_dataset(data_dir, image_size, class_cond=False, random_crop=False):
             raise ValueError(f"{name} has no labels (arr_1) but --class_cond is True")
         return ArrayImages(images, labels if class_cond else None, image_size, random_crop=random_crop)
     if not bf.isdir(name):
-        raise FileNotFoundError(f"data_dir {name} is neither a folder, an .npz file nor 'digits'")
+        raise FileNotFoundError(f"data_dir {name} is neither a folder, an .npz file, 'digits' nor 'fashion'")
     files = list_image_files_recursively(name)
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {name}")

@@ -9,7 +9,9 @@ Semantics (the release's, with the differences spelled out):
 * Timesteps come from a `resample.ScheduleSampler` with importance weights; loss-aware samplers are
   updated with every microbatch's losses (gathered over all ranks).
 * EMA copies of the (float32) parameters for each rate in `ema_rate` ("0.9999" or "0.999,0.9999"),
-  updated after every step that was taken.
+  updated after every step that was taken. With `ema_warmup`, the update after n steps uses the decay
+  min(rate, (1 + n) / (10 + n)) (TensorFlow's `num_updates` rule), so a short run's EMA forgets the random
+  initialisation (at rate 0.999 without warm-up, 22% of it is still there after 1,500 steps).
 * Mixed precision: `use_fp16=True` is the release's scheme (the U-Net's convolutions in float16 through
   `model.convert_to_fp16()`, float32 master weights that AdamW updates, a dynamic loss scale starting at
   2**20 that grows by `fp16_scale_growth` per step in log2 and halves when a gradient overflows, the
@@ -56,7 +58,7 @@ class TrainLoop:
                  log_interval=10, save_interval=10000, resume_checkpoint="", use_fp16=False,
                  fp16_scale_growth=1e-3, schedule_sampler=None, weight_decay=0.0, lr_anneal_steps=0,
                  max_steps=0, run_dir=None, seed=None, mixed_precision="none", progress=True,
-                 device=None):
+                 device=None, ema_warmup=False):
         if mixed_precision not in MIXED_PRECISION_MODES:
             raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION_MODES)}, "
                              f"got {mixed_precision!r}")
@@ -72,6 +74,7 @@ class TrainLoop:
         self.microbatch = microbatch if microbatch > 0 else batch_size
         self.lr = lr
         self.ema_rate = _parse_rates(ema_rate)
+        self.ema_warmup = ema_warmup
         self.log_interval = log_interval
         self.save_interval = save_interval
         self.resume_checkpoint = resume_checkpoint
@@ -338,6 +341,7 @@ class TrainLoop:
         with torch.no_grad():
             masters = [p.detach() for p in self.master_params]
             for rate, params in zip(self.ema_rate, self.ema_params):
+                rate = ema_decay(rate, self.step, self.ema_warmup)
                 torch._foreach_mul_(params, rate)
                 torch._foreach_add_(params, masters, alpha=1.0 - rate)
 
@@ -395,6 +399,11 @@ class TrainLoop:
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
+
+
+def ema_decay(rate, steps_done, warmup):
+    """The EMA decay of the update that follows `steps_done` steps."""
+    return min(rate, (1.0 + steps_done) / (10.0 + steps_done)) if warmup else rate
 
 
 def _parse_rates(ema_rate):

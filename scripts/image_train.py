@@ -29,7 +29,7 @@ from guided_diffusion.train_util import MIXED_PRECISION_MODES, TrainLoop  # noqa
 
 TRAIN_DEFAULTS = dict(
     data_dir="", schedule_sampler="uniform", lr=1e-4, weight_decay=0.0, lr_anneal_steps=0, max_steps=0,
-    batch_size=1, microbatch=-1, ema_rate="0.9999", log_interval=10, save_interval=10000, resume_checkpoint="",
+    batch_size=1, microbatch=-1, ema_rate="0.9999", ema_warmup=False, log_interval=10, save_interval=10000, resume_checkpoint="",
     fp16_scale_growth=1e-3, mixed_precision="none", seed=0, run_dir="", random_flip=True, random_crop=False,
     progress=True,
 )
@@ -43,6 +43,8 @@ HELP = {
     "batch_size": "images per process and step",
     "microbatch": "split each batch into chunks of this size, accumulating gradients (-1: no split)",
     "ema_rate": "EMA decay rate(s), comma-separated",
+    "ema_warmup": "decay min(rate, (1 + n) / (10 + n)) after n steps, so a short run's EMA forgets the "
+                  "random initialisation",
     "save_interval": "write a checkpoint every this many steps (and at the end)",
     "resume_checkpoint": "a modelNNNNNN.pt to start from (ignored when run_dir already holds checkpoints)",
     "use_fp16": "the release's float16 training: float16 U-Net, float32 master weights, dynamic loss scale",
@@ -99,7 +101,7 @@ def main(argv=None):
         fp16_scale_growth=args.fp16_scale_growth, schedule_sampler=schedule_sampler,
         weight_decay=args.weight_decay, lr_anneal_steps=args.lr_anneal_steps, max_steps=args.max_steps,
         run_dir=run_dir, seed=args.seed, mixed_precision=args.mixed_precision, progress=args.progress,
-        device=dist_util.dev(),
+        device=dist_util.dev(), ema_warmup=args.ema_warmup,
     ).run_loop()
     dist_util.cleanup()
 

@@ -449,3 +449,23 @@ def test_non_finite_gradients_stop_the_run(tmp_path):
     next(loop.model.parameters()).grad[0] = float("nan")
     with pytest.raises(FloatingPointError, match="non-finite gradient"):
         loop.optimize()
+
+
+@pytest.mark.parametrize("warmup, first_decay", [(False, 0.999), (True, 0.1)])
+def test_ema_warmup_first_update(tmp_path, warmup, first_decay):
+    """One step: the EMA is decay * initial + (1 - decay) * trained, with decay 1/10 under warm-up."""
+    loop = make_loop(tmp_path, max_steps=1, batch_size=4, ema_rate="0.999", ema_warmup=warmup)
+    initial = [p.detach().clone() for p in loop.master_params]
+    loop.run_loop()
+    for init, trained, ema in zip(initial, loop.master_params, loop.ema_params[0]):
+        expected = first_decay * init + (1.0 - first_decay) * trained.detach()
+        torch.testing.assert_close(ema, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_ema_decay_rule():
+    from guided_diffusion.train_util import ema_decay
+
+    assert ema_decay(0.999, 0, False) == 0.999
+    assert ema_decay(0.999, 0, True) == pytest.approx(0.1)
+    assert ema_decay(0.999, 90, True) == pytest.approx(91 / 100)
+    assert ema_decay(0.999, 10 ** 6, True) == 0.999  # the rate caps the warm-up
