@@ -1,13 +1,16 @@
 """Command-line flags with help, and `--config FILE.yaml` files whose keys are the flag names.
 
 Precedence: the flag defaults, then the YAML files (`--config` may be given several times; the files
-apply in order, so later files win), then flags given on the command line. YAML values are converted by
+apply in order, so later files win), then flags given on the command line. A config file composes others
+with `include: [a.yaml, b.yaml]` (paths relative to the including file): they apply first, in order, and
+the file's own keys win. YAML values are converted by
 the flag's own type (`use_fp16: true`, `timestep_respacing: 250` and `pag_layers: [a, b]` all work), and a
 key that is not a flag is an error naming the closest flags.
 """
 
 import argparse
 import difflib
+import os
 
 import yaml
 
@@ -51,6 +54,32 @@ def load_yaml(path):
     if not isinstance(values, dict):
         raise ValueError(f"config file {path} must hold a mapping of flag names to values")
     return values
+
+
+INCLUDE_KEY = "include"
+
+
+def load_config(path, origins=None, _chain=()):
+    """A config file's flag values with its `include:` files applied first (recursively).
+
+    `origins`, if given, is filled with flag name -> the file that set it (for error messages).
+    """
+    path = os.path.normpath(os.path.abspath(path))
+    if path in _chain:
+        raise ValueError("config files include each other: " + " -> ".join(_chain[_chain.index(path):] + (path,)))
+    values = dict(load_yaml(path))
+    includes = values.pop(INCLUDE_KEY, None) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ValueError(f"config file {path}: '{INCLUDE_KEY}' must be a file name or a list of file names")
+    merged = {}
+    for name in includes:
+        merged.update(load_config(os.path.join(os.path.dirname(path), name), origins, _chain + (path,)))
+    merged.update(values)
+    if origins is not None:
+        origins.update(dict.fromkeys(values, path))
+    return merged
 
 
 def _flag_actions(parser):
@@ -101,18 +130,20 @@ def parse_args(parser, argv=None, config_flag="config"):
 
 def _config_defaults(parser, actions, path, config_flag):
     """The flag values of one config file, converted (a bad file is a `parser.error`)."""
+    origins = {}
     try:
-        values = load_yaml(path)
+        values = load_config(path, origins)
     except ValueError as error:
         parser.error(str(error))
     defaults = {}
     for key, value in values.items():
+        where = origins.get(key, path)
         if key == config_flag or key not in actions:
             close = difflib.get_close_matches(str(key), list(actions), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            parser.error(f"config file {path}: {key!r} is not a flag of this script{hint}")
+            parser.error(f"config file {where}: {key!r} is not a flag of this script{hint}")
         try:
             defaults[key] = _convert(actions[key], value)
         except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
-            parser.error(f"config file {path}: bad value {value!r} for {key}: {error}")
+            parser.error(f"config file {where}: bad value {value!r} for {key}: {error}")
     return defaults

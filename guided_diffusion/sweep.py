@@ -3,7 +3,7 @@
 A sweep spec (YAML):
 
     name: pag_scale
-    base: configs/table1/adm256_uncond_pag.yaml     # sampling config (flag names as keys)
+    base: configs/table1/adm256_uncond_pag.yaml     # sampling config (flag names as keys; `include:` works)
     reference: VIRTUAL_imagenet256_labeled.npz      # evaluator reference batch
     evaluator_args: []                              # extra evaluator flags, e.g. [--backend, digits]
     output_dir: runs/pag_scale                      # point folders and results.jsonl go here
@@ -18,7 +18,13 @@ A sweep spec (YAML):
 Commands run from the repository root, so paths inside sampling configs (model_path) are relative to it.
 Each point is keyed by its overrides; `results.jsonl` holds one line per finished or failed point, and a
 rerun skips the points already done. Relative paths in a spec are relative to the
-repository root. A point may carry a `label` (not a flag) that names its row in the table.
+repository root. A point may carry a `label` (not a flag) that names its row in the table, and a
+`config` (a config file, or a list of them) that replaces `base` for that point, so that a sweep can run
+the rows of a table from their own files:
+
+    points:
+      - {label: "uncond ADM", config: configs/table1/adm256_uncond_unguided.yaml}
+      - {label: "uncond + PAG", config: configs/table1/adm256_uncond_pag.yaml}
 """
 
 import hashlib
@@ -33,6 +39,7 @@ from pathlib import Path
 
 import yaml
 
+from .config import load_config
 from .sample_store import batch_name
 from .script_util import model_and_diffusion_defaults
 
@@ -45,15 +52,21 @@ _METRIC_KEYS = {"FID": "fid", "sFID": "sfid", "IS": "inception_score", "Precisio
 def load_spec(path):
     path = Path(path)
     spec = yaml.safe_load(path.read_text()) or {}
-    for key in ("base", "reference"):
-        if key not in spec:
-            raise ValueError(f"sweep spec {path} has no '{key}' entry")
+    if "reference" not in spec:
+        raise ValueError(f"sweep spec {path} has no 'reference' entry")
     if "grid" not in spec and "points" not in spec:
         raise ValueError(f"sweep spec {path} needs a 'grid' or a 'points' list")
+    if "base" not in spec and (spec.get("grid") or not all("config" in p for p in spec["points"])):
+        raise ValueError(f"sweep spec {path} has no 'base' entry (needed unless every point names its 'config')")
     root = REPO_ROOT  # like every config path in the project, spec paths are relative to the repository root
     for key in ("base", "reference", "output_dir"):
         if key in spec and not os.path.isabs(str(spec[key])):
             spec[key] = str(root / spec[key])
+    for point in spec.get("points") or []:
+        for config_path in _config_files(point):
+            if not (root / config_path).exists():
+                raise ValueError(f"sweep spec {path}: point {point.get('label', point)} names the config file "
+                                 f"{config_path}, which does not exist")
     spec.setdefault("name", path.stem)
     spec.setdefault("output_dir", str(root / "runs" / spec["name"]))
     return spec
@@ -94,10 +107,24 @@ def _append(path, record):
         os.fsync(f.fileno())
 
 
+def _config_files(point):
+    files = point.get("config") or []
+    return [files] if isinstance(files, str) else list(files)
+
+
+def point_config(spec, overrides):
+    """The point's flag values: its own `config` files (else the spec's `base`), then its overrides."""
+    files = [str(REPO_ROOT / f) for f in _config_files(overrides)] or [spec["base"]]
+    config = {}
+    for path in files:
+        config.update(load_config(path))
+    config.update({k: v for k, v in overrides.items() if k not in ("label", "config")})
+    return config
+
+
 def point_commands(spec, overrides, point_dir):
     """(sampling command, evaluation command, samples path) for one point; writes the point's config."""
-    base = yaml.safe_load(Path(spec["base"]).read_text()) or {}
-    config = {**base, **{k: v for k, v in overrides.items() if k != "label"}}
+    config = point_config(spec, overrides)
     point_dir.mkdir(parents=True, exist_ok=True)
     config_path = point_dir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=True))
@@ -164,7 +191,7 @@ def _run(cmd, log_path, env):
 def results_table(spec, results):
     """A Markdown table in the form of the paper's Table 1, best value per metric in bold."""
     points = expand_points(spec)
-    columns = list(dict.fromkeys(k for p in points for k in p))
+    columns = [k for k in dict.fromkeys(k for p in points for k in p) if k != "config"]
     if "label" in columns:  # labelled rows: the label says it all
         columns = ["label"]
     rows = []
@@ -211,7 +238,7 @@ def plot_results(spec, results, folder):
     except ImportError:
         return []
     points = [p for p in expand_points(spec) if results.get(point_key(p), {}).get("status") == "ok"]
-    keys = list(dict.fromkeys(k for p in points for k in p))
+    keys = [k for k in dict.fromkeys(k for p in points for k in p) if k != "config"]
     if not keys:
         return []
     x_key, series_key = keys[0], (keys[1] if len(keys) > 1 else None)

@@ -12,6 +12,8 @@ from guided_diffusion.guidance_flags import attention_guidance, describe, parse_
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 from scripts.image_sample import create_argparser
 
+ROOT = Path(__file__).resolve().parents[1]
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -129,7 +131,7 @@ def test_guidance_flags_to_objects():
 ADM256 = dict(attention_resolutions="32,16,8", diffusion_steps=1000, image_size=256, learn_sigma=True,
               noise_schedule="linear", num_channels=256, num_head_channels=64, num_res_blocks=2, resblock_updown=True,
               use_fp16=True, use_scale_shift_norm=True, num_samples=50000)
-ROWS = [(group, kind, guide) for group in ("table1", "ddim25") for kind in ("uncond", "cond")
+ROWS = [(group, kind, guide) for group in ("table1", "table1/ddim25") for kind in ("uncond", "cond")
         for guide in ("unguided", "sag", "pag")]
 
 
@@ -147,8 +149,15 @@ def adm256_blocks():
 
 
 def test_every_config_file_is_a_row():
-    found = sorted(p.relative_to(CONFIGS).as_posix() for g in ("table1", "ddim25") for p in (CONFIGS / g).glob("*"))
+    found = sorted(p.relative_to(CONFIGS).as_posix() for g in ("table1", "table1/ddim25")
+                   for p in (CONFIGS / g).glob("adm256_*"))
     assert found == sorted(f"{g}/adm256_{k}_{s}.yaml" for g, k, s in ROWS)
+
+
+def test_adm256_model_flags_stand_in_one_file():
+    """Composed, not copied: the architecture is written once and every row includes it."""
+    holders = [p for p in CONFIGS.rglob("*.yaml") if "num_head_channels: 64" in p.read_text()]
+    assert [p.relative_to(CONFIGS).as_posix() for p in holders] == ["adm256/model.yaml"]
 
 
 @pytest.mark.parametrize("group, kind, guide", ROWS)
@@ -158,11 +167,11 @@ def test_config_rows_have_the_official_settings(adm256_blocks, group, kind, guid
         assert getattr(args, key) == value, key
     assert args.class_cond is (kind == "cond")
     assert args.model_path == ("models/256x256_diffusion.pt" if kind == "cond" else "models/256x256_diffusion_uncond.pt")
-    if group == "table1":
+    if group == "table1":  # DDPM-250; the ddim25 rows include these and swap the sampler
         assert (args.timestep_respacing, args.use_ddim) == ("250", False)
     else:
         assert (args.timestep_respacing, args.use_ddim, args.eta) == ("ddim25", True, 0.0)
-    assert args.output_dir == f"samples/{group}/adm256_{kind}_{guide}"
+    assert args.output_dir == f"samples/{group.split('/')[-1]}/adm256_{kind}_{guide}"
     assert not args.classifier_path
     items = attention_guidance(args)
     guidance_lib.validate(items, adm256_blocks[args.class_cond])  # the layer names exist in ADM-256
@@ -177,3 +186,34 @@ def test_config_rows_have_the_official_settings(adm256_blocks, group, kind, guid
         (sag,) = items
         assert sag.scale == (0.2 if kind == "cond" else 0.8)
         assert (sag.blur_sigma, sag.layer, sag.map_heads, sag.interval) == (9.0, "output_blocks.2.1", "official", None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Composed configs: `include:`
+
+
+def test_include_applies_first_and_the_file_wins(tmp_path):
+    from guided_diffusion.config import load_config
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "model.yaml").write_text("image_size: 64\nnum_channels: 128\n")
+    (tmp_path / "sampler.yaml").write_text("timestep_respacing: ddim25\nnum_channels: 96\n")
+    (tmp_path / "row.yaml").write_text("include: [sub/model.yaml, sampler.yaml]\nimage_size: 32\n")
+    assert load_config(tmp_path / "row.yaml") == {"image_size": 32, "num_channels": 96, "timestep_respacing": "ddim25"}
+
+
+def test_include_cycle_is_refused(tmp_path):
+    from guided_diffusion.config import load_config
+
+    (tmp_path / "a.yaml").write_text("include: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("include: [a.yaml]\n")
+    with pytest.raises(ValueError, match="include each other"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_unknown_key_names_the_included_file(tmp_path, capsys):
+    (tmp_path / "model.yaml").write_text("num_chanels: 64\n")
+    (tmp_path / "row.yaml").write_text("include: model.yaml\n")
+    with pytest.raises(SystemExit):
+        parse_args(create_argparser(), ["--config", str(tmp_path / "row.yaml")])
+    assert "model.yaml: 'num_chanels' is not a flag" in capsys.readouterr().err

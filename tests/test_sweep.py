@@ -6,13 +6,15 @@ from pathlib import Path
 
 import yaml
 
-from guided_diffusion.sweep import expand_points, load_spec, point_key, read_results, results_table, run_sweep
+from guided_diffusion.config import load_config
+from guided_diffusion.sweep import (expand_points, load_spec, point_commands, point_key, read_results, results_table,
+                                    run_sweep)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_digits_sweep_records_skips_and_survives_a_failing_point(tmp_path):
-    base = yaml.safe_load((ROOT / "configs/digits/sample.yaml").read_text())
+    base = load_config(ROOT / "configs/digits/sample.yaml")
     base.update(num_samples=8, batch_size=8, timestep_respacing="ddim3", progress=False)
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     spec_path = tmp_path / "spec.yaml"
@@ -55,3 +57,27 @@ def test_digits_sweep_records_skips_and_survives_a_failing_point(tmp_path):
     assert {k: r["metrics"] for k, r in again.items() if r["status"] == "ok"} == {r["key"]: r["metrics"] for r in ok}
     assert len(read_results(spec["output_dir"] + "/results.jsonl")) == 5
     assert point_key(points[0]) in again
+
+
+def test_table1_sweep_runs_each_row_from_its_own_file(tmp_path):
+    """The Table 1 spec names the row files; each point's config is that file's composed flags, exactly."""
+    spec = load_spec(ROOT / "configs/sweeps/imagenet256/table1.yaml")
+    spec["output_dir"] = str(tmp_path)
+    points = expand_points(spec)
+    assert [p["label"] for p in points] == ["uncond ADM", "uncond + SAG", "uncond + PAG", "cond ADM", "cond + SAG",
+                                            "cond + PAG"]
+    for point in points:
+        sample, _, samples = point_commands(spec, point, tmp_path / point_key(point))
+        written = yaml.safe_load((tmp_path / point_key(point) / "config.yaml").read_text())
+        assert written == load_config(ROOT / point["config"])
+        assert samples.name == "samples_50000x256x256x3.npz"
+    assert written["class_cond"] is True and written["pag_scale"] == 3.0
+
+
+def test_spec_with_a_missing_row_file_is_refused(tmp_path):
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({"reference": "r.npz", "points": [{"config": "configs/table1/nope.yaml"}]}))
+    import pytest
+
+    with pytest.raises(ValueError, match="nope.yaml, which does not exist"):
+        load_spec(spec_path)
