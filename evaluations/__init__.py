@@ -5,6 +5,7 @@
 * :mod:`evaluations.inception` - the ADM reference Inception graph backend (TensorFlow);
 * :mod:`evaluations.evaluator` - :class:`Evaluator` and the ``adm-evaluate`` command line;
 * :mod:`evaluations.npz` - streaming reader for ``.npz`` image batches;
+* :mod:`evaluations.resolution` - refuses a sample resolution other than the reference's (or resizes);
 * :mod:`evaluations.download_inception` - fetches the Inception graph, only when asked.
 """
 

@@ -2,6 +2,7 @@
 
     python -m evaluations.evaluator REF.npz SAMPLE.npz [--json OUT] [--batch_size N] [--backend NAME]
                                     [--inception_graph PATH] [--no_cache] [--download] [--device DEV]
+                                    [--resize]
 
 A reimplementation of OpenAI's ``guided-diffusion/evaluations/evaluator.py`` that gives the same
 numbers on current numpy / scipy / TensorFlow 2: images are streamed from the ``.npz`` files in
@@ -38,6 +39,7 @@ from .npz import (
     read_npz_statistics,
     validate_image_header,
 )
+from .resolution import resize_images, sample_resize_target
 
 CACHE_FORMAT = 1
 DEFAULT_BATCH_SIZE = 64
@@ -85,8 +87,11 @@ def _file_fingerprint(path: Path) -> Dict[str, Union[int, str]]:
     return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sha256_ends": h.hexdigest()}
 
 
-def _cache_key(batch_path: Path, fingerprint: str) -> Dict:
-    return {"format": CACHE_FORMAT, "backend": fingerprint, "source": _file_fingerprint(batch_path)}
+def _cache_key(batch_path: Path, fingerprint: str, resize_to=None) -> Dict:
+    key = {"format": CACHE_FORMAT, "backend": fingerprint, "source": _file_fingerprint(batch_path)}
+    if resize_to is not None:  # resized images give other activations (absent: as before, old caches hold)
+        key["resize_to"] = [int(v) for v in resize_to]
+    return key
 
 
 def _load_cache(cache: Path, key: Dict) -> Optional[BatchFeatures]:
@@ -140,6 +145,8 @@ class Evaluator:
         ``~/.cache/pag_adm/classify_image_graph_def.pb``).
     :param norms: how float16 squared norms are summed in precision/recall (see
         :data:`evaluations.metrics.NORM_MODES`; ``"tf_cpu"`` reproduces the reference on CPU).
+    :param resize: resize samples whose resolution differs from the reference images' to theirs
+        (bicubic); without it such a pair is refused.
     """
 
     def __init__(
@@ -153,6 +160,7 @@ class Evaluator:
         inception_graph=None,
         progress: bool = True,
         norms: str = "tf_cpu",
+        resize: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive; got {batch_size}")
@@ -173,6 +181,7 @@ class Evaluator:
         self.inception_graph = inception_graph
         self.progress = progress
         self.norms = norms
+        self.resize = resize
 
     # -- backend --------------------------------------------------------------------------------
 
@@ -201,8 +210,11 @@ class Evaluator:
 
     # -- activations ----------------------------------------------------------------------------
 
-    def compute_activations(self, path) -> Dict[str, np.ndarray]:
-        """Run the backend over every image of ``path`` (streamed in batches); no cache involved."""
+    def compute_activations(self, path, resize_to=None) -> Dict[str, np.ndarray]:
+        """Run the backend over every image of ``path`` (streamed in batches); no cache involved.
+
+        ``resize_to`` (``(H, W)``) resizes each batch before the backend sees it.
+        """
         from tqdm.auto import tqdm
 
         path = Path(path)
@@ -220,6 +232,8 @@ class Evaluator:
                 leave=False,
             ) as bar:
                 for batch in reader.batches(self.batch_size):
+                    if resize_to is not None:
+                        batch = resize_images(batch, resize_to)
                     feats = check_features(backend.name, backend.compute(batch), len(batch))
                     if not out:
                         out = {k: np.empty((n, v.shape[1]), np.float32) for k, v in feats.items()}
@@ -233,17 +247,17 @@ class Evaluator:
                     bar.update(len(batch))
         return out
 
-    def batch_features(self, path) -> BatchFeatures:
+    def batch_features(self, path, resize_to=None) -> BatchFeatures:
         """Activations and their statistics for the images of ``path``, from the cache when valid."""
         path = Path(path)
         cache = cache_path_for(path, self._backend_name)
         key = None
         if self.use_cache:
-            key = _cache_key(path, self._fingerprint())
+            key = _cache_key(path, self._fingerprint(), resize_to)
             cached = _load_cache(cache, key)
             if cached is not None:
                 return cached
-        acts = self.compute_activations(path)
+        acts = self.compute_activations(path, resize_to)
         feats = BatchFeatures(
             acts=acts, stats={kind: metrics.statistics(acts[kind]) for kind in ("pool", "spatial")}
         )
@@ -275,9 +289,11 @@ class Evaluator:
                 f"statistics ('mu', 'sigma', 'mu_s', 'sigma_s'); found: {found}. Use an ADM reference "
                 "batch such as VIRTUAL_imagenet256_labeled.npz, or save reference images as arr_0."
             )
+        for info in (ref, sample):
+            _check_stored_statistics(info)
 
-    def _load_batch(self, info: NpzInfo) -> BatchFeatures:
-        feats = self.batch_features(info.path) if info.has_images else BatchFeatures()
+    def _load_batch(self, info: NpzInfo, resize_to=None) -> BatchFeatures:
+        feats = self.batch_features(info.path, resize_to) if info.has_images else BatchFeatures()
         # As in the ADM evaluator, statistics stored in the .npz take precedence over the activations.
         for kind in ("pool", "spatial"):
             stored = read_npz_statistics(info.path, kind)
@@ -289,8 +305,9 @@ class Evaluator:
         """All five metrics of ``sample_path`` against ``ref_path`` (both ``.npz`` batches)."""
         ref_info, sample_info = inspect_npz(ref_path), inspect_npz(sample_path)
         self._check_inputs(ref_info, sample_info)
+        resize_to = sample_resize_target(ref_info, sample_info, self.resize)
         ref = self._load_batch(ref_info)
-        sample = self._load_batch(sample_info)
+        sample = self._load_batch(sample_info, resize_to)
         return self.compute_metrics(ref, sample, ref_name=str(ref_path))
 
     def compute_metrics(
@@ -331,6 +348,12 @@ class Evaluator:
         return results
 
 
+def _check_stored_statistics(info: NpzInfo) -> None:
+    """Read (and so validate: pairs, shapes, finite values) a batch's stored statistics up front."""
+    for kind in ("pool", "spatial"):
+        read_npz_statistics(info.path, kind)
+
+
 # ----------------------------------------------------------------------------------------------------
 # command line
 # ----------------------------------------------------------------------------------------------------
@@ -363,7 +386,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="download the Inception graph if missing")
     p.add_argument("--device", default=None, help="torch device for precision/recall (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--resize",
+        action="store_true",
+        help="resize samples whose resolution differs from the reference images' to theirs (bicubic); "
+        "without it such a pair is refused",
+    )
     return p
+
+
+def _check_finite_results(results: Dict[str, Optional[float]]) -> None:
+    """A NaN or infinite score is a failure, not a result to print and exit 0 with."""
+    bad = [
+        name
+        for name, value in results.items()
+        if isinstance(value, (float, np.floating)) and not np.isfinite(value)
+    ]
+    if bad:
+        raise ValueError(
+            f"the evaluation gave non-finite {', '.join(bad)} ({', '.join(f'{n}={results[n]}' for n in bad)}); "
+            "check the batches for broken images or features"
+        )
 
 
 def _fmt(value) -> str:
@@ -385,12 +428,14 @@ def main(argv=None) -> int:
             device=args.device,
             inception_graph=args.inception_graph,
             progress=not args.quiet,
+            resize=args.resize,
         )
         try:
             results = evaluator.evaluate(args.ref_batch, args.sample_batch)
         finally:
             evaluator.close()
-    except (ValueError, FileNotFoundError, ImportError) as exc:
+        _check_finite_results(results)
+    except (ValueError, OSError, ImportError) as exc:
         print(f"adm-evaluate: error: {exc}", file=sys.stderr)
         return 2
 

@@ -9,7 +9,11 @@ reads whole rows straight from the (possibly compressed) zip stream, a batch at 
 
 from __future__ import annotations
 
+import struct
+import tokenize
 import zipfile
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
@@ -28,6 +32,38 @@ __all__ = [
     "read_npz_statistics",
     "validate_image_header",
 ]
+
+# What zipfile, zlib and numpy raise when the bytes of a member (or of its header) are not what was
+# written: a flipped byte shows up as a CRC mismatch at the member's end, a zlib stream error, or a
+# header numpy cannot parse.
+_DAMAGE_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    NotImplementedError,
+    ValueError,
+    SyntaxError,
+    tokenize.TokenError,
+    struct.error,
+)
+
+
+def _damaged(path: Path, member: str, detail) -> ValueError:
+    if isinstance(detail, BaseException):
+        detail = str(detail) or type(detail).__name__
+    return ValueError(
+        f"{path}: member '{member}' is damaged ({detail}); the file was changed after it was written "
+        "(a failed copy or a bad disk): copy it again from its source, or sample it again"
+    )
+
+
+@contextmanager
+def _reading_member(path: Path, member: str):
+    """Turn the low-level errors of reading ``member`` into one clear error naming file and member."""
+    try:
+        yield
+    except _DAMAGE_ERRORS as exc:
+        raise _damaged(path, member, exc) from None
 
 
 @dataclass(frozen=True)
@@ -60,10 +96,26 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         raise FileNotFoundError(f"no such batch file: {path}")
     try:
         return zipfile.ZipFile(path, "r")
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, NotImplementedError, struct.error) as exc:
+        if _starts_like_a_zip(path):
+            raise ValueError(
+                f"{path} is damaged: its zip directory cannot be read ({exc}); copy it again from its "
+                "source, or sample it again"
+            ) from None
         raise ValueError(
             f"{path} is not an .npz archive ({exc}); save batches with np.savez(path, images)"
         ) from None
+
+
+def _starts_like_a_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _read_member_array(zf: zipfile.ZipFile, member: str) -> np.ndarray:
+    # Read from the zip member itself: np.load guesses the format from the file's first bytes.
+    with zf.open(member) as fp:
+        return np.lib.format.read_array(fp, allow_pickle=False)
 
 
 def _read_header(fp) -> Tuple[Tuple[int, ...], bool, np.dtype, Tuple[int, int]]:
@@ -85,13 +137,30 @@ def inspect_npz(path) -> NpzInfo:
         keys = tuple(n[: -len(".npy")] for n in zf.namelist() if n.endswith(".npy"))
         shape = dtype = None
         if IMAGES_KEY in keys:
-            with zf.open(_member_name(IMAGES_KEY)) as fp:
-                shape, _, dtype, _ = _read_header(fp)
-            if shape is None:  # unusual header version: fall back to a full load
-                with np.load(path) as data:
-                    arr = data[IMAGES_KEY]
+            member = _member_name(IMAGES_KEY)
+            with _reading_member(path, member):
+                with zf.open(member) as fp:
+                    shape, _, dtype, _ = _read_header(fp)
+                    header_bytes = fp.tell()
+                if shape is None:  # unusual header version: fall back to a full load
+                    arr = _read_member_array(zf, member)
                     shape, dtype = arr.shape, arr.dtype
+                    header_bytes = None
+            if header_bytes is not None:
+                _check_member_size(path, zf.getinfo(member), header_bytes, shape, dtype)
     return NpzInfo(path=path, keys=keys, image_shape=shape, image_dtype=dtype)
+
+
+def _check_member_size(path: Path, info: zipfile.ZipInfo, header_bytes: int, shape, dtype) -> None:
+    """A damaged header (shape or dtype) no longer matches the member's size: refuse before reading."""
+    data_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if header_bytes + data_bytes != info.file_size:
+        raise _damaged(
+            path,
+            info.filename,
+            f"its header describes {tuple(shape)} {np.dtype(dtype)} ({data_bytes} bytes of data) but "
+            f"it holds {info.file_size - header_bytes}",
+        )
 
 
 def validate_image_header(info: NpzInfo, *, min_images: int = 1) -> None:
@@ -159,14 +228,18 @@ class NpzImageReader:
         if member not in self._zip.namelist():
             self.close()
             raise ValueError(f"{self.path} has no '{self.key}' array")
-        self._fp = self._zip.open(member, "r")
-        shape, fortran, dtype, _ = _read_header(self._fp)
-        if shape is None or fortran or dtype.hasobject:
-            self._fp.close()
-            self._fp = None
-            with np.load(self.path) as data:
-                self._array = np.ascontiguousarray(data[self.key])
-            shape, dtype = self._array.shape, self._array.dtype
+        try:
+            with _reading_member(self.path, member):
+                self._fp = self._zip.open(member, "r")
+                shape, fortran, dtype, _ = _read_header(self._fp)
+                if shape is None or fortran or dtype.hasobject:
+                    self._fp.close()
+                    self._fp = None
+                    self._array = np.ascontiguousarray(_read_member_array(self._zip, member))
+                    shape, dtype = self._array.shape, self._array.dtype
+        except ValueError:
+            self.close()
+            raise
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         return self
 
@@ -188,7 +261,10 @@ class NpzImageReader:
         chunks: List[bytes] = []
         remaining = size
         while remaining > 0:
-            chunk = self._fp.read(remaining)
+            # zipfile checks the member's CRC when the last byte is read: a flipped byte in the
+            # middle of the images is only seen at the end of the stream.
+            with _reading_member(self.path, _member_name(self.key)):
+                chunk = self._fp.read(remaining)
             if not chunk:
                 break
             chunks.append(chunk)
@@ -224,20 +300,39 @@ def read_npz_statistics(path, kind: str) -> Optional[Tuple[np.ndarray, np.ndarra
     """
     mu_key, sigma_key = STAT_KEYS[kind]
     path = Path(path)
-    with np.load(path) as data:
-        keys = set(data.files)
-        if mu_key not in keys and sigma_key not in keys:
-            return None
-        if mu_key not in keys or sigma_key not in keys:
-            missing = sigma_key if mu_key in keys else mu_key
-            raise ValueError(
-                f"{path} stores '{mu_key if mu_key in keys else sigma_key}' but not '{missing}'; "
-                f"reference statistics must come as the pair ({mu_key}, {sigma_key})"
-            )
-        mu, sigma = data[mu_key], data[sigma_key]
+    keys = set(inspect_npz(path).keys)
+    if mu_key not in keys and sigma_key not in keys:
+        return None
+    if mu_key not in keys or sigma_key not in keys:
+        missing = sigma_key if mu_key in keys else mu_key
+        raise ValueError(
+            f"{path} stores '{mu_key if mu_key in keys else sigma_key}' but not '{missing}'; "
+            f"reference statistics must come as the pair ({mu_key}, {sigma_key})"
+        )
+    with _open_zip(path) as zf:
+        arrays = []
+        for key in (mu_key, sigma_key):
+            with _reading_member(path, _member_name(key)):
+                arrays.append(_read_member_array(zf, _member_name(key)))
+    mu, sigma = arrays
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(
             f"{path}: inconsistent statistics '{mu_key}' {mu.shape} and '{sigma_key}' {sigma.shape}"
         )
+    for key, value in ((mu_key, mu), (sigma_key, sigma)):
+        _check_finite_statistic(path, key, value)
     return mu, sigma
+
+
+def _check_finite_statistic(path: Path, key: str, value: np.ndarray) -> None:
+    """NaN or inf in stored statistics would turn every FID computed from them into nan."""
+    if not np.issubdtype(value.dtype, np.number):
+        raise ValueError(f"{path}: statistic '{key}' must be numeric, got dtype {value.dtype}")
+    bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+    if bad:
+        raise ValueError(
+            f"{path}: stored statistic '{key}' holds {bad} NaN or infinite value(s) of {np.size(value)}; "
+            "the reference batch is damaged or was computed from broken features: use an intact copy, "
+            "or recompute the statistics from the reference images"
+        )
 

@@ -19,6 +19,7 @@ import torch
 from guided_diffusion.script_util import (classifier_defaults, create_classifier, create_model_and_diffusion,
                                           model_and_diffusion_defaults)
 from guided_diffusion.seeding import LabelSource
+from launchers import MPI_HINT, TORCHRUN_HINT, child_env, find_program, require_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,7 @@ def run_sample(output_dir, *extra, launcher=(), batch_size=4, check=True, config
                script="image_sample"):
     command = [*launcher, sys.executable, "-m", f"scripts.{script}", *(config_flags or []),
                "--batch_size", str(batch_size), "--output_dir", str(output_dir), *extra]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env = child_env()
     if not wait:
         return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
@@ -108,14 +109,27 @@ def test_batch_size_does_not_change_samples_and_yaml_config_works(tiny, tmp_path
     assert_same_samples(final_arrays(tmp_path / "out"), tiny["reference"])
 
 
-@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec is not installed")
 def test_two_mpi_processes_give_the_same_samples(tiny, tmp_path):
-    pytest.importorskip("mpi4py")
-    result = run_sample(tmp_path / "out", *tiny["flags"], launcher=("mpiexec", "-n", "2"), batch_size=4)
-    assert "on 2 process(es) (mpi)" in result.stderr
+    mpiexec = find_program("mpiexec", MPI_HINT)
+    require_module("mpi4py", MPI_HINT)
+    result = run_sample(tmp_path / "out", *tiny["flags"], launcher=(mpiexec, "-n", "2"), batch_size=4)
+    assert "on 2 process(es) (mpi)" in result.stderr  # two ranks of one world, not two single processes
     assert_same_samples(final_arrays(tmp_path / "out"), tiny["reference"])
     for rank in (0, 1):
         assert "img/s" in (tmp_path / "out" / "logs" / f"rank{rank}.log").read_text()
+
+
+def test_two_torchrun_processes_give_the_same_samples(tiny, tmp_path):
+    torchrun = find_program("torchrun", TORCHRUN_HINT)
+    out = tmp_path / "out"
+    command = [torchrun, "--standalone", "--nproc_per_node", "2", str(REPO / "scripts" / "image_sample.py"),
+               *tiny["flags"], "--batch_size", "4", "--output_dir", str(out)]
+    result = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "on 2 process(es) (torchrun)" in result.stderr
+    assert_same_samples(final_arrays(out), tiny["reference"])
+    for rank in (0, 1):
+        assert "img/s" in (out / "logs" / f"rank{rank}.log").read_text()
 
 
 def test_sigkill_then_rerun_gives_the_uninterrupted_samples(tiny, tmp_path):

@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -18,6 +17,7 @@ from guided_diffusion.image_datasets import load_data
 from guided_diffusion.resample import LossSecondMomentResampler, UniformSampler, create_named_schedule_sampler
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.train_util import TrainLoop, find_resume_checkpoint, parse_resume_step_from_filename
+from launchers import MPI_HINT, TORCHRUN_HINT, child_env, find_program, require_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADM_CHECKPOINT = os.path.join(ROOT, "checkpoints", "digits_adm16_ema.pt")
@@ -298,22 +298,39 @@ def test_image_train_script_runs_and_continues(tmp_path):
         script.parse_args(["--config", str(bad)])
 
 
-@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec is not installed")
-def test_image_train_under_mpiexec(tmp_path):
+def _train_two_processes(launcher, run_dir):
     """Two processes: rank 0 writes the checkpoints, and the loss-aware sampler stays in sync."""
-    run_dir = str(tmp_path / "run")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    cmd = ["mpiexec", "-n", "2", sys.executable, os.path.join(ROOT, "scripts", "image_train.py"), *SCRIPT_FLAGS,
+    cmd = [*launcher, os.path.join(ROOT, "scripts", "image_train.py"), *SCRIPT_FLAGS,
            "--run_dir", run_dir, "--max_steps", "2", "--schedule_sampler", "loss-second-moment"]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    result = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "2 process(es)" in result.stdout
+    return result
+
+
+def _assert_two_ranks_trained(run_dir):
     state = load(os.path.join(run_dir, "train_state000002.pt"))
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
     a, b = (r["sampler"] for r in state["ranks"])
     assert torch.equal(a["loss_history"], b["loss_history"]) and int(a["loss_counts"].sum()) == 16
     assert a["rng"] != b["rng"]  # each rank draws its own timesteps
     assert [r["data"]["shard"] for r in state["ranks"]] == [0, 1]
+
+
+def test_image_train_under_mpiexec(tmp_path):
+    mpiexec = find_program("mpiexec", MPI_HINT)
+    require_module("mpi4py", MPI_HINT)
+    run_dir = str(tmp_path / "run")
+    result = _train_two_processes([mpiexec, "-n", "2", sys.executable], run_dir)
+    assert "launcher mpi, 2 process(es)" in result.stdout  # one world of two ranks
+    _assert_two_ranks_trained(run_dir)
+
+
+def test_image_train_under_torchrun(tmp_path):
+    torchrun = find_program("torchrun", TORCHRUN_HINT)
+    run_dir = str(tmp_path / "run")
+    result = _train_two_processes([torchrun, "--standalone", "--nproc_per_node", "2"], run_dir)
+    assert "launcher torchrun, 2 process(es)" in result.stdout
+    _assert_two_ranks_trained(run_dir)
 
 
 OUTSIDE_GROUP = """
