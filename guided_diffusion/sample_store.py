@@ -399,8 +399,10 @@ class SampleStore:
                     indices, shard_images, shard_labels = self.read_shard(path)
                 except ShardError as error:
                     raise ShardError(f"shard {path} became damaged after sampling ({error}); run the same "
-                                     "command again to redo it") from error
-                fresh = ~filled[indices]  # two shards may hold an index if two runs shared the folder
+                                     "command again: it deletes the shard and samples its images again") from error
+                # Two shards may hold an index: one of an older version's naming and a block's, or a block taken
+                # over from a stalled job that finished it after all. Both hold the same images.
+                fresh = ~filled[indices]
                 images[indices[fresh]] = shard_images[fresh]
                 labels[indices[fresh]] = shard_labels[fresh]
                 filled[indices[fresh]] = True
