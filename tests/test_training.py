@@ -302,7 +302,8 @@ def test_image_train_script_runs_and_continues(tmp_path):
 def test_image_train_under_mpiexec(tmp_path):
     """Two processes: rank 0 writes the checkpoints, and the loss-aware sampler stays in sync."""
     run_dir = str(tmp_path / "run")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT,
+               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")  # Open MPI as root (containers, CI)
     cmd = ["mpiexec", "-n", "2", sys.executable, os.path.join(ROOT, "scripts", "image_train.py"), *SCRIPT_FLAGS,
            "--run_dir", run_dir, "--max_steps", "2", "--schedule_sampler", "loss-second-moment"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
