@@ -1,7 +1,10 @@
 """Loading released ADM checkpoints, with errors that name the flag to fix instead of 300 missing keys."""
 
 import io
+import pickle
 import re
+import warnings
+import zipfile
 
 import blobfile as bf
 import torch
@@ -11,18 +14,64 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint does not fit the model built from the flags."""
 
 
+class NotACheckpointError(ValueError):
+    """The file is not a state_dict saved by torch.save (another kind of file, a damaged one, or other objects)."""
+
+
 def read_state_dict(path, map_location="cpu"):
-    """A state_dict from a local path or a blobfile URL; unwraps {'state_dict': ...} / {'model': ...} files."""
+    """A state_dict from a local path or a blobfile URL; unwraps {'state_dict': ...} / {'model': ...} files.
+
+    Only tensors are unpickled (weights_only=True). A file that is not a state_dict raises NotACheckpointError
+    saying what the file is instead.
+    """
     if not bf.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist: download it first (see README, 'Checkpoints')")
     with bf.BlobFile(path, "rb") as f:
-        state = torch.load(io.BytesIO(f.read()), map_location=map_location, weights_only=True)
+        data = f.read()
+    state = _load_tensors(data, path, map_location)
     for key in ("state_dict", "model", "ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointMismatchError(f"{path} does not hold a state_dict of tensors")
+    if not isinstance(state, dict):
+        raise NotACheckpointError(f"{path} is a torch file holding a {type(state).__name__}, not a state_dict "
+                                  "(a dict of parameter names to tensors, as torch.save(model.state_dict(), path) "
+                                  "writes)")
+    other = next(((k, v) for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if other is not None:
+        raise NotACheckpointError(f"{path} holds a dict that is not a state_dict: {other[0]!r} is of type "
+                                  f"{type(other[1]).__name__}, not a tensor")
     return state
+
+
+def _load_tensors(data, path, map_location):
+    """torch.load(weights_only=True) of the bytes `data`, with errors that say what the file is not."""
+    again = "download or copy it again"
+    if not data:
+        raise NotACheckpointError(f"{path} is empty (0 bytes), not a checkpoint: {again}")
+    if data[:4] == b"PK\x03\x04":  # torch.save's zip archive
+        if not zipfile.is_zipfile(io.BytesIO(data)):
+            raise NotACheckpointError(f"{path} is a truncated or damaged zip archive ({len(data):,} bytes, no "
+                                      f"central directory at its end), not a complete checkpoint: {again}")
+    elif data[:1] != b"\x80":  # nor a pickle (the format of torch.save before PyTorch 1.6)
+        raise NotACheckpointError(f"{path} is not a torch checkpoint (torch.save writes a zip archive); it starts "
+                                  f"with {data[:20]!r}")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols on the way to its own error
+            warnings.simplefilter("ignore")
+            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message advises weights_only=False, i.e. running code from the file: never pass that on.
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if found:
+            raise NotACheckpointError(f"{path} holds pickled Python objects ({found.group(1)}), not a state_dict of "
+                                      "tensors: save the weights with torch.save(model.state_dict(), path)") from None
+        raise NotACheckpointError(f"{path} is a pickle file, not a torch checkpoint (torch.save writes a zip "
+                                  "archive of tensors)") from None
+    except (RuntimeError, EOFError, KeyError, ValueError) as error:
+        detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        kind = "zip archive" if data[:2] == b"PK" else "pickle file"
+        raise NotACheckpointError(f"{path} is a {kind} that torch cannot read as a checkpoint ({detail}): is it a "
+                                  f"torch.save file? If so, it is damaged: {again}") from None
 
 
 def load_checkpoint(model, path_or_state, map_location="cpu"):

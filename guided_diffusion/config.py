@@ -18,7 +18,13 @@ from .script_util import str2bool
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the description's line breaks and shows every flag's default."""
+    """Keeps the description's line breaks and shows every flag's default, unless its help already says what
+    the default is (e.g. an empty default that means something computed)."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_flags(parser, defaults, helps=None, default_help="release flag"):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .cpu_allocator import reuse_freed_memory
+from . import cpu_allocator
 
 # Rank 0 may spend a while (checking shards, writing the final npz) while the others wait in a collective.
 COLLECTIVE_TIMEOUT = datetime.timedelta(hours=6)
@@ -78,7 +78,7 @@ def _pick_device(local_rank):
         device = torch.device("cuda", max(local_rank, 0) % torch.cuda.device_count())
         torch.cuda.set_device(device)
         return device
-    reuse_freed_memory()  # large activations otherwise cost fresh page faults on every forward pass
+    cpu_allocator.use_on_cpu()  # large activations otherwise cost fresh page faults on every forward pass
     return torch.device("cpu")
 
 

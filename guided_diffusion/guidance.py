@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import select_blocks
+from .scales import check_scale
 
 # The official PAG layers for ADM ImageNet 256 (the deepest input blocks and the middle block).
 OFFICIAL_PAG_LAYERS_256 = ("input_blocks.14.1", "input_blocks.16.1", "input_blocks.17.1", "middle_block.1")
@@ -64,6 +65,7 @@ class Guidance:
     schedule: str = "constant"
 
     def __post_init__(self):
+        check_scale(self.scale, f"{type(self).__name__}.scale")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown guidance schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
         if self.interval is not None:
@@ -158,7 +160,7 @@ class ClassifierGuidance:
 
     def __init__(self, classifier, scale, interval=None, schedule="constant"):
         self.classifier = classifier
-        self.options = Guidance(scale, interval, schedule)
+        self.options = Guidance(check_scale(scale, "ClassifierGuidance scale"), interval, schedule)
 
     def gradient(self, x, t_model, y):
         """grad_x of sum_i log_softmax(classifier(x, t))[i, y_i]."""

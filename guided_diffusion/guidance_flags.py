@@ -1,7 +1,8 @@
 """Command-line flags for PAG, SAG and classifier guidance, and the guidance objects they describe.
 
 Scales are the PAG paper's `s` (eps~ = eps + s * (eps - eps_perturbed)); the official PAG/SAG scripts'
-`--guide_scale g` is s = g - 1. A scale of 0 turns a guidance off. Intervals are `lo,hi` in base-process
+`--guide_scale g` is s = g - 1. A scale of 0 turns a guidance off; negative scales are allowed (they guide
+towards the perturbed prediction), NaN and infinity are refused before any model is loaded. Intervals are `lo,hi` in base-process
 timesteps (0 .. diffusion_steps - 1), so they mean the same for any respacing.
 """
 
@@ -9,6 +10,7 @@ import dataclasses
 
 from . import guidance as guidance_lib
 from .guidance import ClassifierGuidance, PerturbedAttentionGuidance, SelfAttentionGuidance
+from .scales import check_scale
 
 _SAG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SelfAttentionGuidance)}
 _SCHEDULES = "/".join(guidance_lib.SCHEDULES)
@@ -30,22 +32,40 @@ GUIDANCE_DEFAULTS = dict(
 )
 
 GUIDANCE_HELP = dict(
-    pag_scale="PAG scale s (0 = off; the official scripts' --guide_scale g is s = g - 1)",
+    pag_scale="PAG scale s (0 = off; negative values guide the other way; the official scripts' --guide_scale g "
+              "is s = g - 1)",
     pag_layers="attention blocks whose map PAG replaces by the identity (space or comma separated); "
                "default: the official ADM ImageNet-256 set",
     pag_interval="apply PAG only at base timesteps lo<=t<=hi, given as 'lo,hi' (default: every step)",
     pag_schedule=f"PAG scale schedule over the process: {_SCHEDULES}",
-    sag_scale="SAG scale s (0 = off; the official SAG scripts' --guide_scale g is s = g - 1)",
+    sag_scale="SAG scale s (0 = off; negative values guide the other way; the official SAG scripts' "
+              "--guide_scale g is s = g - 1)",
     sag_blur_sigma="SAG Gaussian blur sigma",
     sag_layer="attention block whose map SAG uses (official 'output, depth d' is output_blocks.d.1; "
               "'middle' is middle_block.1)",
     sag_map_heads="'official': the map as the official SAG code computes it; 'block': the block's own heads",
     sag_interval="apply SAG only at base timesteps lo<=t<=hi, given as 'lo,hi' (default: every step)",
     sag_schedule=f"SAG scale schedule: {_SCHEDULES}",
-    classifier_scale="classifier guidance scale (used only with --classifier_path, as in the release)",
+    classifier_scale="classifier guidance scale (used only with --classifier_path, as in the release; negative "
+                     "values push away from the class)",
     classifier_interval="apply classifier guidance only at base timesteps lo<=t<=hi ('lo,hi')",
     classifier_schedule=f"classifier guidance scale schedule: {_SCHEDULES}",
 )
+
+
+SCALE_FLAGS = ("pag_scale", "sag_scale", "classifier_scale")
+
+
+def scale_flag_problems(args):
+    """Messages for every guidance scale flag of `args` that is not a finite number (each names its flag)."""
+    problems = []
+    for flag in SCALE_FLAGS:
+        if hasattr(args, flag):
+            try:
+                check_scale(getattr(args, flag), f"--{flag}")
+            except ValueError as error:
+                problems.append(str(error))
+    return problems
 
 
 def parse_interval(text, flag):
@@ -67,6 +87,8 @@ def parse_layers(items):
 
 def attention_guidance(args):
     """The PAG / SAG objects the flags ask for (no model needed; raises ValueError for bad values)."""
+    check_scale(args.pag_scale, "--pag_scale")
+    check_scale(args.sag_scale, "--sag_scale")
     items = []
     if args.pag_scale:
         items.append(PerturbedAttentionGuidance(
@@ -80,7 +102,7 @@ def attention_guidance(args):
 
 
 def classifier_guidance(args, classifier):
-    return ClassifierGuidance(classifier, args.classifier_scale,
+    return ClassifierGuidance(classifier, check_scale(args.classifier_scale, "--classifier_scale"),
                               interval=parse_interval(args.classifier_interval, "classifier_interval"),
                               schedule=args.classifier_schedule)
 

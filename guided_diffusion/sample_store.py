@@ -2,12 +2,16 @@
 
 Layout of `root`:
 
-- `manifest.json`: the full config of the run (whatever changes the samples) and informational details.
-  A rerun with another config in the same folder is refused, naming the keys that differ.
-- `shards/*.npz`: one per finished batch, written to a temporary file and renamed, holding the image
-  indices, uint8 NHWC images, labels (-1 without classes) and the config digest. Shards are checked when
-  read (zip CRCs, shapes, dtypes, index range, labels, digest); a damaged one is deleted so its images
-  are sampled again.
+- `manifest.json`: the full config of the run (whatever changes the samples), the shard size and
+  informational details. Created once, exclusively: a job with another config in the same folder is refused,
+  naming the keys that differ.
+- `shards/*.npz`: one per block of `shard_size` consecutive image indices, written to a temporary file and
+  renamed, holding the image indices, uint8 NHWC images, labels (-1 without classes), the config digest and
+  the intra-op thread count it was sampled with. Shards are checked when read (zip CRCs, shapes, dtypes,
+  index range, labels, digest); a damaged one is deleted so its images are sampled again.
+- `jobs/`, `claims/`: the processes working in the folder and the blocks each is sampling
+  (`folder_jobs.py`). Jobs with the same config share the folder, each process claiming blocks, also from
+  several nodes; a job with another config is refused at once, naming the running job.
 - `samples_{N}x{H}x{W}x3.npz` in the ADM evaluator's format (`arr_0` images ordered by index, `arr_1`
   labels when the run has classes) and `samples_{N}x{H}x{W}x3_grid.png` with the first 64 samples.
 """
@@ -16,11 +20,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
+import time
 import zipfile
 
 import numpy as np
 
+from .folder_jobs import DEFAULT_TIMEOUT, FolderJobs, describe
 from .image_io import save_image_grid
 
 log = logging.getLogger(__name__)
@@ -29,6 +36,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARDS = "shards"
 GRID_IMAGES = 64
+ASSEMBLY_CLAIM = "assemble"
+_BLOCK_SHARD = re.compile(r"shard_(\d+)_block(\d+)\.npz")
 
 
 class OutputFolderError(RuntimeError):
@@ -88,9 +97,10 @@ def batch_name(num_samples, image_shape):
 class SampleStore:
     """Shards, manifest and final outputs of one run in folder `root`."""
 
-    def __init__(self, root, config, num_samples, image_shape, expected_labels=None):
+    def __init__(self, root, config, num_samples, image_shape, expected_labels=None, claim_timeout=DEFAULT_TIMEOUT):
         """`config`: JSON-able dict of everything that changes the samples. `image_shape`: (H, W, 3).
-        `expected_labels(indices)`: the labels the run assigns (None without classes)."""
+        `expected_labels(indices)`: the labels the run assigns (None without classes). `claim_timeout`: seconds
+        without a heartbeat after which a job on another host counts as gone (see folder_jobs.py)."""
         self.root = root
         self.config = json.loads(json.dumps(config))  # as it reads back from the manifest (tuples -> lists)
         self.digest = config_digest(self.config)
@@ -101,6 +111,8 @@ class SampleStore:
         name = batch_name(self.num_samples, self.image_shape)
         self.final_path = os.path.join(root, name + ".npz")
         self.grid_path = os.path.join(root, name + "_grid.png")
+        self.jobs = FolderJobs(root, claim_timeout)
+        self.shard_size = None  # images per block (shard): fixed by the manifest
 
     # ------------------------------------------------------------------------------------------------
     # Before sampling (rank 0)
@@ -109,8 +121,12 @@ class SampleStore:
         """Create the folders and prove a file can be written there."""
         try:
             os.makedirs(self.shard_dir, exist_ok=True)
-            atomic_write(os.path.join(self.shard_dir, ".write_test"), lambda f: f.write(b"ok"))
-            os.unlink(os.path.join(self.shard_dir, ".write_test"))
+            fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=self.shard_dir)  # own name: jobs may start together
+            try:
+                os.write(fd, b"ok")
+            finally:
+                os.close(fd)
+                os.unlink(probe)
         except OSError as error:
             raise OutputFolderError(f"output folder {self.root} is not writable: {error}") from error
 
@@ -118,9 +134,18 @@ class SampleStore:
         return os.path.join(self.root, MANIFEST)
 
     def check_manifest(self):
-        """Raise OutputFolderError if the folder holds a run with another config; True if it holds this one."""
+        """Raise OutputFolderError if the folder holds a run with another config, or a running job works on
+        another config; True if the folder holds this run (which goes on where it stopped)."""
+        running = self.jobs.live_jobs()
         path = self.manifest_path()
         if not os.path.exists(path):
+            for _, record, age in running:  # a job that has not written the manifest yet (loading its model)
+                if record.get("digest") != self.digest and isinstance(record.get("config"), dict):
+                    raise OutputFolderError(
+                        f"output folder {self.root} is in use by job {describe(record, age)} with a different "
+                        "config: use another --output_dir, or start this job after that one has finished. "
+                        "Differences (the running job -> now):\n"
+                        + "\n".join(describe_differences(record["config"], self.config)))
             leftovers = [n for n in os.listdir(self.shard_dir) if n.endswith(".npz")] if os.path.isdir(
                 self.shard_dir) else []
             if leftovers:
@@ -137,16 +162,58 @@ class SampleStore:
             raise OutputFolderError(f"{path} has format {manifest.get('format')!r}, this code writes "
                                     f"{FORMAT_VERSION}; use another --output_dir")
         if old != self.config:
-            raise OutputFolderError(f"output folder {self.root} holds a run with a different config; continue it "
-                                    "with the same flags or use another --output_dir. Differences "
+            busy = "; ".join(describe(record, age) for _, record, age in running)
+            raise OutputFolderError(f"output folder {self.root} holds a run with a different config"
+                                    + (f", which job {busy} is running now" if busy else "")
+                                    + "; continue it with the same flags or use another --output_dir. Differences "
                                     "(in the folder -> now):\n" + "\n".join(describe_differences(old, self.config)))
+        self.shard_size = manifest.get("shard_size")
         return True
 
-    def write_manifest(self, info=None):
+    def write_manifest(self, info=None, shard_size=1):
+        """Create the manifest unless the folder has one: of two jobs starting together, exactly one creates
+        it, and the other reads it (refused if its config differs). Sets `shard_size` from the manifest."""
         manifest = {"format": FORMAT_VERSION, "digest": self.digest, "num_samples": self.num_samples,
-                    "image_shape": list(self.image_shape), "config": self.config, "info": info or {}}
-        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-        atomic_write(self.manifest_path(), lambda f: f.write(text.encode()))
+                    "image_shape": list(self.image_shape), "shard_size": int(shard_size), "config": self.config,
+                    "info": info or {}}
+        text = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        path = self.manifest_path()
+        fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".tmp", dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, _FILE_MODE)
+            created = True
+            try:
+                os.link(tmp, path)  # atomic and exclusive, and readers never see half a manifest
+            except FileExistsError:
+                created = False
+            except OSError:  # a filesystem without hard links: exclusive create, then write
+                try:
+                    with open(path, "xb") as f:
+                        f.write(text)
+                except FileExistsError:
+                    created = False
+        finally:
+            os.unlink(tmp)
+        if not created:  # another job was first: continue its run if the config is the same
+            self.check_manifest()
+        if created or self.shard_size is None:  # (None: the manifest of an older version: this job's blocks)
+            self.shard_size = int(shard_size)
+        return path
+
+    # ------------------------------------------------------------------------------------------------
+    # Jobs sharing the folder
+
+    def join(self, details=None):
+        """Register this process in the folder, so that other jobs see it (with the config) from now on."""
+        return self.jobs.register({"digest": self.digest, "config": self.config, **(details or {})})
+
+    def close(self):
+        """Leave the folder: release this process's claims and remove its record."""
+        self.jobs.close()
 
     # ------------------------------------------------------------------------------------------------
     # Shards
@@ -157,16 +224,76 @@ class SampleStore:
         return sorted(os.path.join(self.shard_dir, n) for n in os.listdir(self.shard_dir)
                       if n.endswith(".npz") and not n.startswith("."))
 
-    def write_shard(self, indices, images, labels=None):
-        """Store a finished batch: `images` uint8 [n, H, W, 3] for image `indices`, `labels` [n] or None."""
+    def write_shard(self, indices, images, labels=None, block=None, torch_threads=-1):
+        """Store finished images: `images` uint8 [n, H, W, 3] for image `indices`, `labels` [n] or None.
+
+        `block`: the block the images belong to (names the shard, and releases this process's claim on it).
+        `torch_threads`: the intra-op thread count they were sampled with, recorded in the shard.
+        """
         indices = np.asarray(indices, dtype=np.int64)
         images = np.ascontiguousarray(images, dtype=np.uint8)
         labels = np.full(len(indices), -1, np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
-        tag = hashlib.sha256(indices.tobytes()).hexdigest()[:10]
-        path = os.path.join(self.shard_dir, f"shard_{int(indices[0]):08d}_n{len(indices)}_{tag}.npz")
+        if block is None:
+            tag = hashlib.sha256(indices.tobytes()).hexdigest()[:10]
+            path = os.path.join(self.shard_dir, f"shard_{int(indices[0]):08d}_n{len(indices)}_{tag}.npz")
+        else:
+            path = self.block_path(block)
         atomic_write(path, lambda f: np.savez(f, indices=indices, images=images, labels=labels,
-                                              digest=np.array(self.digest)))
+                                              digest=np.array(self.digest), torch_threads=np.int64(torch_threads)))
+        if block is not None:
+            self.jobs.release(self.block_claim(block))
         return path
+
+    # Blocks: image indices [k * shard_size, (k + 1) * shard_size), the unit that processes claim.
+
+    def block_path(self, block):
+        return os.path.join(self.shard_dir, f"shard_{block * self.shard_size:08d}_block{self.shard_size}.npz")
+
+    def block_claim(self, block):
+        return _block_claim(self.shard_size, block)
+
+    def block_done(self, block):
+        return os.path.exists(self.block_path(block))
+
+    def blocks_to_sample(self, done):
+        """{block: its image indices not in `done`} for every block with images still to sample."""
+        missing = np.setdiff1d(np.arange(self.num_samples), done)
+        blocks = missing // self.shard_size
+        return {int(k): missing[blocks == k] for k in np.unique(blocks)}
+
+    def finished_blocks(self, blocks):
+        """The blocks among `blocks` whose shard exists (one directory listing)."""
+        names = set(os.listdir(self.shard_dir)) if os.path.isdir(self.shard_dir) else set()
+        return [k for k in blocks if os.path.basename(self.block_path(k)) in names]
+
+    def claimed_batches(self, todo, images_per_batch, first=0):
+        """Yield lists of (block, indices) that this process has claimed, about `images_per_batch` images at a
+        time, until every block of `todo` ({block: indices}) has its shard. Blocks that other live processes
+        hold are left to them and waited for; those of processes that are gone are taken over. Store each
+        block with `write_shard(..., block=block)`, which releases its claim.
+        """
+        order = sorted(todo)
+        first = first % len(order) if order else 0
+        pending = order[first:] + order[:first]  # the ranks of a job start in different places
+        while pending:
+            batch, left, size = [], [], 0
+            for block in pending:
+                if size >= images_per_batch:
+                    left.append(block)
+                elif self.block_done(block):
+                    continue
+                elif not self.jobs.claim(self.block_claim(block)):
+                    left.append(block)  # another live process samples it
+                elif self.block_done(block):  # finished between the two looks
+                    self.jobs.release(self.block_claim(block))
+                else:
+                    batch.append((block, todo[block]))
+                    size += len(todo[block])
+            pending = left
+            if batch:
+                yield batch
+            elif pending:
+                time.sleep(self.jobs.poll_seconds)
 
     def read_shard(self, path):
         """(indices, images, labels) of a shard, or ShardError saying what is wrong with it."""
@@ -197,11 +324,9 @@ class SampleStore:
         return indices, images, labels
 
     def scan(self):
-        """Check every shard; delete damaged ones and stale temporary files. Returns the sorted finished indices."""
-        if os.path.isdir(self.shard_dir):
-            for name in os.listdir(self.shard_dir):
-                if name.startswith(".") and name.endswith(".tmp"):  # a write cut short (e.g. by SIGKILL)
-                    os.unlink(os.path.join(self.shard_dir, name))
+        """Check every shard; delete damaged ones, and temporary files and claims that processes which are gone
+        left behind. Returns the sorted finished indices."""
+        self.remove_leftovers()
         done = np.zeros(self.num_samples, dtype=bool)
         for path in self.shard_paths():
             try:
@@ -216,8 +341,51 @@ class SampleStore:
     # ------------------------------------------------------------------------------------------------
     # Final outputs (rank 0, after every rank finished)
 
+    def remove_leftovers(self):
+        """Delete what writes cut short (e.g. by SIGKILL) left: shard temporaries whose block no live process
+        holds, assembly scratch files and final-npz temporaries unless a live process assembles, and the
+        records and claims of processes that are gone."""
+        self.jobs.prune()
+        if os.path.isdir(self.shard_dir):
+            for name in os.listdir(self.shard_dir):
+                if not (name.startswith(".") and name.endswith(".tmp")):
+                    continue
+                block = _BLOCK_SHARD.match(name[1:])
+                if block:
+                    first, size = int(block.group(1)), int(block.group(2))
+                    if self.jobs.holder(_block_claim(size, first // size)) is not None:
+                        continue  # a live process is writing it
+                _unlink(os.path.join(self.shard_dir, name))
+        if self.jobs.holder(ASSEMBLY_CLAIM) in (None, self.jobs.name):
+            self._remove_assembly_leftovers()
+        if not self.jobs.live_jobs():
+            for name in os.listdir(self.root):
+                if name.startswith(f".{MANIFEST}.") and name.endswith(".tmp"):
+                    _unlink(os.path.join(self.root, name))
+
+    def _remove_assembly_leftovers(self):
+        final = os.path.basename(self.final_path)
+        for name in os.listdir(self.root):
+            if (name.startswith(".assemble.") and name.endswith(".npy")) or (
+                    name.startswith(f".{final}.") and name.endswith(".tmp")):
+                _unlink(os.path.join(self.root, name))
+
     def assemble(self):
-        """Write the final npz (images ordered by index) and the grid after checking count and coverage."""
+        """Write the final npz (images ordered by index) and the grid after checking count and coverage.
+
+        Of the processes sharing the folder, one at a time assembles (the others wait for it).
+        """
+        if self.jobs.name is None:  # not registered: nobody to coordinate with
+            return self._assemble()
+        while not self.jobs.claim(ASSEMBLY_CLAIM):
+            time.sleep(self.jobs.poll_seconds)
+        try:
+            self._remove_assembly_leftovers()  # of an assembly that was killed
+            return self._assemble()
+        finally:
+            self.jobs.release(ASSEMBLY_CLAIM)
+
+    def _assemble(self):
         shape = (self.num_samples, *self.image_shape)
         fd, scratch = tempfile.mkstemp(prefix=".assemble.", suffix=".npy", dir=self.root)
         os.close(fd)
@@ -231,8 +399,10 @@ class SampleStore:
                     indices, shard_images, shard_labels = self.read_shard(path)
                 except ShardError as error:
                     raise ShardError(f"shard {path} became damaged after sampling ({error}); run the same "
-                                     "command again to redo it") from error
-                fresh = ~filled[indices]  # two shards may hold an index if two runs shared the folder
+                                     "command again: it deletes the shard and samples its images again") from error
+                # Two shards may hold an index: one of an older version's naming and a block's, or a block taken
+                # over from a stalled job that finished it after all. Both hold the same images.
+                fresh = ~filled[indices]
                 images[indices[fresh]] = shard_images[fresh]
                 labels[indices[fresh]] = shard_labels[fresh]
                 filled[indices[fresh]] = True
@@ -250,6 +420,17 @@ class SampleStore:
         finally:
             os.unlink(scratch)
         return self.final_path
+
+
+def _block_claim(shard_size, block):
+    return f"block{shard_size}_{block:08d}"
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def describe_differences(old, new, prefix=""):

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import cpu_allocator
 from .attention import AttentionBlock, AttentionPool2d, attention_blocks, select_blocks
 from .fp16_util import convert_module_to_f16, convert_module_to_f32
 from .nn import (avg_pool_nd, checkpoint, conv_nd, interpolate_nearest_2x, linear, normalization, silu,
@@ -232,6 +233,7 @@ class UNetModel(nn.Module):
         the output with those blocks' attention map replaced by the identity. Everything before the first
         perturbed block is computed once for all copies.
         """
+        cpu_allocator.note_forward(x)  # on the CPU, large activations otherwise cost fresh page faults
         if (y is not None) != (self.num_classes is not None):
             raise ValueError("pass class labels y exactly when the model is class-conditional "
                              f"(num_classes={self.num_classes}, y given: {y is not None})")
@@ -358,6 +360,7 @@ class EncoderUNetModel(nn.Module):
         self.dtype = torch.float32
 
     def forward(self, x, timesteps):
+        cpu_allocator.note_forward(x)
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
         spatial = self.pool.startswith("spatial")
         features = []

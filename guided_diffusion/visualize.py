@@ -1,12 +1,15 @@
 """Pictures of what guidance does, in the spirit of the PAG paper's Fig. 3.
 
 For chosen sampling steps: the x0 predicted by the normal pass, by the perturbed pass, by the guided
-combination, and the size of the guidance signal |eps~ - eps| (mean over channels), side by side.
+combination, and the size of the guidance signal |eps~ - eps| (mean over channels), side by side, with a
+colour bar giving the range of each row's |guidance| panel (drawn with PIL; no plotting library needed).
 """
+
+import json
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, PngImagePlugin
 
 from . import guidance as guidance_lib
 from .gaussian_diffusion import ModelMeanType
@@ -56,29 +59,55 @@ def guidance_snapshots(diffusion, model, noise, guidance, steps, model_kwargs=No
     return x, snapshots
 
 
-def _heat(signal):
-    """Map a non-negative [H, W] array to RGB (black -> red -> yellow), scaled to its own maximum."""
-    v = signal / max(float(signal.max()), 1e-12)
+# The colour bar right of each |guidance| panel: a gap, the bar, and room for its labels (PIL's default font).
+BAR_GAP, BAR_WIDTH, BAR_LABELS = 4, 10, 48
+COLOUR_BAR = BAR_GAP + BAR_WIDTH + BAR_LABELS
+
+
+def _colours(v):
+    """RGB uint8 for values in [0, 1]: black -> red -> yellow."""
     rgb = np.stack([np.clip(2 * v, 0, 1), np.clip(2 * v - 1, 0, 1), np.zeros_like(v)], axis=-1)
     return (rgb * 255).astype(np.uint8)
 
 
+def _heat(signal):
+    """Map a non-negative [H, W] array to RGB, scaled to its own maximum (which the colour bar labels)."""
+    return _colours(signal / max(float(signal.max()), 1e-12))
+
+
+def _colour_bar(draw, canvas, left, top, height, peak):
+    """The colour scale of one |guidance| panel: 0 at the bottom, `peak` at the top, both labelled."""
+    ramp = np.linspace(1.0, 0.0, height)[:, None].repeat(BAR_WIDTH, axis=1)
+    canvas.paste(Image.fromarray(_colours(ramp)), (left, top))
+    draw.rectangle([left - 1, top - 1, left + BAR_WIDTH, top + height], outline="black")
+    draw.text((left + BAR_WIDTH + 3, top), f"{peak:.2g}", fill="black")
+    draw.text((left + BAR_WIDTH + 3, top + height - 11), "0", fill="black")
+
+
 def save_guidance_figure(snapshots, path, image_index=0, tile=96):
-    """Write one PNG: a row per recorded step, the four panels of COLUMNS for image `image_index`."""
+    """Write one PNG: a row per recorded step, the four panels of COLUMNS for image `image_index`, and a colour
+    bar with the range of each |guidance| panel (also stored as PNG text `guidance_range`, JSON)."""
     if not snapshots:
         raise ValueError("no snapshots to draw: pass step indices within the sampler's steps")
     header, label = 18, 70
-    width, height = label + tile * len(COLUMNS), header + tile * len(snapshots)
+    width, height = label + tile * len(COLUMNS) + COLOUR_BAR, header + tile * len(snapshots)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     for c, name in enumerate(COLUMNS):
         draw.text((label + c * tile + 4, 3), name, fill="black")
+    ranges = []
     for r, snap in enumerate(snapshots):
         top = header + r * tile
         draw.text((4, top + tile // 2 - 6), f"t = {snap['t']}", fill="black")
         panels = [to_uint8(snap[k][image_index:image_index + 1])[0].cpu().numpy() for k in ("normal", "perturbed", "guided")]
-        panels.append(_heat(snap["signal"][image_index].cpu().numpy()))
+        signal = snap["signal"][image_index].float().cpu().numpy()
+        panels.append(_heat(signal))
         for c, panel in enumerate(panels):
             canvas.paste(Image.fromarray(panel).resize((tile, tile), Image.NEAREST), (label + c * tile, top))
-    canvas.save(path)
+        peak = float(signal.max())
+        _colour_bar(draw, canvas, label + tile * len(COLUMNS) + BAR_GAP, top + 2, tile - 4, peak)
+        ranges.append({"t": snap["t"], "min": 0.0, "max": peak})
+    metadata = PngImagePlugin.PngInfo()
+    metadata.add_text("guidance_range", json.dumps(ranges))
+    canvas.save(path, pnginfo=metadata)
     return path

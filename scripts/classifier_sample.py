@@ -14,8 +14,9 @@ def main(argv=None):
     args = parse_args(parser, argv)
     if not args.classifier_path:
         parser.error("--classifier_path is required")
-    return run(args)
+    run(args)
+    return 0  # the exit status (run() returns the output folder)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -19,10 +19,11 @@ from PIL import Image, ImageDraw
 
 from evaluations.evaluator import Evaluator
 from guided_diffusion.checkpoints import load_checkpoint
-from guided_diffusion.cpu_allocator import reuse_freed_memory
+from guided_diffusion import cpu_allocator
 from guided_diffusion.digits import write_digits_npz
 from guided_diffusion.guidance import PerturbedAttentionGuidance, SelfAttentionGuidance
 from guided_diffusion.image_io import to_uint8
+from guided_diffusion.scales import check_scale
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.seeding import ImageNoise
 from guided_diffusion.sweep import point_key, results_table
@@ -79,18 +80,43 @@ def side_by_side(grids, names, path, ncols=8, rows=4, scale=3, per_line=4):
 
 
 def main(argv=None):
+    """Console entry point: run the demo, exit status 0 (`run(parse(argv))` returns the table)."""
+    args = parse(argv)
+    try:
+        rows = settings(pag_scales(args), check_scale(args.sag_scale, "--sag_scale"))
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    run(args, rows)
+    return 0
+
+
+def pag_scales(args):
+    """The --pag_scales values, each a finite number."""
+    try:
+        values = [float(s) for s in args.pag_scales.split(",")]
+    except ValueError:
+        raise ValueError(f"--pag_scales must be comma-separated numbers, got {args.pag_scales!r}") from None
+    return [check_scale(s, "--pag_scales") for s in values]
+
+
+def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num_samples", type=int, default=297, help="images per setting (held-out set: 297)")
     parser.add_argument("--timestep_respacing", default="ddim25", help="sampler steps, e.g. ddim25 or 100")
-    parser.add_argument("--pag_scales", default="1,2,3,5", help="comma-separated PAG scales s")
-    parser.add_argument("--sag_scale", type=float, default=1.0)
+    parser.add_argument("--pag_scales", default="1,2,3,5",
+                        help="comma-separated PAG scales s (finite; negative values guide the other way)")
+    parser.add_argument("--sag_scale", type=float, default=1.0, help="SAG scale s (finite; may be negative)")
     parser.add_argument("--batch_size", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--checkpoint", default=str(CHECKPOINT), help="digits ADM weights (default: the shipped EMA)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    reuse_freed_memory()  # the demo runs on the CPU, where this halves the time of large forward passes
+
+def run(args, rows=None):
+    """The demo with parsed flags; returns the Markdown table. `rows`: settings() of the flags."""
+    rows = rows or settings(pag_scales(args), check_scale(args.sag_scale, "--sag_scale"))
+    cpu_allocator.use_on_cpu()  # the demo runs on the CPU, where this halves the time of large forward passes
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, diffusion, flags = load_demo_model(args.timestep_respacing, args.checkpoint)
@@ -99,7 +125,6 @@ def main(argv=None):
     write_digits_npz(str(reference), image_size=flags["image_size"], split="heldout")
     evaluator = Evaluator("digits", progress=False, use_cache=False)
 
-    rows = settings([float(s) for s in args.pag_scales.split(",")], args.sag_scale)
     grids, names, results, points = [], [], {}, []
     indices = np.arange(args.num_samples)
     for name, guidance in rows:
@@ -139,4 +164,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -58,7 +58,17 @@ def step_indices(fractions, num_steps):
 
 
 def main(argv=None):
+    """Console entry point: exit status 0, or SystemExit with the problem (status 1)."""
     args = parse_args(create_argparser(), argv)
+    try:
+        draw(args)
+    except (ValueError, OSError) as error:  # bad flags, unknown layers, unreadable checkpoints
+        raise SystemExit(f"error: {error}") from None
+    return 0
+
+
+def draw(args):
+    """Sample, draw the figure and the grid of samples; returns the figure's path."""
     guidance = attention_guidance(args)
     if not guidance:
         raise SystemExit("nothing to draw: set --pag_scale and/or --sag_scale")
@@ -82,4 +92,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

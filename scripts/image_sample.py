@@ -5,8 +5,10 @@ Reproducible and resumable:
 - image i's initial noise, step noise and class label come from (--seed, i) alone, so the samples are
   the same for any number of processes and any --batch_size (bit-identical on CPU; on GPUs up to kernel
   non-determinism);
-- every finished batch is written atomically to --output_dir; running the same command again continues
-  where it stopped, redoing damaged shards, and a different config in the same folder is refused;
+- every finished block of images is written atomically to --output_dir; running the same command again
+  continues where it stopped, redoing damaged shards, and a different config in the same folder is refused;
+- several jobs with the same config may share --output_dir (also from several nodes of a shared
+  filesystem): each process claims the blocks it samples; a job with another config is refused at once;
 - at the end, `samples_{N}x{H}x{W}x3.npz` (the ADM evaluator's format: `arr_0` uint8 NHWC, `arr_1` labels)
   and a PNG grid of the first 64 samples.
 
@@ -19,6 +21,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import socket
 import sys
 import time
 
@@ -31,9 +34,10 @@ from guided_diffusion import guidance as guidance_lib
 from guided_diffusion.checkpoints import load_checkpoint
 from guided_diffusion.config import HelpFormatter, add_flags, parse_args
 from guided_diffusion.guidance_flags import (GUIDANCE_DEFAULTS, GUIDANCE_HELP, attention_guidance, classifier_guidance,
-                                             describe)
+                                             describe, scale_flag_problems)
 from guided_diffusion.image_io import to_uint8
 from guided_diffusion.precision import PRECISIONS, apply_precision
+from guided_diffusion.folder_jobs import DEFAULT_TIMEOUT, describe as describe_job
 from guided_diffusion.sample_store import SampleStore, config_digest, file_identity
 from guided_diffusion.script_util import (NUM_CLASSES, classifier_defaults, create_classifier,
                                           create_model_and_diffusion, model_and_diffusion_defaults)
@@ -59,11 +63,14 @@ SAMPLE_HELP = dict(
     precision=f"one of {', '.join(PRECISIONS)}; empty: fp16 with --use_fp16 True (the release's conversion), "
               "else fp32",
 )
-OUTPUT_DEFAULTS = dict(output_dir="", progress=True)
+OUTPUT_DEFAULTS = dict(output_dir="", progress=True, claim_timeout=DEFAULT_TIMEOUT)
 OUTPUT_HELP = dict(
     output_dir="folder for the shards, manifest, final npz and grid; rerunning the same command continues "
-               "there (default: samples/run_<config digest>)",
+               "there, and jobs with the same config share it (default: samples/run_<config digest>)",
     progress="show a progress bar with ETA (rank 0)",
+    claim_timeout="seconds without a heartbeat after which a job on another host that shares --output_dir "
+                  "counts as gone and the blocks it claimed are sampled by others (a dead process on this "
+                  "host is noticed at once); give every job the same value",
 )
 CLASSIFIER_DEFAULTS = dict(classifier_path="", **{k: v for k, v in classifier_defaults().items() if k != "image_size"})
 CLASSIFIER_HELP = dict(classifier_path="noisy-image classifier checkpoint: enables classifier guidance "
@@ -85,8 +92,10 @@ def create_argparser(description=None):
 
 
 def main(argv=None):
-    """Console entry point: parse flags (and --config), then sample. Returns the output folder."""
-    return run(parse_args(create_argparser(), argv))
+    """Console entry point: parse flags (and --config), then sample. Returns the exit status 0; a failure
+    raises SystemExit with the message (status 1). `run(args)` returns the output folder instead."""
+    run(parse_args(create_argparser(), argv))
+    return 0
 
 
 def run(args):
@@ -120,11 +129,20 @@ class Run:
         self.output_dir = args.output_dir or os.path.join("samples", "run_" + config_digest(self.config)[:12])
         self.store = SampleStore(self.output_dir, self.config, args.num_samples,
                                  (args.image_size, args.image_size, 3),
-                                 expected_labels=self.labels.labels if self.labels.enabled else None)
+                                 expected_labels=self.labels.labels if self.labels.enabled else None,
+                                 claim_timeout=args.claim_timeout)
         self.resuming = False
         if dist_util.rank() == 0:  # cheap folder checks before loading any weights
             self.store.check_writable()
             self.resuming = self.store.check_manifest()
+            self.store.join(job_details(args))  # from now on a job with another config is refused at once
+        try:
+            self._load(args)
+        except BaseException:
+            self.store.close()
+            raise
+
+    def _load(self, args):
         self.model, self.diffusion = load_model(args, self.device)
         self.guidance = list(self.attention_guidance)
         if self.uses_classifier:
@@ -153,6 +171,9 @@ def check_flags(args):
                             f"got {args.num_samples}")
     if args.eta and not args.use_ddim:
         problems.append("--eta is a DDIM setting: add --use_ddim True")
+    if not args.claim_timeout > 0:
+        problems.append("--claim_timeout must be a positive number of seconds")
+    problems += scale_flag_problems(args)
     try:
         precision(args)
     except ValueError as err:
@@ -291,41 +312,67 @@ def sample(args):
         if not isinstance(exc, (ValueError, OSError, RuntimeError)):
             log.exception("unexpected error before sampling")
         error = exc
-    dist_util.raise_if_any_failed(error)
-    store = run.store
-    _add_log_handler(_file_handler(os.path.join(run.output_dir, "logs", f"rank{rank}.log")))
+    try:
+        dist_util.raise_if_any_failed(error)
+        return sample_in_folder(run, args, rank, world)
+    finally:
+        if run is not None:
+            run.store.close()  # this process leaves the folder: its claims and record go
 
-    plan = None
+
+def sample_in_folder(run, args, rank, world):
+    """Sample every block of the run that no process has finished, claiming blocks with any other jobs
+    (processes) in the folder, then assemble the final npz."""
+    store = run.store
+    _add_log_handler(_file_handler(os.path.join(
+        run.output_dir, "logs", f"rank{rank}_{socket.gethostname()}_{os.getpid()}.log")))
+
+    prepared = None
     if rank == 0:
         try:
+            store.write_manifest(info=run_info(args), shard_size=args.batch_size)  # unless the folder has one
             done = store.scan()
-            if not run.resuming:
-                store.write_manifest(info=run_info(args))
-            plan = np.setdiff1d(np.arange(args.num_samples), done)
-            log.info("output folder %s: %s; %d of %d samples done, %d to sample on %d process(es) (%s)",
+            others = store.jobs.live_jobs()
+            prepared = (store.shard_size, done)
+            log.info("output folder %s: %s; %d of %d samples done, %d to sample on %d process(es) (%s)%s",
                      run.output_dir, "continuing" if run.resuming else "new run", len(done), args.num_samples,
-                     len(plan), world, dist_util.launcher())
+                     args.num_samples - len(done), world, dist_util.launcher(),
+                     f"; shared with {len(others)} running process(es) of the same config: "
+                     + ", ".join(describe_job(record) for _, record, _ in others) if others else "")
         except Exception as exc:
             log.exception("cannot prepare the output folder")
-            plan = f"cannot prepare the output folder {run.output_dir}: {exc}"
-    plan = dist_util.broadcast_object(plan)
-    if isinstance(plan, str):
-        raise SystemExit("error: " + plan)
+            prepared = f"cannot prepare the output folder {run.output_dir}: {exc}"
+    prepared = dist_util.broadcast_object(prepared)
+    if isinstance(prepared, str):
+        raise SystemExit("error: " + prepared)
+    store.shard_size, done = prepared
+    store.join(job_details(args))  # rank 0 joined before loading the model
 
-    mine = plan[rank::world]  # round-robin: every rank gets an equal share of what is left
-    bar = tqdm(total=len(plan), unit="img", desc="sampling", dynamic_ncols=True,
-               disable=rank != 0 or not args.progress or not len(plan))
+    todo = store.blocks_to_sample(done)
+    total = sum(len(indices) for indices in todo.values())
+    bar = tqdm(total=total, unit="img", desc="sampling", dynamic_ncols=True,
+               disable=rank != 0 or not args.progress or not total)
     started, count = time.time(), 0
-    for batch in batches(mine, args.batch_size):
+    threads = torch.get_num_threads()
+    for claimed in store.claimed_batches(todo, args.batch_size, first=rank * len(todo) // world):
         tick = time.time()
-        images, labels = sample_batch(run, batch)
-        store.write_shard(batch, images, labels)
-        count += len(batch)
+        indices = np.concatenate([block_indices for _, block_indices in claimed])
+        parts = [sample_batch(run, batch) for batch in batches(indices, args.batch_size)]
+        images = np.concatenate([p[0] for p in parts])
+        labels = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+        offset = 0
+        for block, block_indices in claimed:
+            rows = slice(offset, offset + len(block_indices))
+            store.write_shard(block_indices, images[rows], None if labels is None else labels[rows], block=block,
+                              torch_threads=threads)
+            offset += len(block_indices)
+        count += len(indices)
         elapsed = time.time() - tick
-        log.debug("rank %d/%d: %d images (indices %d..%d) in %.2f s, %.3f img/s; %d/%d of this rank's share",
-                  rank, world, len(batch), batch[0], batch[-1], elapsed, len(batch) / max(elapsed, 1e-9),
-                  count, len(mine))
-        bar.update(min(len(batch) * world, bar.total - bar.n))  # rank 0 stands for all ranks
+        log.debug("rank %d/%d: %d images (blocks %s) in %.2f s, %.3f img/s; %d images so far", rank, world,
+                  len(indices), ",".join(str(b) for b, _ in claimed), elapsed, len(indices) / max(elapsed, 1e-9),
+                  count)
+        if not bar.disable:  # every process of every job sharing the folder counts
+            bar.update(sum(len(todo[b]) for b in store.finished_blocks(todo)) - bar.n)
     bar.close()
     seconds = time.time() - started
     log.info("rank %d/%d finished: %d images in %.1f s (%.3f img/s)", rank, world, count, seconds,
@@ -346,12 +393,20 @@ def sample(args):
     return run.output_dir
 
 
+def job_details(args):
+    """What other jobs in the output folder learn about this process (besides its config, host and pid)."""
+    return {"rank": dist_util.rank(), "world_size": dist_util.world_size(), "launcher": dist_util.launcher(),
+            "torch_threads": torch.get_num_threads(), "argv": sys.argv}
+
+
 def run_info(args):
     return {"model_path": os.path.abspath(args.model_path),
             "classifier_path": os.path.abspath(args.classifier_path) if args.classifier_path else None,
             "argv": sys.argv, "config_file": args.config, "torch": torch.__version__,
             "created": time.strftime("%Y-%m-%d %H:%M:%S %z"), "launcher": dist_util.launcher(),
-            "world_size": dist_util.world_size()}
+            "world_size": dist_util.world_size(), "host": socket.gethostname(),
+            # CPU samples depend on the intra-op thread count (not on the number of processes): see the README
+            "torch_threads": torch.get_num_threads()}
 
 
 _LOGGERS = ("image_sample", "guided_diffusion")
@@ -390,4 +445,4 @@ def _remove_log_handlers():
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -104,7 +104,8 @@ def main(argv=None):
         device=dist_util.dev(), ema_warmup=args.ema_warmup,
     ).run_loop()
     dist_util.cleanup()
+    return 0  # the exit status of the console script
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -41,12 +41,13 @@ from tqdm.auto import tqdm
 from guided_diffusion import dist_util
 from guided_diffusion.config import add_flags, parse_args
 from guided_diffusion.guidance import validate as validate_guidance
-from guided_diffusion.guidance_flags import GUIDANCE_DEFAULTS, GUIDANCE_HELP, attention_guidance
+from guided_diffusion.guidance_flags import GUIDANCE_DEFAULTS, GUIDANCE_HELP, attention_guidance, scale_flag_problems
 from guided_diffusion.image_datasets import open_dataset, to_model_range
 from guided_diffusion.image_io import save_image_grid, to_uint8
 from guided_diffusion.inverse import metrics
 from guided_diffusion.inverse.dps import dps_sample_loop, measurement_residual
 from guided_diffusion.inverse.operators import OPERATOR_NAMES, PADDINGS, create_operator
+from guided_diffusion.scales import check_scale
 from guided_diffusion.script_util import model_and_diffusion_defaults
 from guided_diffusion.seeding import MEASUREMENT_STREAM, ImageNoise, image_noise_seed
 from scripts.image_sample import SAMPLE_HELP, batch_invariant_fit, batches, load_model, precision
@@ -67,7 +68,8 @@ RUN_HELP = dict(
 DPS_DEFAULTS = dict(sigma_y=0.05, zeta=1.0, use_ddim=False, eta=0.0, clip_denoised=True, residual_x0="clipped")
 DPS_HELP = dict(
     sigma_y="measurement noise std in the model's [-1, 1] units (DPS: 0.05)",
-    zeta="DPS step size: x_{t-1} -= zeta * grad ||y - A x0_hat|| (tune per task; DPS used 0.3-1.0)",
+    zeta="DPS step size: x_{t-1} -= zeta * grad ||y - A x0_hat|| (tune per task; DPS used 0.3-1.0; any finite "
+         "value, 0 = no data consistency)",
     use_ddim="DDIM steps instead of DDPM steps (use with --timestep_respacing ddimN)",
     eta="DDIM eta",
     clip_denoised="clamp the x0 prediction to [-1, 1] in every step (as ADM and DPS)",
@@ -104,9 +106,20 @@ def create_argparser():
 
 
 def main(argv=None):
+    """Console entry point: exit status 0, or SystemExit with the problem (status 1)."""
+    args = parse(argv)
+    try:
+        run(args)
+    except (ValueError, OSError) as error:  # bad flags or data, unreadable checkpoints
+        raise SystemExit(f"error: {error}") from None
+    return 0
+
+
+def parse(argv=None):
+    """The flags of `argv` (default: the command line), with the command line itself recorded as `argv`."""
     args = parse_args(create_argparser(), argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    return run(args)
+    return args
 
 
 def check_flags(args):
@@ -119,8 +132,14 @@ def check_flags(args):
         problems.append("--batch_size must be at least 1")
     if args.num_images < 0:
         problems.append("--num_images must be >= 0 (0 = all)")
+    for flag in ("zeta", "sigma_y"):
+        try:
+            check_scale(getattr(args, flag), f"--{flag}")
+        except ValueError as err:
+            problems.append(str(err))
     if args.sigma_y < 0:
         problems.append("--sigma_y must be >= 0")
+    problems += scale_flag_problems(args)
     if args.eta and not args.use_ddim:
         problems.append("--eta is a DDIM setting: add --use_ddim True")
     if args.residual_x0 not in ("raw", "clipped"):
@@ -175,6 +194,7 @@ def reconstruct(args, model, diffusion, operator, guidance, x0, indices, device)
 
 
 def run(args):
+    """Restore the images with parsed flags; returns the metrics report (also written to metrics.json)."""
     check_flags(args)
     device = dist_util.dev()
     operator = build_operator(args)
@@ -276,4 +296,4 @@ def compute_fid(ref_batch, sample_npz):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

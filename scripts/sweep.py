@@ -1,8 +1,8 @@
 """Run a sweep spec: sample and evaluate every point, then write a Table-1-style table and plots.
 
-    python -m scripts.sweep configs/sweeps/imagenet256/pag_scale.yaml            # run locally, point after point
-    python -m scripts.sweep configs/sweeps/imagenet256/pag_scale.yaml --dry_run  # print each point's commands instead
-                                                                     # (to submit with mpiexec/torchrun/sbatch)
+    python -m scripts.sweep configs/sweeps/digits/pag_scale_layers.yaml       # run locally, point after point
+    python -m scripts.sweep configs/sweeps/imagenet256/pag_scale.yaml --dry_run
+                                # print each point's commands instead (to submit with mpiexec/torchrun/sbatch)
 Reruns skip finished points; failed points are recorded and retried on the next run.
 """
 

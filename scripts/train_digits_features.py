@@ -88,7 +88,8 @@ def main(argv=None):
     atomic_write(args.out, lambda f: torch.save(state, f))
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e3:.0f} kB, "
           f"{sum(v.numel() for v in state.values()):,} parameters)")
+    return 0  # the exit status of the console script
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -4,20 +4,17 @@ import json
 import math
 
 import numpy as np
-import torch
 from PIL import Image
 
+from console import assert_ok, run_script
 from scripts import demo
 
 
 def test_demo_runs_and_reports_every_setting(tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        table = demo.main(["--num_samples", "12", "--timestep_respacing", "ddim4", "--pag_scales", "1,3",
-                           "--batch_size", "6", "--output_dir", str(tmp_path)])
-    finally:
-        torch.set_num_threads(threads)
+    # the installed console script (one intra-op thread), which must exit with status 0
+    assert_ok(run_script("pag-demo", "--num_samples", "12", "--timestep_respacing", "ddim4", "--pag_scales", "1,3",
+                         "--batch_size", "6", "--output_dir", tmp_path))
+    table = (tmp_path / "table.md").read_text()
     names = [name for name, _ in demo.settings([1.0, 3.0], 1.0)]
     lines = table.strip().splitlines()
     assert lines[0] == "| setting | FID↓ | sFID↓ | IS↑ | Precision↑ | Recall↑ |"

@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from console import assert_ok, run_script
 from golden import load_fixture
 from guided_diffusion.script_util import model_and_diffusion_defaults
 from scripts import guidance_maps
@@ -16,27 +17,19 @@ def test_cli_writes_the_figure_and_the_samples(tmp_path):
     torch.save(fx["state_dict"], checkpoint)
     flags = [f"--{k}={fx['config'][k]}" for k in model_and_diffusion_defaults() if k != "timestep_respacing"]
     out = tmp_path / "fig.png"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model: thread hand-offs cost more than they save on a loaded machine
-    try:
-        _run_cli(guidance_maps, flags, checkpoint, out)
-    finally:
-        torch.set_num_threads(threads)
+    # the installed console script, which must exit with status 0
+    assert_ok(run_script("pag-guidance-maps", *flags, "--model_path", checkpoint, "--timestep_respacing", "ddim5",
+                         "--pag_scale", "2", "--pag_layers", "middle_block.1", "--num_images", "2",
+                         "--steps", "1.0,0.5,0.0", "--out", out))
     figure = np.asarray(Image.open(out))
     assert figure.shape[0] == 18 + 96 * 3  # three steps
     assert np.asarray(Image.open(tmp_path / "fig_samples.png")).shape[:2] == (32, 64)
-    with pytest.raises(ValueError, match="unknown attention layer"):
+    with pytest.raises(SystemExit, match="unknown attention layer"):
         guidance_maps.main(flags + ["--model_path", str(checkpoint), "--pag_scale", "2",
                                     "--pag_layers", "input_blocks.14.1", "--out", str(out)])
-    with pytest.raises(ValueError, match="--use_fp16 True converts the model to fp16"):
+    with pytest.raises(SystemExit, match="--use_fp16 True converts the model to fp16"):
         guidance_maps.main(flags + ["--model_path", str(checkpoint), "--pag_scale", "2", "--use_fp16", "True",
                                     "--precision", "fp32", "--out", str(out)])
-
-
-def _run_cli(guidance_maps, flags, checkpoint, out):
-    guidance_maps.main(flags + ["--model_path", str(checkpoint), "--timestep_respacing", "ddim5",
-                                "--pag_scale", "2", "--pag_layers", "middle_block.1", "--num_images", "2",
-                                "--steps", "1.0,0.5,0.0", "--out", str(out)])
 
 
 def test_step_positions():

@@ -4,11 +4,12 @@ The samples must be bit-identical for any batch size and process count, a run ki
 continue to the same result, damaged shards must be redone, and bad flags must fail before sampling.
 """
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from guided_diffusion.script_util import (classifier_defaults, create_classifier
 from guided_diffusion.seeding import LabelSource
 from launchers import MPI_HINT, TORCHRUN_HINT, child_env, find_program, require_module
 
-REPO = Path(__file__).resolve().parents[1]
+from console import REPO, assert_ok, run_script, start_script
+
 
 # A tiny ADM: 16x16, attention at 8x8 (input_blocks.3.1, middle_block.1, output_blocks.0.1, output_blocks.1.1).
 TINY_MODEL = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
@@ -46,16 +48,14 @@ def random_weights(module, seed):
 
 
 def run_sample(output_dir, *extra, launcher=(), batch_size=4, check=True, config_flags=None, wait=True,
-               script="image_sample"):
-    command = [*launcher, sys.executable, "-m", f"scripts.{script}", *(config_flags or []),
-               "--batch_size", str(batch_size), "--output_dir", str(output_dir), *extra]
-    env = child_env()
+               script="pag-image-sample"):
+    """Run the installed console script; with `check`, it must exit with status 0."""
+    args = [*(config_flags or []), "--batch_size", batch_size, "--output_dir", output_dir, *extra]
     if not wait:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        return start_script(script, *args)
+    result = run_script(script, *args, launcher=launcher)
+    if check:
+        assert_ok(result)
     return result
 
 
@@ -94,8 +94,14 @@ def test_reference_run_outputs(tiny):
     assert len({ref["arr_0"][i].tobytes() for i in range(NUM_SAMPLES)}) == NUM_SAMPLES
     assert (tiny["reference_dir"] / "samples_10x16x16x3_grid.png").exists()
     assert (tiny["reference_dir"] / "manifest.json").exists()
-    log = (tiny["reference_dir"] / "logs" / "rank0.log").read_text()
-    assert "img/s" in log
+    (log,) = (tiny["reference_dir"] / "logs").glob("rank0_*.log")
+    assert "img/s" in log.read_text()
+    # CPU samples depend on the intra-op thread count: the manifest and every shard record it
+    info = json.loads((tiny["reference_dir"] / "manifest.json").read_text())["info"]
+    assert info["torch_threads"] == 1 and info["world_size"] == 1
+    for path in shards(tiny["reference_dir"]):
+        with np.load(path) as shard:
+            assert int(shard["torch_threads"]) == 1
 
 
 def test_batch_size_does_not_change_samples_and_yaml_config_works(tiny, tmp_path):
@@ -112,11 +118,15 @@ def test_batch_size_does_not_change_samples_and_yaml_config_works(tiny, tmp_path
 def test_two_mpi_processes_give_the_same_samples(tiny, tmp_path):
     mpiexec = find_program("mpiexec", MPI_HINT)
     require_module("mpi4py", MPI_HINT)
+    # the installed entry point under mpiexec: a good run must exit 0, or the launcher reports a failed job
     result = run_sample(tmp_path / "out", *tiny["flags"], launcher=(mpiexec, "-n", "2"), batch_size=4)
     assert "on 2 process(es) (mpi)" in result.stderr  # two ranks of one world, not two single processes
     assert_same_samples(final_arrays(tmp_path / "out"), tiny["reference"])
     for rank in (0, 1):
-        assert "img/s" in (tmp_path / "out" / "logs" / f"rank{rank}.log").read_text()
+        (log,) = (tmp_path / "out" / "logs").glob(f"rank{rank}_*.log")
+        assert "img/s" in log.read_text()
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["info"]["world_size"] == 2 and manifest["info"]["torch_threads"] == 1
 
 
 def test_two_torchrun_processes_give_the_same_samples(tiny, tmp_path):
@@ -129,7 +139,8 @@ def test_two_torchrun_processes_give_the_same_samples(tiny, tmp_path):
     assert "on 2 process(es) (torchrun)" in result.stderr
     assert_same_samples(final_arrays(out), tiny["reference"])
     for rank in (0, 1):
-        assert "img/s" in (out / "logs" / f"rank{rank}.log").read_text()
+        (log,) = (out / "logs").glob(f"rank{rank}_*.log")
+        assert "img/s" in log.read_text()
 
 
 def test_sigkill_then_rerun_gives_the_uninterrupted_samples(tiny, tmp_path):
@@ -147,6 +158,105 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_samples(tiny, tmp_path):
     assert not (out / "samples_10x16x16x3.npz").exists()
     result = run_sample(out, *tiny["flags"], batch_size=2)
     assert f"continuing; {done} of {NUM_SAMPLES} samples done" in result.stderr
+    assert_same_samples(final_arrays(out), tiny["reference"])
+
+
+def claims(output_dir):
+    folder = Path(output_dir) / "claims"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def wait_for(condition, process=None, seconds=120, what="the condition"):
+    deadline = time.time() + seconds
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the job ended before {what}:\n{process.stderr.read()[-3000:]}")
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def images_sampled(stderr):
+    """The number of images one job (one process) sampled itself, from its log line."""
+    return int(re.search(r"rank 0/1 finished: (\d+) images", stderr).group(1))
+
+
+def stopped_while_sampling(tiny, out):
+    """A job (the installed entry point, one image per shard) frozen with SIGSTOP while it holds a claim."""
+    job = run_sample(out, *tiny["flags"], batch_size=1, wait=False)
+    wait_for(lambda: claims(out), job, what="the first claim")
+    os.killpg(job.pid, signal.SIGSTOP)
+    return job
+
+
+def test_two_jobs_with_the_same_config_share_the_folder(tiny, tmp_path):
+    # Job A is frozen while it holds a block; job B samples every other block, waits for A's, and A finishes.
+    out = tmp_path / "out"
+    first = stopped_while_sampling(tiny, out)
+    try:
+        second = run_sample(out, *tiny["flags"], batch_size=2, wait=False)
+        wait_for(lambda: len(shards(out)) + len(claims(out)) >= NUM_SAMPLES, second,
+                 what="the second job to sample every block the first does not hold")
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    results = []
+    for job in (first, second):
+        stdout, stderr = job.communicate(timeout=300)
+        assert job.returncode == 0, stderr[-3000:]
+        results.append(stderr)
+    assert "shared with 1 running process(es) of the same config" in results[1]
+    assert 1 <= images_sampled(results[0]) and 1 <= images_sampled(results[1])
+    assert images_sampled(results[0]) + images_sampled(results[1]) == NUM_SAMPLES  # no image sampled twice
+    assert_same_samples(final_arrays(out), tiny["reference"])
+    assert claims(out) == [] and not list((out / "jobs").iterdir())
+
+
+def test_job_with_another_config_is_refused_at_once_naming_the_running_job(tiny, tmp_path):
+    out = tmp_path / "out"
+    running = stopped_while_sampling(tiny, out)
+    try:
+        before = sorted(p.name for p in shards(out))
+        changed = list(tiny["flags"])
+        changed[changed.index("--pag_scale") + 1] = "1.0"
+        result = run_sample(out, *changed, check=False)
+    finally:
+        os.killpg(running.pid, signal.SIGCONT)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "holds a run with a different config, which job" in result.stderr
+    assert f":{running.pid} (rank 0 of 1" in result.stderr  # host:pid of the running job
+    assert "pag_scale: 2.0 -> 1.0" in result.stderr
+    assert sorted(p.name for p in shards(out)) == before  # refused before sampling anything
+    _, stderr = running.communicate(timeout=300)
+    assert running.returncode == 0, stderr[-3000:]
+    assert_same_samples(final_arrays(out), tiny["reference"])
+
+
+def test_claims_of_a_killed_job_do_not_block_a_rerun(tiny, tmp_path):
+    out = tmp_path / "out"
+    killed = run_sample(out, *tiny["flags"], batch_size=1, wait=False)
+    wait_for(lambda: claims(out), killed, what="the first claim")
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.communicate()
+    assert claims(out) and list((out / "jobs").iterdir())  # what the killed job left
+    # A process of this host that is gone is noticed at once: the rerun need not wait for --claim_timeout.
+    result = run_sample(out, *tiny["flags"], "--claim_timeout", "3600", batch_size=3)
+    assert "Traceback" not in result.stderr
+    assert_same_samples(final_arrays(out), tiny["reference"])
+    assert claims(out) == [] and not list((out / "jobs").iterdir())
+
+
+def test_rerun_removes_what_a_killed_assembly_left(tiny, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(tiny["reference_dir"], out)
+    (out / "samples_10x16x16x3.npz").unlink()
+    # what SIGKILL during the final assembly leaves: the owner-only scratch array and the npz's temporary file
+    leftovers = [out / ".assemble.k3j_x9q1.npy", out / ".samples_10x16x16x3.npz.a8d7e2.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"\x93NUMPY" + bytes(1000))
+        path.chmod(0o600)
+    run_sample(out, *tiny["flags"])
+    assert not [p for p in leftovers if p.exists()]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert_same_samples(final_arrays(out), tiny["reference"])
 
 
@@ -228,7 +338,7 @@ def test_classifier_guidance_on_a_conditional_model_with_ddim_noise(tmp_path):
               "--use_ddim", "True", "--timestep_respacing", "ddim3", "--eta", "0.5", "--num_samples", "3",
               "--progress", "False"]
     run_sample(tmp_path / "a", *common, batch_size=3)
-    run_sample(tmp_path / "b", *common, batch_size=2, script="classifier_sample")  # the release's script name
+    run_sample(tmp_path / "b", *common, batch_size=2, script="pag-classifier-sample")  # the release's script name
     a, b = final_arrays(tmp_path / "a", 3, 64), final_arrays(tmp_path / "b", 3, 64)
     assert_same_samples(a, b)
     assert np.array_equal(a["arr_1"], LabelSource(0, 3, 1000).labels(range(3)))

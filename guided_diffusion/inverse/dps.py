@@ -35,6 +35,7 @@ import functools
 import torch
 
 from .. import guidance as guidance_lib
+from ..scales import check_scale
 
 
 def measurement_residual(operator, x, measurement):
@@ -51,7 +52,8 @@ def check_guidance(guidance):
             raise ValueError("DPS here takes PAG / SAG guidance; classifier guidance is not supported")
 
 
-def _check_options(guidance, residual_x0):
+def _check_options(guidance, residual_x0, zeta):
+    check_scale(zeta, "DPS zeta")
     if residual_x0 not in RESIDUAL_X0:
         raise ValueError(f"residual_x0 must be one of {', '.join(RESIDUAL_X0)}, got {residual_x0!r}")
     check_guidance(guidance)
@@ -60,7 +62,7 @@ def _check_options(guidance, residual_x0):
 def dps_step(diffusion, model, x, t, operator, measurement, zeta=1.0, use_ddim=False, eta=0.0, clip_denoised=True,
              denoised_fn=None, model_kwargs=None, guidance=None, step_noise=None, residual_x0="clipped"):
     """One DPS step x_t -> x_{t-1}: {"sample", "pred_xstart", "residual" (per image, before the update)}."""
-    _check_options(guidance, residual_x0)  # cheap; the loop also makes it before its first step
+    _check_options(guidance, residual_x0, zeta)  # cheap; the loop also makes it before its first step
     # Gradients are enabled below: the diffusion's sampling loop runs every step under torch.no_grad.
     consistency = bool(torch.as_tensor(zeta).ne(0).any())
     x_in = x.detach().requires_grad_(consistency)
@@ -104,7 +106,7 @@ def dps_sample_loop_progressive(diffusion, model, operator, measurement, shape=N
     `zeta` is DPS's step size: a number, or a [B] tensor of one per image.
     The steps run in the diffusion's own sampling loop (which also checks the guidance's layers).
     """
-    _check_options(guidance, residual_x0)
+    _check_options(guidance, residual_x0, zeta)
     if noise is None and shape is None:
         raise ValueError("give the sample shape or the initial noise x_T")
     if device is None:
