@@ -7,7 +7,6 @@ their ``--guide_scale 4.0`` is ``scale=3.0`` here. Several guidances may be comb
 every layer before the first perturbed block.
 """
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
@@ -15,39 +14,13 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .attention import select_blocks
+from .attention import AttentionPlan, perturbed_attention, select_blocks, unwrap
+
+__all__ = ["perturbed_attention"]  # the bare perturbation, importable from here as before
 
 # The official PAG layers for ADM ImageNet 256 (the deepest input blocks and the middle block).
 OFFICIAL_PAG_LAYERS_256 = ("input_blocks.14.1", "input_blocks.16.1", "input_blocks.17.1", "middle_block.1")
 SCHEDULES = ("constant", "linear", "cosine")
-
-
-def unwrap(model):
-    """The U-Net inside DDP / compile / other thin wrappers."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None:
-            return model
-        model = inner
-
-
-def check_layers(model, layers):
-    """The attention blocks `layers` of `model` (unwrapped); a ValueError lists the valid names for unknown ones."""
-    return select_blocks(unwrap(model), layers)
-
-
-@contextlib.contextmanager
-def perturbed_attention(model, layers):
-    """Within this context every forward pass uses the identity attention map in `layers` (whole batch)."""
-    blocks = check_layers(model, list(layers))
-    previous = [block.identity_rows for block in blocks]
-    try:
-        for block in blocks:
-            block.identity_rows = True
-        yield model
-    finally:
-        for block, value in zip(blocks, previous):
-            block.identity_rows = value
 
 
 @dataclass
@@ -103,7 +76,7 @@ class PerturbedAttentionGuidance(Guidance):
         layers = list(self.layers) if self.layers is not None else list(OFFICIAL_PAG_LAYERS_256)
         if not layers:
             raise ValueError("PAG needs at least one attention layer")
-        check_layers(model, layers)
+        select_blocks(model, layers)
         return layers
 
     def validate(self, model):
@@ -132,13 +105,14 @@ class SelfAttentionGuidance(Guidance):
             raise ValueError(f"map_heads must be 'official' or 'block', got {self.map_heads!r}")
 
     def validate(self, model):
-        check_layers(model, [self.layer])
+        select_blocks(model, [self.layer])
 
-    def configure_capture(self, model):
-        (block,) = check_layers(model, [self.layer])
+    def capture(self, model):
+        """(layer, heads, legacy) of the attention map SAG needs."""
+        (block,) = select_blocks(model, [self.layer])
         if self.map_heads == "official":
-            return block, unwrap(model).num_heads, True
-        return block, block.num_heads, block.legacy
+            return self.layer, unwrap(model).num_heads, True
+        return self.layer, block.num_heads, block.legacy
 
     def degrade(self, pred_xstart, attention_map):
         """Blur `pred_xstart` where the key positions receive more than `threshold` total attention."""
@@ -249,10 +223,14 @@ def guided_prediction(diffusion, model, x, t, guidance, clip_denoised=True, deno
 
     pag = [(g, s) for g, s in active if isinstance(g, PerturbedAttentionGuidance)]
     sag = [(g, s) for g, s in active if isinstance(g, SelfAttentionGuidance)]
-    variants = [g.resolved_layers(model) for g, _ in pag]
-    extra = {"attention_variants": variants} if variants else {}
-    with _capture_maps(model, [g for g, _ in sag]) as captured:
-        output = diffusion.run_model(model, x, t, **model_kwargs, **extra)
+    extra = {}
+    if pag or sag:
+        extra["attention"] = AttentionPlan.from_names(model, [()] + [g.resolved_layers(model) for g, _ in pag],
+                                                      [g.capture(model) for g, _ in sag])
+    output = diffusion.run_model(model, x, t, **model_kwargs, **extra)
+    captured = ()
+    if sag:
+        output, captured = output
     eps, var = diffusion.split_output(output[:batch], x)
 
     record = details if details is not None else {}
@@ -286,20 +264,3 @@ def _as_eps(diffusion, x, t, mean_output):
     if diffusion.model_mean_type == ModelMeanType.START_X:
         return diffusion._predict_eps_from_xstart(x, t, mean_output)
     raise ValueError("SAG needs an eps- or x0-predicting model")
-
-
-@contextlib.contextmanager
-def _capture_maps(model, sag_items):
-    """Record the attention maps SAG needs during the normal pass; yields a list filled on exit."""
-    captured = []
-    configs = [g.configure_capture(model) for g in sag_items]
-    previous = [(block.capture_heads, block.capture_legacy) for block, _, _ in configs]
-    try:
-        for block, heads, legacy in configs:
-            block.capture_heads, block.capture_legacy, block.captured_map = heads, legacy, None
-        yield captured
-        captured.extend(block.captured_map for block, _, _ in configs)
-    finally:
-        for (block, _, _), (heads, legacy) in zip(configs, previous):
-            block.capture_heads, block.capture_legacy = heads, legacy
-            block.captured_map = None

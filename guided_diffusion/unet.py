@@ -1,9 +1,9 @@
 """The ADM U-Net, its super-resolution variant and the noisy-image classifier.
 
 Constructor flags, defaults and `state_dict` names follow the ADM release, so its checkpoints load with
-`strict=True`. The U-Net's forward can also run several *attention variants* of one batch in a single
-call (the normal pass plus perturbed ones); every layer before the first perturbed attention block runs
-once and is shared by all copies.
+`strict=True`. The U-Net's forward can also run several copies of one batch with different attention
+perturbations in a single call (an `attention.AttentionPlan`: the normal pass plus perturbed ones); every
+layer before the first perturbed attention block runs once and is shared by all copies.
 """
 
 from abc import abstractmethod
@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import AttentionBlock, AttentionPool2d, attention_blocks, select_blocks
+from .attention import AttentionBlock, AttentionPlan, AttentionPool2d, attention_blocks
 from .fp16_util import convert_module_to_f16, convert_module_to_f32
 from .nn import (avg_pool_nd, checkpoint, conv_nd, interpolate_nearest_2x, linear, normalization, silu,
                  timestep_embedding, zero_module)
@@ -224,22 +224,28 @@ class UNetModel(nn.Module):
         """Every attention block by its module path (`input_blocks.14.1`, `middle_block.1`, ...)."""
         return attention_blocks(self)
 
-    def forward(self, x, timesteps, y=None, attention_variants=None):
+    def forward(self, x, timesteps, y=None, attention=None, attention_variants=None):
         """Apply the model to a batch `x` [B, C, H, W] at `timesteps` [B] (class labels `y` [B] if conditional).
 
-        `attention_variants`: optional sequence of collections of attention-block names. With K variants
-        the result holds 1 + K copies of the batch along dim 0: the normal output, then for each variant
-        the output with those blocks' attention map replaced by the identity. Everything before the first
-        perturbed block is computed once for all copies.
+        `attention`: an `AttentionPlan` for this call. With K copies the result holds K copies of the batch
+        along dim 0, copy k with the attention map of `plan.copies[k]` replaced by the identity; everything
+        before the first perturbed block is computed once for all copies. If the plan captures attention
+        maps, the call returns `(output, maps)`, the maps in the plan's order.
+        `attention_variants`: the same by layer names, `[names, ...]`: the normal output, then one copy per
+        entry (resolved on every call; samplers bind a plan once instead).
         """
         if (y is not None) != (self.num_classes is not None):
             raise ValueError("pass class labels y exactly when the model is class-conditional "
                              f"(num_classes={self.num_classes}, y given: {y is not None})")
+        if attention_variants is not None:
+            if attention is not None:
+                raise ValueError("pass attention or attention_variants, not both")
+            attention = AttentionPlan.from_names(self, [()] + [list(names) for names in attention_variants])
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
         if self.num_classes is not None:
             emb = emb + self.label_emb(y)
         h = x.type(self.dtype)
-        walk = _VariantWalk(self, attention_variants or (), batch=x.shape[0])
+        walk = _PlanWalk(attention or AttentionPlan(), batch=x.shape[0])
 
         skips = []
         for block in self.input_blocks:
@@ -248,27 +254,29 @@ class UNetModel(nn.Module):
         h, emb = walk.run_block(self.middle_block, h, emb)
         for block in self.output_blocks:
             skip = skips.pop()
-            if skip.shape[0] != h.shape[0]:  # saved before the batch was repeated for the variants
+            if skip.shape[0] != h.shape[0]:  # saved before the batch was repeated for the copies
                 skip = walk.expand(skip)
             h = torch.cat([h, skip], dim=1)
             h, emb = walk.run_block(block, h, emb)
-        return self.out(h.type(x.dtype))
+        out = self.out(h.type(x.dtype))
+        return (out, walk.captured_maps()) if walk.captures else out
 
 
-class _VariantWalk:
-    """Runs the U-Net's layers for the normal batch plus attention variants of it.
+class _PlanWalk:
+    """Runs the U-Net's layers for the copies of an attention plan.
 
-    Before the first perturbed block the batch has B rows; at that block it is repeated to (1 + K) * B
-    rows, and each perturbed block sees an identity mask that is True on its variant's rows.
+    Before the first perturbed block the batch has B rows; at that block it is repeated to K * B rows
+    (K copies), and each perturbed block gets identity flags that are True on the rows of the copies
+    that perturb it. Captured maps are kept for this call only and returned by `captured_maps`.
     """
 
-    def __init__(self, model, variants, batch):
-        self.copies = 1 + len(variants)
-        self.masks = {}
-        for index, names in enumerate(variants):
-            for block in select_blocks(model, names):
-                mask = self.masks.setdefault(block, [False] * (self.copies * batch))
-                mask[(index + 1) * batch:(index + 2) * batch] = [True] * batch
+    def __init__(self, plan, batch):
+        self.batch = batch
+        self.copies = len(plan.copies)
+        self.masks = plan.row_masks(batch)
+        self.captures = {block: (heads, legacy) for block, heads, legacy in plan.captures}
+        self.capture_order = [block for block, _, _ in plan.captures]
+        self.maps = {}
         self.expanded = self.copies == 1
 
     def expand(self, t):
@@ -281,12 +289,22 @@ class _VariantWalk:
                 if mask is not None and not self.expanded:
                     h, emb = self.expand(h), self.expand(emb)
                     self.expanded = True
-                h = layer(h, identity_rows=mask)
+                capture = self.captures.get(layer)
+                h = layer(h, identity_rows=mask, capture=capture)
+                if capture is not None:
+                    h, attention_map = h
+                    self.maps[layer] = attention_map[:self.batch]
             elif isinstance(layer, TimestepBlock):
                 h = layer(h, emb)
             else:
                 h = layer(h)
         return h, emb
+
+    def captured_maps(self):
+        missing = [block for block in self.capture_order if block not in self.maps]
+        if missing:
+            raise ValueError("the attention plan captures a block that is not in this model")
+        return tuple(self.maps[block] for block in self.capture_order)
 
 
 class SuperResModel(UNetModel):
