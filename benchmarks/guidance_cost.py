@@ -19,6 +19,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from guided_diffusion.cpu_allocator import reuse_freed_memory
+from guided_diffusion.denoiser import GuidedDenoiser
 from guided_diffusion.guidance import OFFICIAL_PAG_LAYERS_256, PerturbedAttentionGuidance, perturbed_attention
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 
@@ -92,7 +93,7 @@ def main():
         model.convert_to_fp16()
     x = torch.randn(args.batch_size, 3, 256, 256, device=args.device)
     t = torch.full((args.batch_size,), 100, device=args.device)
-    guidance = PerturbedAttentionGuidance(scale=3.0, layers=args.layers)
+    denoiser = GuidedDenoiser(diffusion, model, PerturbedAttentionGuidance(scale=3.0, layers=args.layers))
 
     def unguided():
         return diffusion.p_mean_variance(model, x, t)
@@ -103,8 +104,8 @@ def main():
             eps_perturbed, _ = diffusion.split_output(diffusion.run_model(model, x, t), x)
         return diffusion.prediction_from_output(eps + 3.0 * (eps - eps_perturbed), var, x, t)
 
-    def ours():
-        return diffusion.p_mean_variance(model, x, t, guidance=guidance)
+    def ours():  # the sampler's guided prediction, bound once as a sampling run binds it
+        return denoiser(x, t)
 
     methods = {"unguided": unguided, "PAG, two passes": two_passes, "PAG, ours (batched, shared prefix)": ours}
     times = {name: [] for name in methods}
