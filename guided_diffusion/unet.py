@@ -122,6 +122,39 @@ def _heads_kwargs(num_heads, num_head_channels, use_checkpoint, use_new_attentio
                 use_new_attention_order=use_new_attention_order)
 
 
+class _TimestepNetwork(nn.Module):
+    """What the U-Net and the classifier share: their recorded flags, the timestep MLP (with the ResBlock
+    options that go with it, `self.resblock_options`) and the release's fp16 conversion of the torso."""
+
+    def __init__(self, in_channels, model_channels, out_channels, dropout, dims, use_checkpoint, use_fp16,
+                 use_scale_shift_norm):
+        super().__init__()
+        self.in_channels = in_channels
+        self.model_channels = model_channels
+        self.out_channels = out_channels
+        self.use_checkpoint = use_checkpoint
+        self.dtype = torch.float16 if use_fp16 else torch.float32
+        dim = model_channels * 4
+        self.time_embed = nn.Sequential(linear(model_channels, dim), silu(), linear(dim, dim))
+        self.resblock_options = dict(emb_channels=dim, dropout=dropout, dims=dims, use_checkpoint=use_checkpoint,
+                                     use_scale_shift_norm=use_scale_shift_norm)
+
+    def torso(self):
+        """The parts that the release converts to float16."""
+        raise NotImplementedError
+
+    def convert_to_fp16(self):
+        """Convert the torso to float16, as the release does for its `use_fp16` runs."""
+        for part in self.torso():
+            part.apply(convert_module_to_f16)
+        self.dtype = torch.float16
+
+    def convert_to_fp32(self):
+        for part in self.torso():
+            part.apply(convert_module_to_f32)
+        self.dtype = torch.float32
+
+
 def _encoder_half(in_channels, model_channels, channel_mult, num_res_blocks, attention_resolutions,
                   conv_resample, dims, resblock_updown, res, attn):
     """The input blocks and middle block that the U-Net and the classifier share.
@@ -150,7 +183,7 @@ def _encoder_half(in_channels, model_channels, channel_mult, num_res_blocks, att
     return input_blocks, middle_block, block_channels, ds
 
 
-class UNetModel(nn.Module):
+class UNetModel(_TimestepNetwork):
     """The ADM U-Net (Dhariwal & Nichol, 2021) with the release's flags and parameter names."""
 
     def __init__(self, image_size, in_channels, model_channels, out_channels, num_res_blocks,
@@ -158,32 +191,23 @@ class UNetModel(nn.Module):
                  num_classes=None, use_checkpoint=False, use_fp16=False, num_heads=1, num_head_channels=-1,
                  num_heads_upsample=-1, use_scale_shift_norm=False, resblock_updown=False,
                  use_new_attention_order=False):
-        super().__init__()
+        super().__init__(in_channels, model_channels, out_channels, dropout, dims, use_checkpoint, use_fp16,
+                         use_scale_shift_norm)
         if num_heads_upsample == -1:
             num_heads_upsample = num_heads
         self.image_size = image_size
-        self.in_channels = in_channels
-        self.model_channels = model_channels
-        self.out_channels = out_channels
         self.num_res_blocks = num_res_blocks
         self.attention_resolutions = attention_resolutions
         self.dropout = dropout
         self.channel_mult = channel_mult
         self.num_classes = num_classes
-        self.use_checkpoint = use_checkpoint
-        self.dtype = torch.float16 if use_fp16 else torch.float32
         self.num_heads = num_heads
         self.num_head_channels = num_head_channels
         self.num_heads_upsample = num_heads_upsample
-
-        time_embed_dim = model_channels * 4
-        self.time_embed = nn.Sequential(linear(model_channels, time_embed_dim), silu(),
-                                        linear(time_embed_dim, time_embed_dim))
+        res = self.resblock_options
         if num_classes is not None:
-            self.label_emb = nn.Embedding(num_classes, time_embed_dim)
+            self.label_emb = nn.Embedding(num_classes, res["emb_channels"])
 
-        res = dict(emb_channels=time_embed_dim, dropout=dropout, dims=dims, use_checkpoint=use_checkpoint,
-                   use_scale_shift_norm=use_scale_shift_norm)
         down_attn = _heads_kwargs(num_heads, num_head_channels, use_checkpoint, use_new_attention_order)
         up_attn = _heads_kwargs(num_heads_upsample, num_head_channels, use_checkpoint, use_new_attention_order)
 
@@ -209,16 +233,8 @@ class UNetModel(nn.Module):
         self.out = nn.Sequential(normalization(ch), silu(),
                                  zero_module(conv_nd(dims, input_ch, out_channels, 3, padding=1)))
 
-    def convert_to_fp16(self):
-        """Convert the torso to float16, as the release does for its `use_fp16` runs."""
-        for part in (self.input_blocks, self.middle_block, self.output_blocks):
-            part.apply(convert_module_to_f16)
-        self.dtype = torch.float16
-
-    def convert_to_fp32(self):
-        for part in (self.input_blocks, self.middle_block, self.output_blocks):
-            part.apply(convert_module_to_f32)
-        self.dtype = torch.float32
+    def torso(self):
+        return self.input_blocks, self.middle_block, self.output_blocks
 
     def attention_blocks(self):
         """Every attention block by its module path (`input_blocks.14.1`, `middle_block.1`, ...)."""
@@ -320,7 +336,7 @@ class SuperResModel(UNetModel):
         return super().forward(torch.cat([x, upsampled], dim=1), timesteps, **kwargs)
 
 
-class EncoderUNetModel(nn.Module):
+class EncoderUNetModel(_TimestepNetwork):
     """The half U-Net of the release's noisy-image classifiers, with its four pooling heads."""
 
     def __init__(self, image_size, in_channels, model_channels, out_channels, num_res_blocks,
@@ -328,19 +344,10 @@ class EncoderUNetModel(nn.Module):
                  use_checkpoint=False, use_fp16=False, num_heads=1, num_head_channels=-1,
                  num_heads_upsample=-1, use_scale_shift_norm=False, resblock_updown=False,
                  use_new_attention_order=False, pool="adaptive"):
-        super().__init__()
-        self.in_channels = in_channels
-        self.model_channels = model_channels
-        self.out_channels = out_channels
-        self.use_checkpoint = use_checkpoint
-        self.dtype = torch.float16 if use_fp16 else torch.float32
+        super().__init__(in_channels, model_channels, out_channels, dropout, dims, use_checkpoint, use_fp16,
+                         use_scale_shift_norm)
         self.pool = pool
-
-        time_embed_dim = model_channels * 4
-        self.time_embed = nn.Sequential(linear(model_channels, time_embed_dim), silu(),
-                                        linear(time_embed_dim, time_embed_dim))
-        res = dict(emb_channels=time_embed_dim, dropout=dropout, dims=dims, use_checkpoint=use_checkpoint,
-                   use_scale_shift_norm=use_scale_shift_norm)
+        res = self.resblock_options
         attn = _heads_kwargs(num_heads, num_head_channels, use_checkpoint, use_new_attention_order)
 
         self.input_blocks, self.middle_block, block_channels, ds = _encoder_half(
@@ -365,15 +372,8 @@ class EncoderUNetModel(nn.Module):
         else:
             raise ValueError(f"unknown classifier pool {pool!r}: use adaptive, attention, spatial or spatial_v2")
 
-    def convert_to_fp16(self):
-        self.input_blocks.apply(convert_module_to_f16)
-        self.middle_block.apply(convert_module_to_f16)
-        self.dtype = torch.float16
-
-    def convert_to_fp32(self):
-        self.input_blocks.apply(convert_module_to_f32)
-        self.middle_block.apply(convert_module_to_f32)
-        self.dtype = torch.float32
+    def torso(self):
+        return self.input_blocks, self.middle_block
 
     def forward(self, x, timesteps):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
