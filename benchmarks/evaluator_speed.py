@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluations import metrics  # noqa: E402
+from evaluations import manifolds, metrics  # noqa: E402
 
 
 def pool_like_features(n: int, basis: np.ndarray, rng: np.random.Generator, shift: float = 0.0):
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     basis = rng.standard_normal((16, args.dim)).astype(np.float32) * 0.12
     ref = pool_like_features(args.n_ref, basis, rng)
     sample = pool_like_features(args.n_sample, basis, rng, shift=0.3)
-    device = metrics._resolve_device(args.device)
+    device = manifolds._resolve_device(args.device)
 
     # warm-up on a small slice (thread pools, kernels, tf.function tracing)
     warm = slice(0, min(256, args.n_sample))

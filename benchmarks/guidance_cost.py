@@ -25,6 +25,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from guided_diffusion import cpu_allocator
+from guided_diffusion.denoiser import GuidedDenoiser
 from guided_diffusion.guidance import OFFICIAL_PAG_LAYERS_256, PerturbedAttentionGuidance, perturbed_attention
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 
@@ -143,7 +144,7 @@ def compare_plain_api(args):
             seconds, base = result["seconds"][name], result["seconds"]["unguided"]
             cells.append(f"{seconds * 1e3:.1f} | {seconds / base:.3f}x")
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print(f"| FLOP limit | " + " | ".join(f"| {r['limit']:.3f}x" for r in runs.values()) + " |")
+    print("| FLOP limit | " + " | ".join(f"| {r['limit']:.3f}x" for r in runs.values()) + " |")
     print("\nallocator setting in effect: " + ", ".join(f"{label}: {r['allocator']}" for label, r in runs.items()))
     return 0
 
@@ -157,7 +158,7 @@ def measure(args):
         model.convert_to_fp16()
     x = torch.randn(args.batch_size, 3, 256, 256, device=args.device)
     t = torch.full((args.batch_size,), 100, device=args.device)
-    guidance = PerturbedAttentionGuidance(scale=3.0, layers=args.layers)
+    denoiser = GuidedDenoiser(diffusion, model, PerturbedAttentionGuidance(scale=3.0, layers=args.layers))
 
     def unguided():
         return diffusion.p_mean_variance(model, x, t)
@@ -168,8 +169,8 @@ def measure(args):
             eps_perturbed, _ = diffusion.split_output(diffusion.run_model(model, x, t), x)
         return diffusion.prediction_from_output(eps + 3.0 * (eps - eps_perturbed), var, x, t)
 
-    def ours():
-        return diffusion.p_mean_variance(model, x, t, guidance=guidance)
+    def ours():  # the sampler's guided prediction, bound once as a sampling run binds it
+        return denoiser(x, t)
 
     methods = {"unguided": unguided, "PAG, two passes": two_passes, "PAG, ours (batched, shared prefix)": ours}
     times = {name: [] for name in methods}

@@ -1,7 +1,9 @@
 """ADM evaluator (Inception Score, FID, sFID, improved precision/recall) for today's numpy/scipy/TF 2.
 
-* :mod:`evaluations.metrics` - the metrics on activation arrays (no TensorFlow needed);
-* :mod:`evaluations.backends` - the feature-backend interface and registry;
+* :mod:`evaluations.metrics` - the metrics on activation arrays (no TensorFlow needed): FID, sFID and IS
+  here, precision/recall from :mod:`evaluations.manifolds` (float16 norms: :mod:`evaluations.fp16_norms`);
+* :mod:`evaluations.backends` - the feature-backend interface and registry (base class:
+  :mod:`evaluations.backend_base`);
 * :mod:`evaluations.inception` - the ADM reference Inception graph backend (TensorFlow);
 * :mod:`evaluations.evaluator` - :class:`Evaluator` and the ``adm-evaluate`` command line;
 * :mod:`evaluations.npz` - streaming reader for ``.npz`` image batches;

@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
-from abc import ABC, abstractmethod
 from typing import Callable, Dict, Union
 
 import numpy as np
+
+from .backend_base import FeatureBackend
 
 FEATURE_KEYS = ("pool", "spatial", "probs")
 
@@ -34,22 +35,6 @@ __all__ = [
     "backend_fingerprint",
     "check_features",
 ]
-
-
-class FeatureBackend(ABC):
-    """Base class for feature backends (subclassing it is optional; see the module docstring)."""
-
-    name: str = "unnamed"
-
-    @abstractmethod
-    def compute(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
-        """Features of a uint8 ``[B, H, W, 3]`` batch: ``{"pool", "spatial", "probs"}`` arrays."""
-
-    def fingerprint(self) -> str:
-        return self.name
-
-    def close(self) -> None:
-        """Release resources (sessions, GPU memory)."""
 
 
 BackendFactory = Callable[..., FeatureBackend]

@@ -24,7 +24,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from .backends import FeatureBackend
+from .backend_base import FeatureBackend
 
 INCEPTION_GRAPH_URL = (
     "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/"

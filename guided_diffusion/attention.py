@@ -9,7 +9,16 @@ The block keeps the release's parameters (`norm`, `qkv`, `proj_out`) and both QK
 Perturbed-attention guidance replaces the attention *map* by the identity, so the block outputs its
 values V (in the block's own layout) while norm, projections and residual are unchanged. For those rows
 the block computes V alone: Q, K, QK^T and the softmax are skipped.
+
+Perturbation is per call and keeps no state on modules: a forward pass is told what to do by an
+`AttentionPlan` (which blocks to replace in which copy of the batch, which attention maps to return),
+and the block itself by per-call arguments (`identity_rows`, `capture`). `perturbed_attention()` is the
+same mechanism for a whole `with` block.
 """
+
+import contextlib
+from dataclasses import dataclass
+from typing import FrozenSet, Tuple
 
 import torch
 import torch.nn as nn
@@ -60,14 +69,23 @@ def row_runs(rows, batch):
     return runs
 
 
+def unwrap(model):
+    """The U-Net inside DDP / compile / precision and other thin wrappers (each keeps it as `.module`)."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
 
 def attention_blocks(model):
     """Every attention block of `model`, by module path (`input_blocks.14.1`, `middle_block.1`, ...)."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, AttentionBlock)}
+    return {name: m for name, m in unwrap(model).named_modules() if isinstance(m, AttentionBlock)}
 
 
 def select_blocks(model, names):
-    """The attention blocks called `names` in `model`; any unknown name raises a ValueError listing the valid ones."""
+    """The attention blocks called `names` in `model`: the one place an unknown layer name is reported,
+    with a ValueError listing the model's blocks."""
     blocks = attention_blocks(model)
     unknown = [name for name in names if name not in blocks]
     if unknown:
@@ -75,17 +93,65 @@ def select_blocks(model, names):
                          f"blocks are: {', '.join(blocks) or '(none)'}")
     return [blocks[name] for name in names]
 
-class AttentionBlock(nn.Module):
-    """Spatial self-attention with a residual connection.
 
-    Runtime controls (plain attributes, not parameters; they never enter the state_dict):
+@dataclass(frozen=True)
+class AttentionPlan:
+    """What one forward pass does with the attention blocks, as resolved modules (no names, no state).
 
-    * ``identity_rows``: ``None`` (normal attention), ``True`` (identity map for the whole batch) or a
-      per-row boolean mask (tensor or sequence; identity map for the rows where it is True). The U-Net passes
-      per-call masks too; this attribute is the default that `perturbed_attention()` sets.
-    * ``capture_heads``: when an int, the block records ``captured_map``: the attention map of the
-      unperturbed rows, averaged over that many heads of the legacy split (SAG's mask source).
+    * `copies`: one entry per copy of the batch in the output, the blocks whose attention map is the
+      identity in that copy. The U-Net runs every layer before the first perturbed block once and
+      repeats the batch there, so the plan `(frozenset(), {a})` costs less than two passes.
+    * `captures`: `(block, heads, legacy)` for each attention map the pass returns: the block's
+      softmax map over `heads` heads of that QKV layout, averaged over the heads, for the rows of the
+      first copy (SAG's mask source).
     """
+
+    copies: Tuple[FrozenSet[nn.Module], ...] = (frozenset(),)
+    captures: Tuple[Tuple[nn.Module, int, bool], ...] = ()
+
+    def __post_init__(self):
+        if not self.copies:
+            raise ValueError("an attention plan needs at least one copy of the batch")
+        replaced = [block for block, _, _ in self.captures if block in self.copies[0]]
+        if replaced:
+            raise ValueError("an attention map is captured from the first copy, which must not perturb its block")
+
+    @classmethod
+    def from_names(cls, model, copies, captures=()):
+        """A plan from layer names: `copies` lists names per copy, `captures` (name, heads, legacy)."""
+        names = [name for copy in copies for name in copy] + [name for name, _, _ in captures]
+        blocks = dict(zip(names, select_blocks(model, names)))
+        return cls(tuple(frozenset(blocks[name] for name in copy) for copy in copies),
+                   tuple((blocks[name], heads, legacy) for name, heads, legacy in captures))
+
+    def row_masks(self, batch):
+        """Per-row identity flags of every perturbed block, for `batch` rows per copy."""
+        perturbed = set().union(*self.copies)
+        return {block: [block in copy for copy in self.copies for _ in range(batch)] for block in perturbed}
+
+
+@contextlib.contextmanager
+def perturbed_attention(model, layers):
+    """Within this context every forward pass of `model` uses the identity attention map in `layers`
+    (whole batch). The plan of that one perturbed copy is added to each call by a forward pre-hook on the
+    U-Net, which the context removes again."""
+    inner = unwrap(model)
+    plan = AttentionPlan.from_names(inner, [list(layers)])
+
+    def add_plan(module, args, kwargs):
+        if kwargs.get("attention") is not None or kwargs.get("attention_variants"):
+            raise ValueError("a call inside perturbed_attention() cannot bring its own attention plan")
+        return args, {**kwargs, "attention": plan}
+
+    handle = inner.register_forward_pre_hook(add_plan, with_kwargs=True)
+    try:
+        yield model
+    finally:
+        handle.remove()
+
+
+class AttentionBlock(nn.Module):
+    """Spatial self-attention with a residual connection (the release's parameters and layouts)."""
 
     def __init__(self, channels, num_heads=1, num_head_channels=-1, use_checkpoint=False,
                  use_new_attention_order=False):
@@ -102,38 +168,35 @@ class AttentionBlock(nn.Module):
         self.norm = normalization(channels)
         self.qkv = conv_nd(1, channels, channels * 3, 1)
         self.proj_out = zero_module(conv_nd(1, channels, channels, 1))
-        self.identity_rows = None
-        self.capture_heads = None
-        self.capture_legacy = True
-        self.captured_map = None
 
-    def forward(self, x, identity_rows=None):
-        rows = self.identity_rows if identity_rows is None else identity_rows
-        return checkpoint(lambda x_: self._forward(x_, rows), (x,), self.use_checkpoint)
+    def forward(self, x, identity_rows=None, capture=None):
+        """`identity_rows`: None (normal attention) or one flag per batch row (True: the identity map, V
+        alone, for that row). `capture`: None, or `(heads, legacy)` to also return the attention map of
+        the run of rows holding row 0, averaged over `heads` heads of that layout: `(output, map)`."""
+        return checkpoint(lambda x_: self._forward(x_, identity_rows, capture), (x,), self.use_checkpoint)
 
-    def _forward(self, x, rows):
+    def _forward(self, x, identity_rows, capture):
         batch, channels, *spatial = x.shape
         x = x.reshape(batch, channels, -1)
         normed = self.norm(x)
-        if rows is None or rows is False:
-            h = self._attend(normed)
-        elif rows is True:
-            h = self._values(normed)
-        else:
-            # Rows come in a few contiguous runs (normal copy, then perturbed copies): slice, don't gather.
-            # Only the run holding row 0 (the normal copy) feeds a captured map.
-            h = torch.cat([self._values(normed[start:stop]) if identity
-                           else self._attend(normed[start:stop], capture=start == 0)
-                           for start, stop, identity in row_runs(rows, batch)])
-        h = self.proj_out(h)
-        return (x + h).reshape(batch, channels, *spatial)
-
-    def _attend(self, normed, capture=True):
-        qkv = self.qkv(normed)
-        if capture and self.capture_heads is not None:
-            weights = attention_weights(qkv, self.capture_heads, self.capture_legacy)
-            self.captured_map = weights.mean(dim=1)
-        return attend(qkv, self.num_heads, self.legacy)
+        # Rows come in a few contiguous runs (normal copy, then perturbed copies): slice, don't gather.
+        runs = [(0, batch, False)] if identity_rows is None else row_runs(identity_rows, batch)
+        parts, attention_map = [], None
+        for start, stop, identity in runs:
+            if identity:
+                parts.append(self._values(normed[start:stop]))
+                continue
+            qkv = self.qkv(normed[start:stop])
+            if capture is not None and start == 0:
+                attention_map = attention_weights(qkv, *capture).mean(dim=1)
+            parts.append(attend(qkv, self.num_heads, self.legacy))
+        h = self.proj_out(parts[0] if len(parts) == 1 else torch.cat(parts))
+        out = (x + h).reshape(batch, channels, *spatial)
+        if capture is None:
+            return out
+        if attention_map is None:
+            raise ValueError("the attention map is captured from row 0, whose attention this call replaces")
+        return out, attention_map
 
     def _values(self, normed):
         """V alone, in the block's layout, from the V rows of the qkv projection."""

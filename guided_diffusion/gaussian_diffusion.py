@@ -1,40 +1,24 @@
 """Gaussian diffusion as in ADM (Dhariwal & Nichol, 2021; Nichol & Dhariwal, 2021).
 
-Schedules are held in float64 numpy arrays and gathered per timestep before casting to float32, exactly
-as the release does, so its checkpoints sample the same numbers. Every sampling step can be guided: pass
-`guidance=` (see `guidance.py`), and the step's noise can be given (`step_noise=`) so each image can own
-its random stream.
+The process itself: schedules (float64, gathered per timestep and cast to float32 as the release does),
+the forward process, the posterior, model output -> prediction, and the training losses. Sampling lives
+in `denoiser.py` (the guided prediction, bound once per run) and `samplers.py` (DDPM / DDIM steps and the
+one sampling loop); the release's sampling methods here (`p_mean_variance`, `p_sample`, `ddim_sample`,
+`p_sample_loop`, `ddim_sample_loop`) are thin shims over them that also take `guidance=` and the
+step's noise (`step_noise=` / `step_noise_fn=`), so each image can own its random stream.
 """
 
 import enum
-import math
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from . import guidance as guidance_lib
+from .denoiser import GuidedDenoiser
 from .losses import discretized_gaussian_log_likelihood, normal_kl
 from .nn import mean_flat
-
-
-def get_named_beta_schedule(schedule_name, num_diffusion_timesteps):
-    """The release's beta schedules; `linear` is scaled so any step count spans the same range."""
-    if schedule_name == "linear":
-        scale = 1000 / num_diffusion_timesteps
-        return np.linspace(scale * 0.0001, scale * 0.02, num_diffusion_timesteps, dtype=np.float64)
-    if schedule_name == "cosine":
-        return betas_for_alpha_bar(num_diffusion_timesteps,
-                                   lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2)
-    raise ValueError(f"unknown noise_schedule {schedule_name!r}: use 'linear' or 'cosine'")
-
-
-def betas_for_alpha_bar(num_diffusion_timesteps, alpha_bar, max_beta=0.999):
-    betas = []
-    for i in range(num_diffusion_timesteps):
-        t1, t2 = i / num_diffusion_timesteps, (i + 1) / num_diffusion_timesteps
-        betas.append(min(1 - alpha_bar(t2) / alpha_bar(t1), max_beta))
-    return np.array(betas)
+from .samplers import DDIM, DDPM, initial_noise, sample_loop
+from .schedules import betas_for_alpha_bar, get_named_beta_schedule  # noqa: F401 - the release's names
+from .schedules import extract_into_tensor as _extract_into_tensor
 
 
 class ModelMeanType(enum.Enum):
@@ -58,16 +42,6 @@ class LossType(enum.Enum):
 
     def is_vb(self):
         return self in (LossType.KL, LossType.RESCALED_KL)
-
-
-def _extract_into_tensor(arr, timesteps, broadcast_shape):
-    """Gather float64 schedule values at `timesteps`, cast to float32 and broadcast."""
-    res = torch.from_numpy(arr).to(device=timesteps.device)[timesteps].float()
-    return res.reshape(*res.shape, *([1] * (len(broadcast_shape) - res.ndim))).expand(broadcast_shape)
-
-
-def _nonzero_mask(t, x):
-    return (t != 0).float().reshape(-1, *([1] * (x.ndim - 1)))
 
 
 class GaussianDiffusion:
@@ -112,11 +86,16 @@ class GaussianDiffusion:
     def original_num_steps(self):
         return self.num_timesteps
 
+    def base_timesteps(self, t):
+        """Base-process timesteps of step indices `t`: the one place a step index is mapped."""
+        return torch.as_tensor(self.timestep_map, device=t.device)[t]
+
     def model_timesteps(self, t):
-        """The timesteps to feed the network for step indices `t`."""
+        """The timesteps to feed the network for step indices `t` (base timesteps, rescaled to 0..1000 if asked)."""
+        mapped = self.base_timesteps(t)
         if self.rescale_timesteps:
-            return t.float() * (1000.0 / self.num_timesteps)
-        return t
+            return mapped.float() * (1000.0 / self.original_num_steps)
+        return mapped
 
     def _scale_timesteps(self, t):  # the release's name
         return self.model_timesteps(t)
@@ -161,7 +140,9 @@ class GaussianDiffusion:
         return model_output, None
 
     def prediction_from_output(self, mean_output, var_output, x, t, clip_denoised=True, denoised_fn=None):
-        """The release's p_mean_variance body, from an already computed (possibly guided) model output."""
+        """The release's p_mean_variance body, from an already computed (possibly guided) model output.
+
+        Also returns `raw_pred_xstart`: the x0 prediction after `denoised_fn`, before the clip."""
         if self.model_var_type == ModelVarType.LEARNED:
             model_log_variance = var_output
             model_variance = torch.exp(model_log_variance)
@@ -180,38 +161,40 @@ class GaussianDiffusion:
             model_variance = _extract_into_tensor(variance, t, x.shape)
             model_log_variance = _extract_into_tensor(log_variance, t, x.shape)
 
-        def process_xstart(x0):
-            if denoised_fn is not None:
-                x0 = denoised_fn(x0)
-            return x0.clamp(-1, 1) if clip_denoised else x0
-
+        raw_xstart = self.xstart_from_output(x, t, mean_output)
+        if denoised_fn is not None:
+            raw_xstart = denoised_fn(raw_xstart)
+        pred_xstart = raw_xstart.clamp(-1, 1) if clip_denoised else raw_xstart
         if self.model_mean_type == ModelMeanType.PREVIOUS_X:
-            pred_xstart = process_xstart(self._predict_xstart_from_xprev(x, t, mean_output))
             model_mean = mean_output
         else:
-            if self.model_mean_type == ModelMeanType.START_X:
-                pred_xstart = process_xstart(mean_output)
-            else:
-                pred_xstart = process_xstart(self._predict_xstart_from_eps(x, t, mean_output))
             model_mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
         return {"mean": model_mean, "variance": model_variance, "log_variance": model_log_variance,
-                "pred_xstart": pred_xstart}
+                "pred_xstart": pred_xstart, "raw_pred_xstart": raw_xstart}
 
-    def p_mean_variance(self, model, x, t, clip_denoised=True, denoised_fn=None, model_kwargs=None, guidance=None,
-                        details=None):
-        """p(x_{t-1} | x_t): mean, variance, log-variance and the x_0 prediction, optionally guided.
+    def xstart_from_output(self, x, t, mean_output):
+        """The x0 prediction (unclipped) that a model's mean output stands for."""
+        if self.model_mean_type == ModelMeanType.PREVIOUS_X:
+            return self._predict_xstart_from_xprev(x, t, mean_output)
+        if self.model_mean_type == ModelMeanType.START_X:
+            return mean_output
+        return self.predict_xstart_from_eps(x, t, mean_output)
 
-        `details`, if a dict, receives the guided prediction's intermediates (see `guidance.guided_prediction`).
-        """
-        model_kwargs = model_kwargs or {}
-        if guidance is not None or details is not None:
-            return guidance_lib.guided_prediction(self, model, x, t, guidance, clip_denoised=clip_denoised,
-                                                  denoised_fn=denoised_fn, model_kwargs=model_kwargs,
-                                                  details=details)
-        mean_output, var_output = self.split_output(self.run_model(model, x, t, **model_kwargs), x)
-        return self.prediction_from_output(mean_output, var_output, x, t, clip_denoised, denoised_fn)
+    def eps_from_output(self, x, t, mean_output):
+        """The noise prediction that a model's mean output stands for (eps- and x0-predicting models)."""
+        if self.model_mean_type == ModelMeanType.EPSILON:
+            return mean_output
+        if self.model_mean_type == ModelMeanType.START_X:
+            return self.predict_eps_from_xstart(x, t, mean_output)
+        raise ValueError("this needs an eps- or x0-predicting model, not an x_{t-1}-predicting one")
 
-    def _predict_xstart_from_eps(self, x_t, t, eps):
+    def p_mean_variance(self, model, x, t, clip_denoised=True, denoised_fn=None, model_kwargs=None, guidance=None):
+        """p(x_{t-1} | x_t): mean, variance, log-variance and the x_0 prediction, optionally guided (plus the
+        guided prediction's parts; see `denoiser.GuidedDenoiser`)."""
+        return GuidedDenoiser(self, model, guidance, model_kwargs=model_kwargs, clip_denoised=clip_denoised,
+                              denoised_fn=denoised_fn)(x, t)
+
+    def predict_xstart_from_eps(self, x_t, t, eps):
         return (_extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
                 - _extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps)
 
@@ -219,130 +202,52 @@ class GaussianDiffusion:
         return (_extract_into_tensor(1.0 / self.posterior_mean_coef1, t, x_t.shape) * xprev
                 - _extract_into_tensor(self.posterior_mean_coef2 / self.posterior_mean_coef1, t, x_t.shape) * x_t)
 
-    def _predict_eps_from_xstart(self, x_t, t, pred_xstart):
+    def predict_eps_from_xstart(self, x_t, t, pred_xstart):
         return ((_extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - pred_xstart)
                 / _extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape))
 
     # ----------------------------------------------------------------------------------------------
-    # Classifier guidance (Dhariwal & Nichol, 2021, Sec. 4)
-
-    def _classifier_gradient(self, cond_fn, x, t, model_kwargs):
-        return cond_fn(x, self.model_timesteps(t), **model_kwargs)
-
-    def condition_mean(self, cond_fn, p_mean_var, x, t, model_kwargs=None):
-        """Shift the DDPM mean by variance * grad log p(y | x_t)."""
-        gradient = self._classifier_gradient(cond_fn, x, t, model_kwargs or {})
-        return p_mean_var["mean"].float() + p_mean_var["variance"] * gradient.float()
-
-    def condition_score(self, cond_fn, p_mean_var, x, t, model_kwargs=None):
-        """Shift the score (the eps prediction) by the classifier gradient; for DDIM."""
-        alpha_bar = _extract_into_tensor(self.alphas_cumprod, t, x.shape)
-        eps = self._predict_eps_from_xstart(x, t, p_mean_var["pred_xstart"])
-        eps = eps - (1 - alpha_bar).sqrt() * self._classifier_gradient(cond_fn, x, t, model_kwargs or {})
-        out = dict(p_mean_var)
-        out["pred_xstart"] = self._predict_xstart_from_eps(x, t, eps)
-        out["mean"], _, _ = self.q_posterior_mean_variance(out["pred_xstart"], x, t)
-        return out
-
-    # ----------------------------------------------------------------------------------------------
-    # Sampling steps
+    # The release's sampling API: thin shims over denoiser.GuidedDenoiser and samplers
 
     def p_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None,
-                 guidance=None, step_noise=None, details=None):
+                 guidance=None, step_noise=None):
         """One ancestral (DDPM) step x_t -> x_{t-1}. `step_noise` is the Gaussian noise the step adds."""
-        model_kwargs = model_kwargs or {}
-        out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs, guidance, details)
-        cond_fn = guidance_lib.classifier_fn(cond_fn, guidance, self, t)
-        if cond_fn is not None:
-            out["mean"] = self.condition_mean(cond_fn, out, x, t, model_kwargs)
-        noise = torch.randn_like(x) if step_noise is None else step_noise
-        sample = out["mean"] + _nonzero_mask(t, x) * torch.exp(0.5 * out["log_variance"]) * noise
-        return {"sample": sample, "pred_xstart": out["pred_xstart"]}
+        denoiser = GuidedDenoiser(self, model, guidance, model_kwargs=model_kwargs, clip_denoised=clip_denoised,
+                                  denoised_fn=denoised_fn, cond_fn=cond_fn)
+        return DDPM().step(denoiser, x, t, step_noise)
 
     def ddim_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None,
-                    eta=0.0, guidance=None, step_noise=None, details=None):
+                    eta=0.0, guidance=None, step_noise=None):
         """One DDIM step (Song et al., 2021); eta = 1 is ancestral-like, eta = 0 deterministic."""
-        model_kwargs = model_kwargs or {}
-        out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs, guidance, details)
-        cond_fn = guidance_lib.classifier_fn(cond_fn, guidance, self, t)
-        if cond_fn is not None:
-            out = self.condition_score(cond_fn, out, x, t, model_kwargs)
-        # eps is re-derived from the (clipped) x_0 prediction, as in the release.
-        eps = self._predict_eps_from_xstart(x, t, out["pred_xstart"])
-        alpha_bar = _extract_into_tensor(self.alphas_cumprod, t, x.shape)
-        alpha_bar_prev = _extract_into_tensor(self.alphas_cumprod_prev, t, x.shape)
-        sigma = (eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
-                 * torch.sqrt(1 - alpha_bar / alpha_bar_prev))
-        mean_pred = out["pred_xstart"] * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps
-        sample = mean_pred
-        if eta != 0:
-            noise = torch.randn_like(x) if step_noise is None else step_noise
-            sample = mean_pred + _nonzero_mask(t, x) * sigma * noise
-        return {"sample": sample, "pred_xstart": out["pred_xstart"]}
+        denoiser = GuidedDenoiser(self, model, guidance, model_kwargs=model_kwargs, clip_denoised=clip_denoised,
+                                  denoised_fn=denoised_fn, cond_fn=cond_fn)
+        return DDIM(eta).step(denoiser, x, t, step_noise)
 
     def ddim_reverse_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, model_kwargs=None, eta=0.0):
         """Deterministic DDIM inversion x_t -> x_{t+1}."""
         if eta != 0.0:
             raise ValueError("reverse DDIM is deterministic: use eta=0")
         out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
-        eps = self._predict_eps_from_xstart(x, t, out["pred_xstart"])
+        eps = self.predict_eps_from_xstart(x, t, out["pred_xstart"])
         alpha_bar_next = _extract_into_tensor(self.alphas_cumprod_next, t, x.shape)
         sample = out["pred_xstart"] * torch.sqrt(alpha_bar_next) + torch.sqrt(1 - alpha_bar_next) * eps
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
-    # ----------------------------------------------------------------------------------------------
-    # Sampling loops
-
     def p_sample_loop(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
                       model_kwargs=None, device=None, progress=False, guidance=None, step_noise_fn=None):
-        """Sample with DDPM steps; returns the final x_0 batch."""
-        final = None
-        for final in self.p_sample_loop_progressive(model, shape, noise, clip_denoised, denoised_fn, cond_fn,
-                                                    model_kwargs, device, progress, guidance, step_noise_fn):
-            pass
-        return final["sample"]
-
-    def p_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None,
-                                  cond_fn=None, model_kwargs=None, device=None, progress=False, guidance=None,
-                                  step_noise_fn=None):
-        """Yield each DDPM step's {"sample", "pred_xstart", "t"}."""
-        yield from self._loop(self.p_sample, model, shape, noise, device, progress, step_noise_fn,
-                              dict(clip_denoised=clip_denoised, denoised_fn=denoised_fn, cond_fn=cond_fn,
-                                   model_kwargs=model_kwargs, guidance=guidance))
+        """Sample with DDPM steps; returns the final x_0 batch. `step_noise_fn(i)` gives step i's noise."""
+        denoiser = GuidedDenoiser(self, model, guidance, model_kwargs=model_kwargs, clip_denoised=clip_denoised,
+                                  denoised_fn=denoised_fn, cond_fn=cond_fn)  # bad layer names fail here
+        return sample_loop(denoiser, DDPM(), initial_noise(model, shape, noise, device),
+                           step_noise_fn=step_noise_fn, progress=progress)
 
     def ddim_sample_loop(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
                          model_kwargs=None, device=None, progress=False, eta=0.0, guidance=None, step_noise_fn=None):
-        """Sample with DDIM steps; returns the final x_0 batch."""
-        final = None
-        for final in self.ddim_sample_loop_progressive(model, shape, noise, clip_denoised, denoised_fn, cond_fn,
-                                                       model_kwargs, device, progress, eta, guidance, step_noise_fn):
-            pass
-        return final["sample"]
-
-    def ddim_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None,
-                                     cond_fn=None, model_kwargs=None, device=None, progress=False, eta=0.0,
-                                     guidance=None, step_noise_fn=None):
-        """Yield each DDIM step's {"sample", "pred_xstart", "t"}."""
-        yield from self._loop(self.ddim_sample, model, shape, noise, device, progress,
-                              step_noise_fn if eta != 0 else None,
-                              dict(clip_denoised=clip_denoised, denoised_fn=denoised_fn, cond_fn=cond_fn,
-                                   model_kwargs=model_kwargs, eta=eta, guidance=guidance))
-
-    def _loop(self, step, model, shape, noise, device, progress, step_noise_fn, step_kwargs):
-        """Shared driver of both loops. `step_noise_fn(t_index)` supplies each step's noise, if given."""
-        guidance_lib.validate(step_kwargs.get("guidance"), model)  # bad layer names fail before step one
-        if device is None:
-            device = next(model.parameters()).device
-        img = noise.to(device) if noise is not None else torch.randn(*shape, device=device)
-        indices = list(range(self.num_timesteps))[::-1]
-        for i in tqdm(indices, desc="sampling", leave=False) if progress else indices:
-            t = torch.full((img.shape[0],), i, device=device, dtype=torch.long)
-            step_noise = step_noise_fn(i) if step_noise_fn is not None and i > 0 else None
-            with torch.no_grad():
-                out = step(model, img, t, step_noise=step_noise, **step_kwargs)
-            out["t"] = i
-            yield out
-            img = out["sample"]
+        """Sample with DDIM steps; returns the final x_0 batch. `step_noise_fn(i)` gives step i's noise (eta > 0)."""
+        denoiser = GuidedDenoiser(self, model, guidance, model_kwargs=model_kwargs, clip_denoised=clip_denoised,
+                                  denoised_fn=denoised_fn, cond_fn=cond_fn)
+        return sample_loop(denoiser, DDIM(eta), initial_noise(model, shape, noise, device),
+                           step_noise_fn=step_noise_fn, progress=progress)
 
     # ----------------------------------------------------------------------------------------------
     # Training

@@ -1,13 +1,13 @@
-"""Sampling guidance: PAG, SAG and classifier guidance through one guided-prediction path.
+"""Sampling guidance: what PAG, SAG and classifier guidance are (their options, layers and scales).
 
 Scales follow the PAG paper (Eq. 10): ``eps~ = eps + s * (eps - eps_perturbed)``. The official PAG and SAG
 scripts write ``eps~ = eps_perturbed + g * (eps - eps_perturbed)``; the two agree for ``s = g - 1``, so
 their ``--guide_scale 4.0`` is ``scale=3.0`` here. Several guidances may be combined; each adds its own
-``s_i * (eps - eps_i)``. All attention perturbations of a step run as one batch through the model, sharing
-every layer before the first perturbed block.
+``s_i * (eps - eps_i)``. `denoiser.GuidedDenoiser` binds them to a model and computes the guided
+prediction (all attention perturbations of a step as one batch through the model, sharing every layer
+before the first perturbed block).
 """
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
@@ -15,40 +15,12 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .attention import select_blocks
+from .attention import perturbed_attention, select_blocks, unwrap  # noqa: F401 - perturbed_attention: public here
 from .scales import check_scale
 
 # The official PAG layers for ADM ImageNet 256 (the deepest input blocks and the middle block).
 OFFICIAL_PAG_LAYERS_256 = ("input_blocks.14.1", "input_blocks.16.1", "input_blocks.17.1", "middle_block.1")
 SCHEDULES = ("constant", "linear", "cosine")
-
-
-def unwrap(model):
-    """The U-Net inside DDP / compile / other thin wrappers."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None:
-            return model
-        model = inner
-
-
-def check_layers(model, layers):
-    """The attention blocks `layers` of `model` (unwrapped); a ValueError lists the valid names for unknown ones."""
-    return select_blocks(unwrap(model), layers)
-
-
-@contextlib.contextmanager
-def perturbed_attention(model, layers):
-    """Within this context every forward pass uses the identity attention map in `layers` (whole batch)."""
-    blocks = check_layers(model, list(layers))
-    previous = [block.identity_rows for block in blocks]
-    try:
-        for block in blocks:
-            block.identity_rows = True
-        yield model
-    finally:
-        for block, value in zip(blocks, previous):
-            block.identity_rows = value
 
 
 @dataclass
@@ -88,9 +60,6 @@ class Guidance:
             scale = torch.where((t_base >= lo) & (t_base <= hi), scale, torch.zeros_like(scale))
         return scale.float()
 
-    def validate(self, model):
-        """Check the guidance against the model before any sampling starts."""
-
 
 @dataclass
 class PerturbedAttentionGuidance(Guidance):
@@ -101,15 +70,11 @@ class PerturbedAttentionGuidance(Guidance):
 
     layers: Optional[Sequence[str]] = None
 
-    def resolved_layers(self, model):
+    def layer_names(self):
         layers = list(self.layers) if self.layers is not None else list(OFFICIAL_PAG_LAYERS_256)
         if not layers:
             raise ValueError("PAG needs at least one attention layer")
-        check_layers(model, layers)
         return layers
-
-    def validate(self, model):
-        self.resolved_layers(model)
 
 
 @dataclass
@@ -133,14 +98,14 @@ class SelfAttentionGuidance(Guidance):
         if self.map_heads not in ("official", "block"):
             raise ValueError(f"map_heads must be 'official' or 'block', got {self.map_heads!r}")
 
-    def validate(self, model):
-        check_layers(model, [self.layer])
+    def layer_names(self):
+        return [self.layer]
 
-    def configure_capture(self, model):
-        (block,) = check_layers(model, [self.layer])
+    def map_layout(self, model, block):
+        """(heads, legacy): the QKV split of `block` that SAG's attention map is computed with."""
         if self.map_heads == "official":
-            return block, unwrap(model).num_heads, True
-        return block, block.num_heads, block.legacy
+            return unwrap(model).num_heads, True
+        return block.num_heads, block.legacy
 
     def degrade(self, pred_xstart, attention_map):
         """Blur `pred_xstart` where the key positions receive more than `threshold` total attention."""
@@ -170,19 +135,10 @@ class ClassifierGuidance:
             selected = log_probs[torch.arange(len(log_probs), device=x.device), y.view(-1)]
             return torch.autograd.grad(selected.sum(), x_in)[0]
 
-    def cond_fn(self, diffusion, t):
-        scale = self.options.scale_at(torch.as_tensor(diffusion.timestep_map, device=t.device)[t],
-                                      diffusion.original_num_steps)
-
-        def cond_fn(x, t_model, y=None, **_):
-            if y is None:
-                raise ValueError("classifier guidance needs class labels: pass model_kwargs={'y': labels}")
-            return self.gradient(x, t_model, y) * scale.to(x.device).reshape(-1, *([1] * (x.ndim - 1)))
-
-        return cond_fn
-
-    def validate(self, model):
-        pass
+    def scaled_gradient(self, x, t_model, y, t_base, num_base_steps):
+        """The gradient times this guidance's scale at base timesteps `t_base`."""
+        scale = self.options.scale_at(t_base, num_base_steps)
+        return self.gradient(x, t_model, y) * scale.to(x.device).reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def gaussian_blur(images, kernel_size, sigma):
@@ -206,102 +162,20 @@ def as_list(guidance):
     return [guidance]
 
 
-def validate(guidance, model):
-    """Check every guidance against `model` (layer names, ...) before sampling starts."""
-    for item in as_list(guidance):
-        item.validate(model)
-
-
-def classifier_fn(cond_fn, guidance, diffusion=None, t=None):
-    """The classifier-gradient function of a step: an explicit `cond_fn`, or the guidance's classifier."""
-    classifiers = [g for g in as_list(guidance) if isinstance(g, ClassifierGuidance)]
-    if cond_fn is not None and classifiers:
-        raise ValueError("pass classifier guidance either as cond_fn or as a ClassifierGuidance, not both")
-    if len(classifiers) > 1:
-        raise ValueError("at most one ClassifierGuidance per sampler")
-    if classifiers:
-        return classifiers[0].cond_fn(diffusion, t)
-    return cond_fn
-
-
-def guided_prediction(diffusion, model, x, t, guidance, clip_denoised=True, denoised_fn=None, model_kwargs=None,
-                      details=None):
-    """The one guided-prediction path of every sampler.
-
-    Runs the normal pass and all active attention perturbations as one batch, adds SAG's second pass where
-    asked, combines ``eps~ = eps + sum_i s_i (eps - eps_i)``, keeps the variance of the normal pass, and
-    recomputes (and clips) the x0 prediction from ``eps~``. Classifier guidance is applied by the step
-    (`condition_mean` / `condition_score`), after this.
-
-    `details`, if a dict, receives the intermediates: `eps`, `guided_eps`, and per active guidance (in order)
-    `perturbed_eps` and its `scale`; SAG adds `degraded_x` (the input of its second pass).
-    """
-    model_kwargs = model_kwargs or {}
-    items = as_list(guidance)
-    batch = x.shape[0]
-    t_base = torch.as_tensor(diffusion.timestep_map, device=t.device)[t]
-    active = []
+def layer_names(items):
+    """The attention layers the PAG / SAG guidances among `items` name, in order (TypeError for an item
+    that is no guidance)."""
+    names = []
     for item in items:
         if isinstance(item, (PerturbedAttentionGuidance, SelfAttentionGuidance)):
-            scale = item.scale_at(t_base, diffusion.original_num_steps).to(x.device)
-            if bool((scale != 0).any()):
-                active.append((item, scale.reshape(-1, *([1] * (x.ndim - 1)))))
+            names += item.layer_names()
         elif not isinstance(item, ClassifierGuidance):
-            raise TypeError(f"unsupported guidance {item!r}")
-
-    pag = [(g, s) for g, s in active if isinstance(g, PerturbedAttentionGuidance)]
-    sag = [(g, s) for g, s in active if isinstance(g, SelfAttentionGuidance)]
-    variants = [g.resolved_layers(model) for g, _ in pag]
-    extra = {"attention_variants": variants} if variants else {}
-    with _capture_maps(model, [g for g, _ in sag]) as captured:
-        output = diffusion.run_model(model, x, t, **model_kwargs, **extra)
-    eps, var = diffusion.split_output(output[:batch], x)
-
-    record = details if details is not None else {}
-    record.update(eps=eps, perturbed_eps=[], scale=[], degraded_x=[])
-    guided = eps
-    for k, (_, scale) in enumerate(pag):
-        eps_perturbed, _ = diffusion.split_output(output[(k + 1) * batch:(k + 2) * batch], x)
-        guided = guided + scale * (eps - eps_perturbed)
-        record["perturbed_eps"].append(eps_perturbed)
-        record["scale"].append(scale)
-    if sag:
-        first = diffusion.prediction_from_output(eps, var, x, t, clip_denoised, denoised_fn)
-        noise = _as_eps(diffusion, x, t, eps)
-        for (g, scale), attention_map in zip(sag, captured):
-            degraded = g.degrade(first["pred_xstart"], attention_map[:batch])
-            x_degraded = diffusion.q_sample(degraded, t, noise=noise)
-            eps_degraded, _ = diffusion.split_output(diffusion.run_model(model, x_degraded, t, **model_kwargs), x)
-            guided = guided + scale * (eps - eps_degraded)
-            record["perturbed_eps"].append(eps_degraded)
-            record["scale"].append(scale)
-            record["degraded_x"].append(x_degraded)
-    record["guided_eps"] = guided
-    return diffusion.prediction_from_output(guided, var, x, t, clip_denoised, denoised_fn)
+            raise TypeError(f"unsupported guidance {item!r}: use PerturbedAttentionGuidance, SelfAttentionGuidance "
+                            "or ClassifierGuidance")
+    return names
 
 
-def _as_eps(diffusion, x, t, mean_output):
-    from .gaussian_diffusion import ModelMeanType
-
-    if diffusion.model_mean_type == ModelMeanType.EPSILON:
-        return mean_output
-    if diffusion.model_mean_type == ModelMeanType.START_X:
-        return diffusion._predict_eps_from_xstart(x, t, mean_output)
-    raise ValueError("SAG needs an eps- or x0-predicting model")
-
-
-@contextlib.contextmanager
-def _capture_maps(model, sag_items):
-    """Record the attention maps SAG needs during the normal pass; yields a list filled on exit."""
-    captured = []
-    configs = [g.configure_capture(model) for g in sag_items]
-    previous = [(block.capture_heads, block.capture_legacy) for block, _, _ in configs]
-    try:
-        for block, heads, legacy in configs:
-            block.capture_heads, block.capture_legacy, block.captured_map = heads, legacy, None
-        yield captured
-        captured.extend(block.captured_map for block, _, _ in configs)
-    finally:
-        for (block, _, _), (heads, legacy) in zip(configs, previous):
-            block.capture_heads, block.capture_legacy = heads, legacy
-            block.captured_map = None
+def validate(guidance, model):
+    """Check every guidance's layer names against `model` before sampling starts (what binding a
+    `denoiser.GuidedDenoiser` also does)."""
+    select_blocks(model, layer_names(as_list(guidance)))

@@ -22,6 +22,8 @@ class AutocastModel(nn.Module):
     def forward(self, x, timesteps, **kwargs):
         with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
             out = self.module(x, timesteps, **kwargs)
+        if isinstance(out, tuple):  # (output, attention maps) when the call's attention plan captures maps
+            return (out[0].float(), *out[1:])
         return out.float()
 
 

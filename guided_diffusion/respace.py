@@ -1,7 +1,6 @@
 """Sampling with fewer steps than the model was trained with (timestep respacing)."""
 
 import numpy as np
-import torch
 
 from .gaussian_diffusion import GaussianDiffusion
 
@@ -65,10 +64,3 @@ class SpacedDiffusion(GaussianDiffusion):
     @property
     def original_num_steps(self):
         return self._original_num_steps
-
-    def model_timesteps(self, t):
-        """Map step indices to base-process timesteps (then rescale to 0..1000 if asked)."""
-        mapped = torch.as_tensor(self._timestep_map, device=t.device, dtype=t.dtype)[t]
-        if self.rescale_timesteps:
-            return mapped.float() * (1000.0 / self._original_num_steps)
-        return mapped

@@ -1,9 +1,9 @@
 """The ADM U-Net, its super-resolution variant and the noisy-image classifier.
 
 Constructor flags, defaults and `state_dict` names follow the ADM release, so its checkpoints load with
-`strict=True`. The U-Net's forward can also run several *attention variants* of one batch in a single
-call (the normal pass plus perturbed ones); every layer before the first perturbed attention block runs
-once and is shared by all copies.
+`strict=True`. The U-Net's forward can also run several copies of one batch with different attention
+perturbations in a single call (an `attention.AttentionPlan`: the normal pass plus perturbed ones); every
+layer before the first perturbed attention block runs once and is shared by all copies.
 """
 
 from abc import abstractmethod
@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import cpu_allocator
-from .attention import AttentionBlock, AttentionPool2d, attention_blocks, select_blocks
+from .attention import AttentionBlock, AttentionPlan, AttentionPool2d, attention_blocks
 from .fp16_util import convert_module_to_f16, convert_module_to_f32
 from .nn import (avg_pool_nd, checkpoint, conv_nd, interpolate_nearest_2x, linear, normalization, silu,
                  timestep_embedding, zero_module)
@@ -123,6 +123,39 @@ def _heads_kwargs(num_heads, num_head_channels, use_checkpoint, use_new_attentio
                 use_new_attention_order=use_new_attention_order)
 
 
+class _TimestepNetwork(nn.Module):
+    """What the U-Net and the classifier share: their recorded flags, the timestep MLP (with the ResBlock
+    options that go with it, `self.resblock_options`) and the release's fp16 conversion of the torso."""
+
+    def __init__(self, in_channels, model_channels, out_channels, dropout, dims, use_checkpoint, use_fp16,
+                 use_scale_shift_norm):
+        super().__init__()
+        self.in_channels = in_channels
+        self.model_channels = model_channels
+        self.out_channels = out_channels
+        self.use_checkpoint = use_checkpoint
+        self.dtype = torch.float16 if use_fp16 else torch.float32
+        dim = model_channels * 4
+        self.time_embed = nn.Sequential(linear(model_channels, dim), silu(), linear(dim, dim))
+        self.resblock_options = dict(emb_channels=dim, dropout=dropout, dims=dims, use_checkpoint=use_checkpoint,
+                                     use_scale_shift_norm=use_scale_shift_norm)
+
+    def torso(self):
+        """The parts that the release converts to float16."""
+        raise NotImplementedError
+
+    def convert_to_fp16(self):
+        """Convert the torso to float16, as the release does for its `use_fp16` runs."""
+        for part in self.torso():
+            part.apply(convert_module_to_f16)
+        self.dtype = torch.float16
+
+    def convert_to_fp32(self):
+        for part in self.torso():
+            part.apply(convert_module_to_f32)
+        self.dtype = torch.float32
+
+
 def _encoder_half(in_channels, model_channels, channel_mult, num_res_blocks, attention_resolutions,
                   conv_resample, dims, resblock_updown, res, attn):
     """The input blocks and middle block that the U-Net and the classifier share.
@@ -151,7 +184,7 @@ def _encoder_half(in_channels, model_channels, channel_mult, num_res_blocks, att
     return input_blocks, middle_block, block_channels, ds
 
 
-class UNetModel(nn.Module):
+class UNetModel(_TimestepNetwork):
     """The ADM U-Net (Dhariwal & Nichol, 2021) with the release's flags and parameter names."""
 
     def __init__(self, image_size, in_channels, model_channels, out_channels, num_res_blocks,
@@ -159,32 +192,23 @@ class UNetModel(nn.Module):
                  num_classes=None, use_checkpoint=False, use_fp16=False, num_heads=1, num_head_channels=-1,
                  num_heads_upsample=-1, use_scale_shift_norm=False, resblock_updown=False,
                  use_new_attention_order=False):
-        super().__init__()
+        super().__init__(in_channels, model_channels, out_channels, dropout, dims, use_checkpoint, use_fp16,
+                         use_scale_shift_norm)
         if num_heads_upsample == -1:
             num_heads_upsample = num_heads
         self.image_size = image_size
-        self.in_channels = in_channels
-        self.model_channels = model_channels
-        self.out_channels = out_channels
         self.num_res_blocks = num_res_blocks
         self.attention_resolutions = attention_resolutions
         self.dropout = dropout
         self.channel_mult = channel_mult
         self.num_classes = num_classes
-        self.use_checkpoint = use_checkpoint
-        self.dtype = torch.float16 if use_fp16 else torch.float32
         self.num_heads = num_heads
         self.num_head_channels = num_head_channels
         self.num_heads_upsample = num_heads_upsample
-
-        time_embed_dim = model_channels * 4
-        self.time_embed = nn.Sequential(linear(model_channels, time_embed_dim), silu(),
-                                        linear(time_embed_dim, time_embed_dim))
+        res = self.resblock_options
         if num_classes is not None:
-            self.label_emb = nn.Embedding(num_classes, time_embed_dim)
+            self.label_emb = nn.Embedding(num_classes, res["emb_channels"])
 
-        res = dict(emb_channels=time_embed_dim, dropout=dropout, dims=dims, use_checkpoint=use_checkpoint,
-                   use_scale_shift_norm=use_scale_shift_norm)
         down_attn = _heads_kwargs(num_heads, num_head_channels, use_checkpoint, use_new_attention_order)
         up_attn = _heads_kwargs(num_heads_upsample, num_head_channels, use_checkpoint, use_new_attention_order)
 
@@ -210,38 +234,36 @@ class UNetModel(nn.Module):
         self.out = nn.Sequential(normalization(ch), silu(),
                                  zero_module(conv_nd(dims, input_ch, out_channels, 3, padding=1)))
 
-    def convert_to_fp16(self):
-        """Convert the torso to float16, as the release does for its `use_fp16` runs."""
-        for part in (self.input_blocks, self.middle_block, self.output_blocks):
-            part.apply(convert_module_to_f16)
-        self.dtype = torch.float16
-
-    def convert_to_fp32(self):
-        for part in (self.input_blocks, self.middle_block, self.output_blocks):
-            part.apply(convert_module_to_f32)
-        self.dtype = torch.float32
+    def torso(self):
+        return self.input_blocks, self.middle_block, self.output_blocks
 
     def attention_blocks(self):
         """Every attention block by its module path (`input_blocks.14.1`, `middle_block.1`, ...)."""
         return attention_blocks(self)
 
-    def forward(self, x, timesteps, y=None, attention_variants=None):
+    def forward(self, x, timesteps, y=None, attention=None, attention_variants=None):
         """Apply the model to a batch `x` [B, C, H, W] at `timesteps` [B] (class labels `y` [B] if conditional).
 
-        `attention_variants`: optional sequence of collections of attention-block names. With K variants
-        the result holds 1 + K copies of the batch along dim 0: the normal output, then for each variant
-        the output with those blocks' attention map replaced by the identity. Everything before the first
-        perturbed block is computed once for all copies.
+        `attention`: an `AttentionPlan` for this call. With K copies the result holds K copies of the batch
+        along dim 0, copy k with the attention map of `plan.copies[k]` replaced by the identity; everything
+        before the first perturbed block is computed once for all copies. If the plan captures attention
+        maps, the call returns `(output, maps)`, the maps in the plan's order.
+        `attention_variants`: the same by layer names, `[names, ...]`: the normal output, then one copy per
+        entry (resolved on every call; samplers bind a plan once instead).
         """
         cpu_allocator.note_forward(x)  # on the CPU, large activations otherwise cost fresh page faults
         if (y is not None) != (self.num_classes is not None):
             raise ValueError("pass class labels y exactly when the model is class-conditional "
                              f"(num_classes={self.num_classes}, y given: {y is not None})")
+        if attention_variants is not None:
+            if attention is not None:
+                raise ValueError("pass attention or attention_variants, not both")
+            attention = AttentionPlan.from_names(self, [()] + [list(names) for names in attention_variants])
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
         if self.num_classes is not None:
             emb = emb + self.label_emb(y)
         h = x.type(self.dtype)
-        walk = _VariantWalk(self, attention_variants or (), batch=x.shape[0])
+        walk = _PlanWalk(attention or AttentionPlan(), batch=x.shape[0])
 
         skips = []
         for block in self.input_blocks:
@@ -250,27 +272,29 @@ class UNetModel(nn.Module):
         h, emb = walk.run_block(self.middle_block, h, emb)
         for block in self.output_blocks:
             skip = skips.pop()
-            if skip.shape[0] != h.shape[0]:  # saved before the batch was repeated for the variants
+            if skip.shape[0] != h.shape[0]:  # saved before the batch was repeated for the copies
                 skip = walk.expand(skip)
             h = torch.cat([h, skip], dim=1)
             h, emb = walk.run_block(block, h, emb)
-        return self.out(h.type(x.dtype))
+        out = self.out(h.type(x.dtype))
+        return (out, walk.captured_maps()) if walk.captures else out
 
 
-class _VariantWalk:
-    """Runs the U-Net's layers for the normal batch plus attention variants of it.
+class _PlanWalk:
+    """Runs the U-Net's layers for the copies of an attention plan.
 
-    Before the first perturbed block the batch has B rows; at that block it is repeated to (1 + K) * B
-    rows, and each perturbed block sees an identity mask that is True on its variant's rows.
+    Before the first perturbed block the batch has B rows; at that block it is repeated to K * B rows
+    (K copies), and each perturbed block gets identity flags that are True on the rows of the copies
+    that perturb it. Captured maps are kept for this call only and returned by `captured_maps`.
     """
 
-    def __init__(self, model, variants, batch):
-        self.copies = 1 + len(variants)
-        self.masks = {}
-        for index, names in enumerate(variants):
-            for block in select_blocks(model, names):
-                mask = self.masks.setdefault(block, [False] * (self.copies * batch))
-                mask[(index + 1) * batch:(index + 2) * batch] = [True] * batch
+    def __init__(self, plan, batch):
+        self.batch = batch
+        self.copies = len(plan.copies)
+        self.masks = plan.row_masks(batch)
+        self.captures = {block: (heads, legacy) for block, heads, legacy in plan.captures}
+        self.capture_order = [block for block, _, _ in plan.captures]
+        self.maps = {}
         self.expanded = self.copies == 1
 
     def expand(self, t):
@@ -283,12 +307,22 @@ class _VariantWalk:
                 if mask is not None and not self.expanded:
                     h, emb = self.expand(h), self.expand(emb)
                     self.expanded = True
-                h = layer(h, identity_rows=mask)
+                capture = self.captures.get(layer)
+                h = layer(h, identity_rows=mask, capture=capture)
+                if capture is not None:
+                    h, attention_map = h
+                    self.maps[layer] = attention_map[:self.batch]
             elif isinstance(layer, TimestepBlock):
                 h = layer(h, emb)
             else:
                 h = layer(h)
         return h, emb
+
+    def captured_maps(self):
+        missing = [block for block in self.capture_order if block not in self.maps]
+        if missing:
+            raise ValueError("the attention plan captures a block that is not in this model")
+        return tuple(self.maps[block] for block in self.capture_order)
 
 
 class SuperResModel(UNetModel):
@@ -304,7 +338,7 @@ class SuperResModel(UNetModel):
         return super().forward(torch.cat([x, upsampled], dim=1), timesteps, **kwargs)
 
 
-class EncoderUNetModel(nn.Module):
+class EncoderUNetModel(_TimestepNetwork):
     """The half U-Net of the release's noisy-image classifiers, with its four pooling heads."""
 
     def __init__(self, image_size, in_channels, model_channels, out_channels, num_res_blocks,
@@ -312,19 +346,10 @@ class EncoderUNetModel(nn.Module):
                  use_checkpoint=False, use_fp16=False, num_heads=1, num_head_channels=-1,
                  num_heads_upsample=-1, use_scale_shift_norm=False, resblock_updown=False,
                  use_new_attention_order=False, pool="adaptive"):
-        super().__init__()
-        self.in_channels = in_channels
-        self.model_channels = model_channels
-        self.out_channels = out_channels
-        self.use_checkpoint = use_checkpoint
-        self.dtype = torch.float16 if use_fp16 else torch.float32
+        super().__init__(in_channels, model_channels, out_channels, dropout, dims, use_checkpoint, use_fp16,
+                         use_scale_shift_norm)
         self.pool = pool
-
-        time_embed_dim = model_channels * 4
-        self.time_embed = nn.Sequential(linear(model_channels, time_embed_dim), silu(),
-                                        linear(time_embed_dim, time_embed_dim))
-        res = dict(emb_channels=time_embed_dim, dropout=dropout, dims=dims, use_checkpoint=use_checkpoint,
-                   use_scale_shift_norm=use_scale_shift_norm)
+        res = self.resblock_options
         attn = _heads_kwargs(num_heads, num_head_channels, use_checkpoint, use_new_attention_order)
 
         self.input_blocks, self.middle_block, block_channels, ds = _encoder_half(
@@ -349,15 +374,8 @@ class EncoderUNetModel(nn.Module):
         else:
             raise ValueError(f"unknown classifier pool {pool!r}: use adaptive, attention, spatial or spatial_v2")
 
-    def convert_to_fp16(self):
-        self.input_blocks.apply(convert_module_to_f16)
-        self.middle_block.apply(convert_module_to_f16)
-        self.dtype = torch.float16
-
-    def convert_to_fp32(self):
-        self.input_blocks.apply(convert_module_to_f32)
-        self.middle_block.apply(convert_module_to_f32)
-        self.dtype = torch.float32
+    def torso(self):
+        return self.input_blocks, self.middle_block
 
     def forward(self, x, timesteps):
         cpu_allocator.note_forward(x)

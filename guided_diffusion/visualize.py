@@ -8,55 +8,44 @@ colour bar giving the range of each row's |guidance| panel (drawn with PIL; no p
 import json
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, PngImagePlugin
 
-from . import guidance as guidance_lib
-from .gaussian_diffusion import ModelMeanType
+from .denoiser import GuidedDenoiser
 from .image_io import to_uint8
+from .samplers import sample_loop, sampler_for
 
 COLUMNS = ("normal x0", "perturbed x0", "guided x0", "|guidance|")
-
-
-def _x0(diffusion, x, t, mean_output):
-    if diffusion.model_mean_type == ModelMeanType.START_X:
-        return mean_output.clamp(-1, 1)
-    return diffusion._predict_xstart_from_eps(x, t, mean_output).clamp(-1, 1)
 
 
 def guidance_snapshots(diffusion, model, noise, guidance, steps, model_kwargs=None, use_ddim=True, eta=0.0,
                        step_noise_fn=None):
     """Sample from `noise` with `guidance`; at the step indices in `steps` record the four panels.
 
-    Returns (final sample, [{"step", "t", "normal", "perturbed", "guided", "signal"}, ...]) with images in
-    [-1, 1] ([B, 3, H, W]) and the signal as [B, H, W].
+    The panels come from the sampling step's own guided prediction (the loop's callback), so recording
+    changes nothing. Returns (final sample, [{"step", "t", "normal", "perturbed", "guided", "signal"}, ...])
+    with images in [-1, 1] ([B, 3, H, W]) and the signal as [B, H, W].
     """
-    model_kwargs = model_kwargs or {}
-    guidance_lib.validate(guidance, model)
+    denoiser = GuidedDenoiser(diffusion, model, guidance, model_kwargs=model_kwargs)
     wanted = set(int(s) for s in steps)
-    x = noise
     snapshots = []
-    step_fn = diffusion.ddim_sample if use_ddim else diffusion.p_sample
-    extra = {"eta": eta} if use_ddim else {}
-    adds_noise = step_noise_fn is not None and not (use_ddim and eta == 0)
-    with torch.no_grad():
-        for i in reversed(range(diffusion.num_timesteps)):
-            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            details = {} if i in wanted else None  # the step itself records its guided prediction's parts
-            step_noise = step_noise_fn(i) if adds_noise and i > 0 else None
-            out = step_fn(model, x, t, model_kwargs=model_kwargs, guidance=guidance, step_noise=step_noise,
-                          details=details, **extra)
-            if details is not None:
-                perturbed = details["perturbed_eps"][0] if details["perturbed_eps"] else details["eps"]
-                snapshots.append({
-                    "step": i, "t": int(diffusion.timestep_map[i]),
-                    "normal": _x0(diffusion, x, t, details["eps"]),
-                    "perturbed": _x0(diffusion, x, t, perturbed),
-                    "guided": _x0(diffusion, x, t, details["guided_eps"]),
-                    "signal": (details["guided_eps"] - details["eps"]).abs().mean(dim=1),
-                })
-            x = out["sample"]
-    return x, snapshots
+
+    def record(step):
+        if step["i"] not in wanted:
+            return
+        parts, x, t = step["prediction"], step["x"], step["t"]
+        perturbed = parts["perturbed_eps"][0] if parts["perturbed_eps"] else parts["eps"]
+
+        def x0(mean_output):
+            return diffusion.xstart_from_output(x, t, mean_output).clamp(-1, 1)
+
+        snapshots.append({
+            "step": step["i"], "t": int(diffusion.base_timesteps(t)[0]),
+            "normal": x0(parts["eps"]), "perturbed": x0(perturbed), "guided": x0(parts["guided_eps"]),
+            "signal": (parts["guided_eps"] - parts["eps"]).abs().mean(dim=1),
+        })
+
+    final = sample_loop(denoiser, sampler_for(use_ddim, eta), noise, step_noise_fn=step_noise_fn, callback=record)
+    return final, snapshots
 
 
 # The colour bar right of each |guidance| panel: a gap, the bar, and room for its labels (PIL's default font).

@@ -5,6 +5,7 @@ import torch
 
 from golden import build_model_and_diffusion, load_fixture, model_flags
 from guided_diffusion.checkpoints import CheckpointMismatchError, load_checkpoint
+from guided_diffusion.attention import AttentionPlan
 from guided_diffusion.guidance import perturbed_attention
 from guided_diffusion.respace import space_timesteps
 from guided_diffusion.script_util import create_gaussian_diffusion, create_model_and_diffusion
@@ -44,21 +45,32 @@ def test_perturbing_changes_output_and_nothing_else_does(adm32):
         assert torch.equal(model(x, t), plain)
 
 
-def test_per_sample_identity_mask(adm32):
+def test_per_row_identity_flags_are_per_call(adm32):
     fx, model = adm32
-    x, t = fx["inputs"]["x"], fx["inputs"]["t"]
     block = model.attention_blocks()["middle_block.1"]
+    h = torch.randn(2, block.channels, 4, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        plain = model(x, t)
-        with perturbed_attention(model, ["middle_block.1"]):
-            perturbed = model(x, t)
-        block.identity_rows = torch.tensor([False, True])
-        try:
-            mixed = model(x, t)
-        finally:
-            block.identity_rows = None
+        plain, perturbed = block(h), block(h, identity_rows=[True, True])
+        mixed = block(h, identity_rows=torch.tensor([False, True]))
+        assert torch.equal(block(h), plain)  # nothing of the last call stayed on the block
+    assert (perturbed - plain).abs().max() > 1e-3
     torch.testing.assert_close(mixed[0], plain[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(mixed[1], perturbed[1], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="one entry per batch row"):
+        block(h, identity_rows=[True])
+
+
+def test_perturbed_attention_is_the_per_call_plan_and_leaves_no_hook(adm32):
+    fx, model = adm32
+    x, t = fx["inputs"]["x"], fx["inputs"]["t"]
+    plan = AttentionPlan.from_names(model, [["middle_block.1"]])
+    with torch.no_grad():
+        with perturbed_attention(model, ["middle_block.1"]):
+            in_context = model(x, t)
+            with pytest.raises(ValueError, match="own attention plan"):
+                model(x, t, attention=plan)
+        assert torch.equal(model(x, t, attention=plan), in_context)
+    assert not model._forward_pre_hooks
 
 
 def test_output_is_batch_size_invariant_on_cpu(adm32):
@@ -137,15 +149,17 @@ def test_release_fp16_conversion_keeps_weights_and_outputs(adm32):
         assert (model(x, t) - reference).abs().max() < 0.05
 
 
-def test_autocast_precision_runs_guidance_and_stays_close():
-    from guided_diffusion.guidance import PerturbedAttentionGuidance
+@pytest.mark.parametrize("kind", ["pag", "sag"])
+def test_autocast_precision_runs_guidance_and_stays_close(kind):
+    from guided_diffusion.guidance import PerturbedAttentionGuidance, SelfAttentionGuidance
     from guided_diffusion.precision import apply_precision
 
     fx = load_fixture("model_adm32_uncond.pt")
     model, diffusion = build_model_and_diffusion(fx, timestep_respacing="10")
     x, t = fx["inputs"]["x"], torch.tensor([5, 5])
     fast = apply_precision(model, "autocast-bf16")
-    guidance = PerturbedAttentionGuidance(scale=1.0, layers=["middle_block.1"])
+    guidance = (PerturbedAttentionGuidance(scale=1.0, layers=["middle_block.1"]) if kind == "pag"
+                else SelfAttentionGuidance(scale=1.0, layer="output_blocks.2.1"))  # SAG's maps pass the wrapper
     with torch.no_grad():
         reference = diffusion.p_mean_variance(model, x, t, guidance=guidance)["mean"]
         out = diffusion.p_mean_variance(fast, x, t, guidance=guidance)["mean"]
@@ -156,21 +170,26 @@ def test_autocast_precision_runs_guidance_and_stays_close():
         apply_precision(model, "int8")
 
 
-def test_sag_map_is_captured_from_the_normal_rows_even_with_pag_variants():
+def test_sag_map_is_returned_from_the_normal_rows_even_with_pag_copies():
     fx = load_fixture("model_adm32_uncond.pt")
     model, _ = build_model_and_diffusion(fx)
     x, t = fx["inputs"]["x"], fx["inputs"]["t"]
+    capture = [("output_blocks.2.1", 4, True)]
+    with torch.no_grad():
+        plain = model(x, t)
+        out, (attention_map,) = model(x, t, attention=AttentionPlan.from_names(model, [()], capture))
+        assert torch.equal(out, plain)  # capturing changes nothing
+        assert attention_map.shape == (len(x), 64, 64)
+        torch.testing.assert_close(attention_map.sum(-1), torch.ones(len(x), 64))  # softmax rows
+        # Copy 1 perturbs this block, copy 2 does not: the map must still be the normal rows'.
+        both, (again,) = model(x, t, attention=AttentionPlan.from_names(
+            model, [(), ["output_blocks.2.1"], ["middle_block.1"]], capture))
+    assert both.shape[0] == 3 * len(x)
+    torch.testing.assert_close(again, attention_map, atol=1e-6, rtol=0)
     block = model.attention_blocks()["output_blocks.2.1"]
-    block.capture_heads = 4
-    try:
-        with torch.no_grad():
-            model(x, t)
-            plain = block.captured_map.clone()
-            # Variant 1 perturbs this block, variant 2 does not: the map must still be the normal rows'.
-            model(x, t, attention_variants=[["output_blocks.2.1"], ["middle_block.1"]])
-            torch.testing.assert_close(block.captured_map[: len(x)], plain, atol=1e-6, rtol=0)
-    finally:
-        block.capture_heads, block.captured_map = None, None
+    assert not any("capture" in name or "identity" in name for name in vars(block))  # no state on the module
+    with pytest.raises(ValueError, match="first copy"):
+        AttentionPlan.from_names(model, [["output_blocks.2.1"]], capture)
 
 
 def test_super_resolution_model_conditions_on_low_res():

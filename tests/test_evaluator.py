@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluations import metrics
+from evaluations import manifolds, metrics
 from evaluations.evaluator import Evaluator, cache_path_for, main
 from evaluations.npz import NpzImageReader, inspect_npz
 
@@ -124,9 +124,9 @@ def test_fp16_fallback_is_per_reference_block():
     all16 = feats[8:]
     # rows 8..23 against columns 8..23 never see row 0, so those blocks are float16: compare against a
     # direct float16 computation of those rows restricted to the other columns where row 0 is absent
-    d16 = metrics._distances_fp16(
-        metrics._Features(all16, torch.device("cpu")),
-        metrics._Features(all16, torch.device("cpu")),
+    d16 = manifolds._distances_fp16(
+        manifolds._Features(all16, torch.device("cpu")),
+        manifolds._Features(all16, torch.device("cpu")),
         slice(0, 16),
         slice(0, 16),
     ).float()
