@@ -1,10 +1,13 @@
-"""ADM evaluator (Inception Score, FID, sFID, improved precision/recall) for today's numpy/scipy/TF 2.
+"""ADM evaluator (Inception Score, FID, sFID, improved precision/recall, KID) for today's numpy/scipy/TF 2.
 
 * :mod:`evaluations.metrics` - the metrics on activation arrays (no TensorFlow needed);
 * :mod:`evaluations.backends` - the feature-backend interface and registry;
 * :mod:`evaluations.inception` - the ADM reference Inception graph backend (TensorFlow);
 * :mod:`evaluations.evaluator` - :class:`Evaluator` and the ``adm-evaluate`` command line;
 * :mod:`evaluations.npz` - streaming reader for ``.npz`` image batches;
+* :mod:`evaluations.kid` - KID (unbiased MMD^2, cubic kernel, subset average) and its feature scaling;
+* :mod:`evaluations.bootstrap` - bootstrap intervals and seed-paired comparisons of sample batches;
+* :mod:`evaluations.tables` - Markdown tables of values with intervals and of paired differences;
 * :mod:`evaluations.download_inception` - fetches the Inception graph, only when asked.
 """
 
