@@ -3,7 +3,8 @@
 Samples the same seeds unguided, with SAG and with PAG (at several scales and layer sets), writes
 side-by-side PNG grids and a Fig. 3-style guidance picture, scores every setting against the held-out
 digits with the digits feature network (the same metrics code as for ImageNet) and prints a Table-1-style
-table. Everything goes to --output_dir.
+table: every value with its bootstrap 95% interval, and every setting's paired difference from unguided
+sampling on the same seeds (evaluations.bootstrap). Everything goes to --output_dir.
 
     make demo                         # = python -m scripts.demo
 """
@@ -17,6 +18,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
+from evaluations.bootstrap import SampleBootstrap, compare, intervals
 from evaluations.evaluator import Evaluator
 from guided_diffusion.checkpoints import load_checkpoint
 from guided_diffusion.cpu_allocator import reuse_freed_memory
@@ -88,6 +90,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--checkpoint", default=str(CHECKPOINT), help="digits ADM weights (default: the shipped EMA)")
+    parser.add_argument("--intervals", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    parser.add_argument("--seed_sets", type=int, default=5, help="disjoint seed sets for the paired comparisons")
+    parser.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the resampled indices")
     args = parser.parse_args(argv)
 
     reuse_freed_memory()  # the demo runs on the CPU, where this halves the time of large forward passes
@@ -98,9 +103,11 @@ def main(argv=None):
     reference = out / "digits16_heldout.npz"
     write_digits_npz(str(reference), image_size=flags["image_size"], split="heldout")
     evaluator = Evaluator("digits", progress=False, use_cache=False)
+    ref_features = evaluator.batch_features(reference)
+    prepared_reference = evaluator.reference(ref_features)
 
     rows = settings([float(s) for s in args.pag_scales.split(",")], args.sag_scale)
-    grids, names, results, points = [], [], {}, []
+    grids, names, results, points, comparisons, boots = [], [], {}, [], {}, {}
     indices = np.arange(args.num_samples)
     for name, guidance in rows:
         start = time.time()
@@ -111,20 +118,36 @@ def main(argv=None):
         seconds = time.time() - start
         path = out / f"samples_{name.replace(' ', '_').replace(',', '').replace('=', '')}.npz"
         np.savez(path, arr_0=images)
-        metrics = evaluator.evaluate(reference, path)
+        features = evaluator.batch_features(path)
+        metrics = evaluator.compute_metrics(ref_features, features)
+        # Every setting is resampled with the same indices (same seed and count): that pairs the comparisons.
+        boots[name] = SampleBootstrap(prepared_reference, features.acts)
+        metrics["intervals"] = intervals(metrics, boots[name].replicates(args.intervals, args.bootstrap_seed))
         point = {"setting": name}
         results[point_key(point)] = {"status": "ok", "metrics": metrics}
+        if points:
+            baseline = results[point_key(points[0])]["metrics"]
+            comparisons[point_key(point)] = compare(boots[names[0]], boots[name], n_boot=args.intervals,
+                                                    seed=args.bootstrap_seed, num_seed_sets=args.seed_sets,
+                                                    a_metrics=baseline, b_metrics=metrics)
         points.append(point)
         grids.append(images)
         names.append(name)
-        print(f"{name:<32} FID {metrics['fid']:7.2f}  IS {metrics['inception_score']:5.2f}  "
-              f"P {metrics['precision']:.3f}  R {metrics['recall']:.3f}  ({seconds:.1f} s sampling)", flush=True)
+        print(f"{name:<32} FID {metrics['fid']:7.2f}  KID×10³ {1e3 * metrics['kid']:6.2f}  "
+              f"IS {metrics['inception_score']:5.2f}  P {metrics['precision']:.3f}  R {metrics['recall']:.3f}  "
+              f"({seconds:.1f} s sampling)", flush=True)
 
-    spec = {"points": points}
-    table = results_table(spec, results)
+    spec = {"points": points, "seed_sets": args.seed_sets}
+    table = results_table(spec, results, comparisons)
     (out / "table.md").write_text(table)
-    (out / "results.json").write_text(json.dumps({p["setting"]: results[point_key(p)]["metrics"] for p in points},
-                                                 indent=2))
+    summary = {}
+    for p in points:
+        summary[p["setting"]] = dict(results[point_key(p)]["metrics"])
+        if point_key(p) in comparisons:
+            c = comparisons[point_key(p)]
+            summary[p["setting"]][f"vs_{names[0]}"] = {k: c[k] for k in ("difference", "difference_intervals",
+                                                                          "seed_sets")}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
     side_by_side(grids, names, out / "samples_side_by_side.png")
     noise = ImageNoise(args.seed, list(range(8)), (3, flags["image_size"], flags["image_size"]))
     figure_guidance = next(g for name, g in rows if isinstance(g, PerturbedAttentionGuidance))
