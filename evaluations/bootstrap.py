@@ -27,7 +27,8 @@ Per replicate, for speed (the results are those of the metrics code up to float6
 **Paired comparison.**  Two batches made from the same seeds (image i from the same noise in both) are
 resampled with the *same* indices; the interval of ``B - A`` comes from the replicate differences, so the
 seeds' common part cancels.  The batch is also cut into K disjoint seed sets (consecutive image indices);
-each metric is computed on every set for both batches, and the sets each side wins are counted.
+each metric is computed on every set for both batches (KID there as the full unbiased estimate against the
+whole reference, without subsets), and the sets each side wins are counted.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ DIRECTIONS = {
 }
 # Metrics whose replicates are biased by the repeated rows of a resample (see the module docstring).
 RECENTRED = ("fid", "sfid", "kid", "inception_score", "recall")
+# Where each metric's values can lie (KID, an unbiased estimate, can be negative).
+RANGES = {"fid": (0.0, np.inf), "sfid": (0.0, np.inf), "inception_score": (1.0, np.inf),
+          "precision": (0.0, 1.0), "recall": (0.0, 1.0)}
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_LEVEL = 0.95
 DEFAULT_SEED_SETS = 5
@@ -194,7 +198,7 @@ class Reference:
 
 
 # ----------------------------------------------------------------------------------------------------
-# point estimates on any set of rows (per seed set)
+# point estimates with the evaluator's functions
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -331,7 +335,7 @@ class SampleBootstrap:
         for r0 in range(0, self.n, 2048):
             block = kid_module.polynomial_kernel(x[r0 : r0 + 2048], x)
             quad += ((w[:, r0 : r0 + 2048] @ block) * w).sum(dim=1)
-        n = self.n
+        n = w.sum(dim=1)  # rows in each resample (or seed set)
         sample_term = (quad - w @ self._kid_diag) / (n * (n - 1))
         cross = (w @ self._kid_cross) / n
         return (sample_term + self.reference.kid_ref_term() - 2 * cross).cpu().numpy()
@@ -351,7 +355,7 @@ class SampleBootstrap:
             "inception_score": np.array([self._inception_score(row) for row in index]),
         }
         if self.reference.has_acts:
-            out["precision"] = counts @ self._inside / self.n
+            out["precision"] = counts @ self._inside / counts.sum(axis=1)
             if self._pairs is not None:
                 drawn = (counts > 0).T.astype(np.float32)
                 covered = np.asarray(self._pairs @ drawn) > 0
@@ -360,13 +364,24 @@ class SampleBootstrap:
         return out
 
     def seed_set_metrics(self, count: int):
-        """The point metrics of each of ``count`` seed sets (cached: a baseline is compared many times)."""
+        """The metrics of each of ``count`` seed sets, i.e. of that set's images against the whole reference
+        (cached: a baseline is compared many times).  FID, sFID, IS and precision are the evaluator's
+        numbers (up to float64 rounding); recall recomputes the k-NN radii within the set; KID is the full
+        unbiased estimate against the whole reference (what the subset average estimates)."""
         key = ("sets", int(count))
         if key not in self._cache:
-            self._cache[key] = [
-                point_metrics(self.reference, {k: v[rows] for k, v in self.acts.items()})
-                for rows in seed_sets(self.n, count)
-            ]
+            self._prepare()
+            values = []
+            with _few_threads_for_small_matrices(self.reference.device, max(self.acts[k].shape[1] for k in self._fid)):
+                for rows in seed_sets(self.n, count):
+                    one = {name: float(v[0]) for name, v in self._replicate_metrics(rows[None]).items()}
+                    if self.reference.has_acts:
+                        one["precision"], one["recall"] = metrics.precision_recall(
+                            self.reference.acts["pool"], self.acts["pool"][rows], self.reference.k,
+                            device=self.reference.device, ref_radii=self.reference.radii, norms=self.reference.norms,
+                        )
+                    values.append(one)
+            self._cache[key] = values
         return self._cache[key]
 
     def replicates(self, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> Dict[str, np.ndarray]:
@@ -400,12 +415,17 @@ def bootstrap_interval(estimate: float, replicates, level: float = DEFAULT_LEVEL
 
 
 def intervals(estimates: Dict, replicates: Dict, level: float = DEFAULT_LEVEL) -> Dict[str, Optional[list]]:
-    """``{metric: [low, high]}`` for every metric with both an estimate and replicates."""
-    return {
-        name: bootstrap_interval(estimates.get(name), replicates[name], level, name in RECENTRED)
-        for name in DIRECTIONS
-        if name in replicates and estimates.get(name) is not None
-    }
+    """``{metric: [low, high]}`` for every metric with both an estimate and replicates (a re-centred bound
+    that leaves the metric's range, e.g. recall above 1, is clipped to it)."""
+    out = {}
+    for name in DIRECTIONS:
+        if name in replicates and estimates.get(name) is not None:
+            interval = bootstrap_interval(estimates[name], replicates[name], level, name in RECENTRED)
+            if interval is not None:
+                low, high = RANGES.get(name, (-np.inf, np.inf))
+                interval = [float(np.clip(v, low, high)) for v in interval]
+            out[name] = interval
+    return out
 
 
 def bootstrap_description(n_boot: int, seed: int, level: float = DEFAULT_LEVEL) -> Dict:

@@ -59,6 +59,51 @@ def load_demo_model(respacing, checkpoint=CHECKPOINT):
     return model.eval(), diffusion, flags
 
 
+class Scorer:
+    """Scores each setting against the held-out digits with bootstrap intervals, and compares every setting
+    after the first with the first on the same seeds (all are resampled with the same indices)."""
+
+    def __init__(self, reference_path, n_boot, bootstrap_seed=0, seed_sets=5):
+        self.evaluator = Evaluator("digits", progress=False, use_cache=False)
+        self.ref_features = self.evaluator.batch_features(reference_path)
+        self.reference = self.evaluator.reference(self.ref_features)
+        self.n_boot, self.seed, self.seed_sets = n_boot, bootstrap_seed, seed_sets
+        self.names, self.boots, self.results, self.comparisons = [], {}, {}, {}
+
+    def add(self, name, path):
+        """The metrics (with ``"intervals"``) of the batch at ``path``; compares it with the first batch."""
+        features = self.evaluator.batch_features(path)
+        metrics = self.evaluator.compute_metrics(self.ref_features, features)
+        self.boots[name] = SampleBootstrap(self.reference, features.acts)
+        metrics["intervals"] = intervals(metrics, self.boots[name].replicates(self.n_boot, self.seed))
+        self.results[point_key({"setting": name})] = {"status": "ok", "metrics": metrics}
+        if self.names:
+            first = self.names[0]
+            self.comparisons[point_key({"setting": name})] = compare(
+                self.boots[first], self.boots[name], n_boot=self.n_boot, seed=self.seed,
+                num_seed_sets=self.seed_sets, a_metrics=self.metrics(first), b_metrics=metrics)
+        self.names.append(name)
+        return metrics
+
+    def metrics(self, name):
+        return self.results[point_key({"setting": name})]["metrics"]
+
+    def table(self):
+        spec = {"points": [{"setting": name} for name in self.names], "seed_sets": self.seed_sets}
+        return results_table(spec, self.results, self.comparisons)
+
+    def summary(self):
+        """{setting: metrics, intervals and (after the first) the paired comparison with the first}."""
+        out = {}
+        for name in self.names:
+            out[name] = dict(self.metrics(name))
+            comparison = self.comparisons.get(point_key({"setting": name}))
+            if comparison is not None:
+                out[name][f"vs_{self.names[0]}"] = {k: comparison[k] for k in ("difference", "difference_intervals",
+                                                                                  "seed_sets")}
+        return out
+
+
 def side_by_side(grids, names, path, ncols=8, rows=4, scale=3, per_line=4):
     """One PNG of labelled grids (the first ncols * rows images of every setting), `per_line` settings a line."""
     tiles = []
@@ -102,12 +147,10 @@ def main(argv=None):
     use_ddim = args.timestep_respacing.startswith("ddim")
     reference = out / "digits16_heldout.npz"
     write_digits_npz(str(reference), image_size=flags["image_size"], split="heldout")
-    evaluator = Evaluator("digits", progress=False, use_cache=False)
-    ref_features = evaluator.batch_features(reference)
-    prepared_reference = evaluator.reference(ref_features)
+    scorer = Scorer(reference, args.intervals, args.bootstrap_seed, args.seed_sets)
 
     rows = settings([float(s) for s in args.pag_scales.split(",")], args.sag_scale)
-    grids, names, results, points, comparisons, boots = [], [], {}, [], {}, {}
+    grids, names = [], []
     indices = np.arange(args.num_samples)
     for name, guidance in rows:
         start = time.time()
@@ -118,36 +161,16 @@ def main(argv=None):
         seconds = time.time() - start
         path = out / f"samples_{name.replace(' ', '_').replace(',', '').replace('=', '')}.npz"
         np.savez(path, arr_0=images)
-        features = evaluator.batch_features(path)
-        metrics = evaluator.compute_metrics(ref_features, features)
-        # Every setting is resampled with the same indices (same seed and count): that pairs the comparisons.
-        boots[name] = SampleBootstrap(prepared_reference, features.acts)
-        metrics["intervals"] = intervals(metrics, boots[name].replicates(args.intervals, args.bootstrap_seed))
-        point = {"setting": name}
-        results[point_key(point)] = {"status": "ok", "metrics": metrics}
-        if points:
-            baseline = results[point_key(points[0])]["metrics"]
-            comparisons[point_key(point)] = compare(boots[names[0]], boots[name], n_boot=args.intervals,
-                                                    seed=args.bootstrap_seed, num_seed_sets=args.seed_sets,
-                                                    a_metrics=baseline, b_metrics=metrics)
-        points.append(point)
+        metrics = scorer.add(name, path)
         grids.append(images)
         names.append(name)
         print(f"{name:<32} FID {metrics['fid']:7.2f}  KID×10³ {1e3 * metrics['kid']:6.2f}  "
               f"IS {metrics['inception_score']:5.2f}  P {metrics['precision']:.3f}  R {metrics['recall']:.3f}  "
               f"({seconds:.1f} s sampling)", flush=True)
 
-    spec = {"points": points, "seed_sets": args.seed_sets}
-    table = results_table(spec, results, comparisons)
+    table = scorer.table()
     (out / "table.md").write_text(table)
-    summary = {}
-    for p in points:
-        summary[p["setting"]] = dict(results[point_key(p)]["metrics"])
-        if point_key(p) in comparisons:
-            c = comparisons[point_key(p)]
-            summary[p["setting"]][f"vs_{names[0]}"] = {k: c[k] for k in ("difference", "difference_intervals",
-                                                                          "seed_sets")}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    (out / "results.json").write_text(json.dumps(scorer.summary(), indent=2))
     side_by_side(grids, names, out / "samples_side_by_side.png")
     noise = ImageNoise(args.seed, list(range(8)), (3, flags["image_size"], flags["image_size"]))
     figure_guidance = next(g for name, g in rows if isinstance(g, PerturbedAttentionGuidance))

@@ -59,6 +59,21 @@ def test_replicates_equal_the_metrics_of_the_resampled_batch(setting):
         assert got[name][0] == pytest.approx(point[name], rel=1e-6), name
 
 
+def test_seed_set_metrics_are_the_metrics_of_each_set(setting):
+    rng, ref = setting
+    acts = _acts(rng, 45, shift=0.1)
+    per_set = B.SampleBootstrap(ref, acts).seed_set_metrics(3)
+    assert len(per_set) == 3
+    for rows, got in zip(B.seed_sets(45, 3), per_set):
+        sub = {k: v[rows] for k, v in acts.items()}
+        want = B.point_metrics(ref, sub)
+        for name in ("fid", "sfid", "inception_score"):
+            assert got[name] == pytest.approx(want[name], rel=1e-6), name
+        assert (got["precision"], got["recall"]) == (want["precision"], want["recall"])
+        scaled = [np.asarray(a, np.float64) / ref.kid_scale for a in (sub["pool"], ref.acts["pool"])]
+        assert got["kid"] == pytest.approx(K.mmd2_unbiased(*scaled), rel=1e-9)
+
+
 def test_manifold_coverage_gives_the_recall_of_any_subset():
     rng = np.random.default_rng(5)
     ref, smp = rng.normal(size=(70, 5)).astype(np.float32), rng.normal(size=(60, 5)).astype(np.float32)
