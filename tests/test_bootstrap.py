@@ -227,3 +227,12 @@ def test_evaluator_cli_intervals_and_compare(tmp_path, capsys):
     np.savez(tmp_path / "short.npz", _Encoded.encode(2, 30))
     assert main([str(paths[0]), str(paths[1]), "--compare", str(tmp_path / "short.npz")] + common) == 2
     assert "same seeds" in capsys.readouterr().err
+
+
+def test_value_intervals_stay_in_the_metric_range():
+    # recall's replicates sit below the estimate (fewer distinct balls); re-centring can push the top past 1
+    reps = {"recall": np.linspace(0.80, 0.96, 101), "precision": np.linspace(0.5, 0.7, 101)}
+    got = B.intervals({"recall": 0.97, "precision": 0.6}, reps)
+    shift = 0.97 - reps["recall"].mean()
+    assert got["recall"] == pytest.approx([np.quantile(reps["recall"], 0.025) + shift, 1.0])
+    assert got["precision"] == pytest.approx([0.505, 0.695])
