@@ -76,7 +76,9 @@ __all__ = [
     "point_metrics",
     "compare",
     "seed_sets",
+    "check_seed_sets",
     "check_paired_batches",
+    "resolve_device",
 ]
 
 
@@ -86,7 +88,8 @@ def _torch():
     return torch
 
 
-def _device(device):
+def resolve_device(device):
+    """A torch device: the given one, else CUDA when available, else the CPU."""
     torch = _torch()
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -150,7 +153,7 @@ class Reference:
                 if acts is None:
                     raise ValueError(f"the reference has neither {kind} statistics nor activations")
                 self.stats[kind] = metrics.statistics(acts[kind])
-        self.k, self.device, self.norms = k, _device(device), norms
+        self.k, self.device, self.norms = k, resolve_device(device), norms
         self.kid_options = dict(subsets=kid_subsets, subset_size=kid_subset_size, seed=kid_seed)
         self.kid_normalisation = kid_normalisation
         self.kid_scale = None if acts is None else kid_module.feature_scale(acts["pool"], kid_normalisation)
@@ -452,6 +455,16 @@ def seed_sets(n: int, count: int):
     return np.array_split(np.arange(n), count)
 
 
+def check_seed_sets(n: int, count: int, need: int, k: int = 3) -> None:
+    """Raise ``ValueError`` unless ``count`` seed sets of ``n`` images each hold ``need`` images."""
+    smallest = min(len(s) for s in seed_sets(n, count))
+    if smallest < need:
+        raise ValueError(
+            f"{n} images cut into {count} seed sets leaves sets of {smallest}, but each needs at least {need} "
+            f"(precision/recall with k={k}); use fewer seed sets"
+        )
+
+
 def _better(name: str, difference: float) -> int:
     """+1 when a difference ``B - A`` favours B, -1 when it favours A, 0 for a tie."""
     if difference == 0:
@@ -483,13 +496,7 @@ def compare(
             "indices) in both; sample both with the same --num_samples and --seed"
         )
     reference = a.reference
-    need = max(reference.k + 1, 2) if reference.has_acts else 2
-    sets = seed_sets(a.n, num_seed_sets)
-    if min(len(s) for s in sets) < need:
-        raise ValueError(
-            f"{a.n} images cut into {num_seed_sets} seed sets leaves sets of {min(len(s) for s in sets)}, but "
-            f"each needs at least {need} (precision/recall with k={reference.k}); use fewer seed sets"
-        )
+    check_seed_sets(a.n, num_seed_sets, max(reference.k + 1, 2) if reference.has_acts else 2, reference.k)
     est_a = a_metrics if a_metrics is not None else point_metrics(reference, a.acts)
     est_b = b_metrics if b_metrics is not None else point_metrics(reference, b.acts)
     rep_a, rep_b = a.replicates(n_boot, seed), b.replicates(n_boot, seed)
@@ -516,7 +523,7 @@ def compare(
         },
         "seed_sets": {
             "count": num_seed_sets,
-            "sizes": [len(s) for s in sets],
+            "sizes": [len(s) for s in seed_sets(a.n, num_seed_sets)],
             "split": "consecutive image indices",
             "difference": per_set,
             "wins": wins,

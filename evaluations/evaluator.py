@@ -364,7 +364,7 @@ class Evaluator:
             return None
         return kid_module.kid(
             ref.acts["pool"], sample.acts["pool"], normalisation=self.kid_normalisation,
-            device=bootstrap._device(self.device), **self.kid_options,
+            device=bootstrap.resolve_device(self.device), **self.kid_options,
         )[0]
 
     # -- intervals and paired comparisons (evaluations.bootstrap) --------------------------------
@@ -401,7 +401,8 @@ class Evaluator:
         num_seed_sets: int = bootstrap.DEFAULT_SEED_SETS, level: float = bootstrap.DEFAULT_LEVEL,
     ) -> Dict:
         """Batch B against batch A, both made from the same seeds: see :func:`evaluations.bootstrap.compare`."""
-        bootstrap.check_paired_batches(a_path, b_path)
+        count = bootstrap.check_paired_batches(a_path, b_path)
+        bootstrap.check_seed_sets(count, num_seed_sets, max(self.k + 1, 2), self.k)  # before any features
         ref, (a, b) = self.load(ref_path, a_path, b_path)
         reference = self.reference(ref)
         return bootstrap.compare(
