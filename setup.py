@@ -39,6 +39,7 @@ setup(
         "pag-train-digits-features=scripts.train_digits_features:main",
         "pag-inverse-sample=scripts.inverse_sample:main",
         "pag-demo=scripts.demo:main",
+        "pag-layer-probe=scripts.layer_probe:main",
         "adm-evaluate=evaluations.evaluator:main",
         "adm-download-inception=evaluations.download_inception:main",
     ]},

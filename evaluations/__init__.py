@@ -1,4 +1,4 @@
-"""ADM evaluator (Inception Score, FID, sFID, improved precision/recall) for today's numpy/scipy/TF 2.
+"""ADM evaluator (Inception Score, FID, sFID, improved precision/recall, KID) for today's numpy/scipy/TF 2.
 
 * :mod:`evaluations.metrics` - the metrics on activation arrays (no TensorFlow needed): FID, sFID and IS
   here, precision/recall from :mod:`evaluations.manifolds` (float16 norms: :mod:`evaluations.fp16_norms`);
@@ -8,6 +8,9 @@
 * :mod:`evaluations.evaluator` - :class:`Evaluator` and the ``adm-evaluate`` command line;
 * :mod:`evaluations.npz` - streaming reader for ``.npz`` image batches;
 * :mod:`evaluations.resolution` - refuses a sample resolution other than the reference's (or resizes);
+* :mod:`evaluations.kid` - KID (unbiased MMD^2, cubic kernel, subset average) and its feature scaling;
+* :mod:`evaluations.bootstrap` - bootstrap intervals and seed-paired comparisons of sample batches;
+* :mod:`evaluations.tables` - Markdown tables of values with intervals and of paired differences;
 * :mod:`evaluations.download_inception` - fetches the Inception graph, only when asked.
 """
 

@@ -1,8 +1,13 @@
-"""ADM sample-quality evaluator: Inception Score, FID, sFID, precision and recall of an image batch.
+"""ADM sample-quality evaluator: Inception Score, FID, sFID, precision, recall and KID of an image batch.
 
     python -m evaluations.evaluator REF.npz SAMPLE.npz [--json OUT] [--batch_size N] [--backend NAME]
                                     [--inception_graph PATH] [--no_cache] [--download] [--device DEV]
                                     [--resize]
+                                    [--intervals N_BOOT] [--compare OTHER.npz [--seed_sets K]]
+
+``--intervals`` adds bootstrap 95% intervals (the sample batch resampled, the reference held fixed);
+``--compare OTHER.npz`` compares two batches made from the same seeds: OTHER - SAMPLE per metric with a
+paired interval and per-seed-set differences (see :mod:`evaluations.bootstrap`).
 
 A reimplementation of OpenAI's ``guided-diffusion/evaluations/evaluator.py`` that gives the same
 numbers on current numpy / scipy / TensorFlow 2: images are streamed from the ``.npz`` files in
@@ -29,7 +34,8 @@ import numpy as np
 
 from guided_diffusion.sample_store import atomic_write
 
-from . import metrics
+from . import bootstrap, metrics
+from . import kid as kid_module
 from .backends import FEATURE_KEYS, backend_fingerprint, check_features, create_backend
 from .npz import (
     IMAGES_KEY,
@@ -43,7 +49,7 @@ from .resolution import resize_images, sample_resize_target
 
 CACHE_FORMAT = 1
 DEFAULT_BATCH_SIZE = 64
-METRIC_KEYS = ("inception_score", "fid", "sfid", "precision", "recall")
+METRIC_KEYS = ("inception_score", "fid", "sfid", "precision", "recall", "kid")
 
 __all__ = ["BatchFeatures", "Evaluator", "cache_path_for", "main", "METRIC_KEYS"]
 
@@ -147,6 +153,10 @@ class Evaluator:
         :data:`evaluations.metrics.NORM_MODES`; ``"tf_cpu"`` reproduces the reference on CPU).
     :param resize: resize samples whose resolution differs from the reference images' to theirs
         (bicubic); without it such a pair is refused.
+    :param kid_normalisation: feature scaling for KID (see :mod:`evaluations.kid`): ``"auto"`` (the
+        published kernel for the Inception backend, reference RMS scaling for every other backend),
+        ``"none"`` or ``"reference_rms"``.
+    :param kid_subsets, kid_subset_size, kid_seed: KID's subset average (torch-fidelity's defaults).
     """
 
     def __init__(
@@ -161,6 +171,10 @@ class Evaluator:
         progress: bool = True,
         norms: str = "tf_cpu",
         resize: bool = False,
+        kid_normalisation: str = "auto",
+        kid_subsets: int = kid_module.DEFAULT_SUBSETS,
+        kid_subset_size: int = kid_module.DEFAULT_SUBSET_SIZE,
+        kid_seed: int = kid_module.DEFAULT_SEED,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive; got {batch_size}")
@@ -182,12 +196,25 @@ class Evaluator:
         self.progress = progress
         self.norms = norms
         self.resize = resize
+        if kid_normalisation != "auto" and kid_normalisation not in kid_module.NORMALISATIONS:
+            raise ValueError(
+                f"kid_normalisation must be 'auto' or one of {kid_module.NORMALISATIONS}; got {kid_normalisation!r}"
+            )
+        self._kid_normalisation = kid_normalisation
+        self.kid_options = dict(subsets=kid_subsets, subset_size=kid_subset_size, seed=kid_seed)
 
     # -- backend --------------------------------------------------------------------------------
 
     @property
     def backend_name(self) -> str:
         return self._backend_name
+
+    @property
+    def kid_normalisation(self) -> str:
+        """The KID feature scaling in use (``"auto"`` resolved for this backend)."""
+        if self._kid_normalisation == "auto":
+            return kid_module.default_normalisation(self._backend_name)
+        return self._kid_normalisation
 
     @property
     def backend(self):
@@ -345,7 +372,62 @@ class Evaluator:
             results["precision"], results["recall"] = metrics.precision_recall(
                 ref.acts["pool"], sample.acts["pool"], self.k, device=self.device, norms=self.norms
             )
+        results["kid"] = self._kid(ref, sample)
         return results
+
+    def _kid(self, ref: BatchFeatures, sample: BatchFeatures) -> Optional[float]:
+        """KID against the reference images (``None`` for a statistics-only reference, like precision)."""
+        if ref.acts is None:
+            return None
+        return kid_module.kid(
+            ref.acts["pool"], sample.acts["pool"], normalisation=self.kid_normalisation,
+            device=bootstrap.resolve_device(self.device), **self.kid_options,
+        )[0]
+
+    # -- intervals and paired comparisons (evaluations.bootstrap) --------------------------------
+
+    def load(self, ref_path, *sample_paths):
+        """Checked features of the reference and of each sample batch: ``(ref, [samples])``."""
+        ref_info = inspect_npz(ref_path)
+        infos = [inspect_npz(p) for p in sample_paths]
+        for info in infos:
+            self._check_inputs(ref_info, info)
+        return self._load_batch(ref_info), [self._load_batch(info) for info in infos]
+
+    def reference(self, ref: BatchFeatures) -> "bootstrap.Reference":
+        """The reference prepared for bootstrap replicates, with this evaluator's settings."""
+        return bootstrap.Reference(
+            ref.acts, ref.stats, k=self.k, device=self.device, norms=self.norms,
+            kid_normalisation=self.kid_normalisation, kid_subsets=self.kid_options["subsets"],
+            kid_subset_size=self.kid_options["subset_size"], kid_seed=self.kid_options["seed"],
+        )
+
+    def evaluate_with_intervals(
+        self, ref_path, sample_path, n_boot: int = bootstrap.DEFAULT_BOOTSTRAP, seed: int = 0,
+        level: float = bootstrap.DEFAULT_LEVEL,
+    ) -> Dict:
+        """:meth:`evaluate`'s metrics plus ``"intervals"`` (bootstrap over the sample batch, reference fixed)."""
+        ref, (sample,) = self.load(ref_path, sample_path)
+        results = self.compute_metrics(ref, sample, ref_name=str(ref_path))
+        replicates = bootstrap.SampleBootstrap(self.reference(ref), sample.acts).replicates(n_boot, seed)
+        results["intervals"] = bootstrap.intervals(results, replicates, level)
+        return results
+
+    def compare(
+        self, ref_path, a_path, b_path, n_boot: int = bootstrap.DEFAULT_BOOTSTRAP, seed: int = 0,
+        num_seed_sets: int = bootstrap.DEFAULT_SEED_SETS, level: float = bootstrap.DEFAULT_LEVEL,
+    ) -> Dict:
+        """Batch B against batch A, both made from the same seeds: see :func:`evaluations.bootstrap.compare`."""
+        count = bootstrap.check_paired_batches(a_path, b_path)
+        bootstrap.check_seed_sets(count, num_seed_sets, max(self.k + 1, 2), self.k)  # before any features
+        ref, (a, b) = self.load(ref_path, a_path, b_path)
+        reference = self.reference(ref)
+        return bootstrap.compare(
+            bootstrap.SampleBootstrap(reference, a.acts), bootstrap.SampleBootstrap(reference, b.acts),
+            n_boot=n_boot, seed=seed, num_seed_sets=num_seed_sets, level=level,
+            a_metrics=self.compute_metrics(ref, a, ref_name=str(ref_path)),
+            b_metrics=self.compute_metrics(ref, b, ref_name=str(ref_path)),
+        )
 
 
 def _check_stored_statistics(info: NpzInfo) -> None:
@@ -392,6 +474,27 @@ def _parser() -> argparse.ArgumentParser:
         help="resize samples whose resolution differs from the reference images' to theirs (bicubic); "
         "without it such a pair is refused",
     )
+    stats = p.add_argument_group("intervals and paired comparison (evaluations.bootstrap)")
+    stats.add_argument(
+        "--intervals", type=int, default=None, metavar="N_BOOT",
+        help="bootstrap 95%% intervals from N_BOOT resamples of the sample batch, reference held fixed "
+        f"(default: off; {bootstrap.DEFAULT_BOOTSTRAP} with --compare). Costly at 50K without a GPU",
+    )
+    stats.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the resampled indices")
+    stats.add_argument(
+        "--compare", metavar="OTHER", default=None,
+        help="a second batch from the same seeds: report OTHER - SAMPLE with paired intervals",
+    )
+    stats.add_argument(
+        "--seed_sets", type=int, default=bootstrap.DEFAULT_SEED_SETS,
+        help="with --compare: disjoint sets of consecutive image indices to compare on (default 5)",
+    )
+    stats.add_argument(
+        "--kid_normalisation", default="auto", choices=("auto",) + kid_module.NORMALISATIONS,
+        help="KID feature scaling: auto = none for inception, reference_rms for other backends",
+    )
+    stats.add_argument("--kid_subsets", type=int, default=kid_module.DEFAULT_SUBSETS)
+    stats.add_argument("--kid_subset_size", type=int, default=kid_module.DEFAULT_SUBSET_SIZE)
     return p
 
 
@@ -407,6 +510,45 @@ def _check_finite_results(results: Dict[str, Optional[float]]) -> None:
             f"the evaluation gave non-finite {', '.join(bad)} ({', '.join(f'{n}={results[n]}' for n in bad)}); "
             "check the batches for broken images or features"
         )
+
+
+def _check_statistics_args(args) -> None:
+    if args.intervals is not None and args.intervals < 2:
+        raise ValueError(f"--intervals needs at least 2 resamples (1000 is usual); got {args.intervals}")
+    if args.seed_sets < 1:
+        raise ValueError(f"--seed_sets must be at least 1; got {args.seed_sets}")
+    if args.kid_subsets < 1 or args.kid_subset_size < 2:
+        raise ValueError("--kid_subsets must be >= 1 and --kid_subset_size >= 2")
+
+
+def _make_evaluator(args) -> "Evaluator":
+    if args.download and args.backend == "inception":
+        from .download_inception import download_inception_graph
+
+        args.inception_graph = str(download_inception_graph(args.inception_graph))
+    return Evaluator(
+        args.backend,
+        batch_size=args.batch_size,
+        use_cache=not args.no_cache,
+        device=args.device,
+        inception_graph=args.inception_graph,
+        progress=not args.quiet,
+        kid_normalisation=args.kid_normalisation,
+        kid_subsets=args.kid_subsets,
+        kid_subset_size=args.kid_subset_size,
+    )
+
+
+def _kid_json(evaluator: "Evaluator", ref_images: bool) -> Dict:
+    return {"normalisation": evaluator.kid_normalisation, **evaluator.kid_options,
+            "available": ref_images}
+
+
+def _write_json(path, payload) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
 
 
 def _fmt(value) -> str:
@@ -430,8 +572,23 @@ def main(argv=None) -> int:
             progress=not args.quiet,
             resize=args.resize,
         )
+        _check_statistics_args(args)
+        if args.compare:
+            bootstrap.check_paired_batches(args.sample_batch, args.compare)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"adm-evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    if args.compare:
+        return _main_compare(args)
+    try:
+        evaluator = _make_evaluator(args)
         try:
-            results = evaluator.evaluate(args.ref_batch, args.sample_batch)
+            if args.intervals:
+                results = evaluator.evaluate_with_intervals(
+                    args.ref_batch, args.sample_batch, args.intervals, args.bootstrap_seed
+                )
+            else:
+                results = evaluator.evaluate(args.ref_batch, args.sample_batch)
         finally:
             evaluator.close()
         _check_finite_results(results)
@@ -444,17 +601,58 @@ def main(argv=None) -> int:
     print("sFID:", _fmt(results["sfid"]))
     print("Precision:", _fmt(results["precision"]))
     print("Recall:", _fmt(results["recall"]))
+    print("KID:", _fmt(results["kid"]))
+    if args.intervals:
+        from .tables import values_table
+
+        print(f"\n95% bootstrap intervals ({args.intervals} resamples of the sample batch, reference held "
+              f"fixed, seed {args.bootstrap_seed}):\n")
+        print(values_table(["batch"], [([Path(args.sample_batch).name], results, "")]))
     if args.json:
         payload = {
             "ref_batch": str(args.ref_batch),
             "sample_batch": str(args.sample_batch),
             "backend": args.backend,
             **results,
+            "kid_options": _kid_json(evaluator, results["kid"] is not None),
         }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
+        if args.intervals:
+            payload["bootstrap"] = bootstrap.bootstrap_description(args.intervals, args.bootstrap_seed)
+        _write_json(args.json, payload)
+    return 0
+
+
+def _main_compare(args) -> int:
+    from .tables import comparison_table
+
+    n_boot = args.intervals or bootstrap.DEFAULT_BOOTSTRAP
+    try:
+        evaluator = _make_evaluator(args)
+        try:
+            result = evaluator.compare(
+                args.ref_batch, args.sample_batch, args.compare, n_boot, args.bootstrap_seed, args.seed_sets
+            )
+        finally:
+            evaluator.close()
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"adm-evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    name_a, name_b = Path(args.sample_batch).name, Path(args.compare).name
+    print(f"A = {args.sample_batch}\nB = {args.compare}\n")
+    print(comparison_table(result, "A", "B"))
+    print(f"[...]: 95% bootstrap intervals ({n_boot} resamples, seed {args.bootstrap_seed}, reference held "
+          "fixed; B - A paired: the same resampled indices in both). Bold: the interval excludes 0. "
+          f"Seed sets: {args.seed_sets} disjoint sets of consecutive image indices.")
+    if args.json:
+        _write_json(args.json, {
+            "ref_batch": str(args.ref_batch),
+            "batch_a": str(args.sample_batch),
+            "batch_b": str(args.compare),
+            "names": {"a": name_a, "b": name_b},
+            "backend": args.backend,
+            **result,
+            "kid_options": _kid_json(evaluator, result["a"]["kid"] is not None),
+        })
     return 0
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from .fp16_norms import _ceil_div, _torch, fp16_squared_norms
 
-__all__ = ["manifold_radii", "manifold_membership", "precision_recall"]
+__all__ = ["manifold_radii", "manifold_membership", "manifold_coverage", "precision_recall"]
 
 # The reference decides between float16 and float32 per block of this many rows x columns.
 REFERENCE_BLOCK = 10000
@@ -402,3 +402,68 @@ def precision_recall(
     precision = float(np.count_nonzero(smp_in)) / len(smp_in)
     recall = float(np.count_nonzero(ref_in)) / len(ref_in)
     return precision, recall
+
+
+def manifold_coverage(
+    ref_feats,
+    ref_radii,
+    sample_feats,
+    sample_radii,
+    *,
+    device=None,
+    row_batch_size: int = REFERENCE_BLOCK,
+    col_batch_size: int = REFERENCE_BLOCK,
+    max_block_elements: Optional[int] = None,
+    norms: str = "tf_cpu",
+    max_pairs: int = 1 << 27,
+) -> Tuple[np.ndarray, Optional[Tuple[np.ndarray, np.ndarray]]]:
+    """Which samples fall inside the reference manifold, and which sample balls hold each reference point.
+
+    Returns ``(sample_in_ref_manifold [N_sample], (ref_index, sample_index))``: the pairs with the reference
+    point inside the sample's ball, as int64 arrays (``None`` when there would be more than ``max_pairs``).
+    The distances and comparisons are those of :func:`manifold_membership`, so the reference rows that appear
+    in some pair are exactly its ``ref_in_sample_manifold``.  The pairs give the recall of any subset (or
+    resample) of the samples with their radii kept, without computing a distance again.
+    """
+    torch = _torch()
+    device = _resolve_device(device)
+    u, v = _Features(ref_feats, device, norms), _Features(sample_feats, device, norms)
+    if u.x.shape[1] != v.x.shape[1]:
+        raise ValueError(
+            f"reference and sample features differ in dimension: {u.x.shape[1]} vs {v.x.shape[1]}"
+        )
+    r_ref = torch.as_tensor(np.asarray(ref_radii, dtype=np.float32).reshape(-1), device=device)
+    r_smp = torch.as_tensor(np.asarray(sample_radii, dtype=np.float32).reshape(-1), device=device)
+    if r_ref.shape[0] != len(u) or r_smp.shape[0] != len(v):
+        raise ValueError("radii must have one entry per feature row")
+    max_elements = max_block_elements or _default_max_elements(device)
+    smp_in = torch.zeros(len(v), dtype=torch.bool, device=device)
+    ref_idx, smp_idx, count = [], [], 0
+    with torch.no_grad(), _ieee_fp32_matmul():
+        for r0 in range(0, len(u), row_batch_size):
+            rows = slice(r0, min(r0 + row_batch_size, len(u)))
+            for c0 in range(0, len(v), col_batch_size):
+                cols = slice(c0, min(c0 + col_batch_size, len(v)))
+                chunk = _row_chunk(cols.stop - cols.start, max_elements)
+
+                def pairs(d, sub, cols=cols):
+                    hits = torch.nonzero(d <= r_smp[None, cols])
+                    return hits, (d <= r_ref[sub, None]).any(dim=0)
+
+                for sub, (hits, smp_hit) in _reduce_block(u, v, rows, cols, pairs, chunk):
+                    smp_in[cols] |= smp_hit
+                    if ref_idx is None:
+                        continue
+                    count += hits.shape[0]
+                    if count > max_pairs:
+                        ref_idx = smp_idx = None
+                        continue
+                    ref_idx.append((hits[:, 0] + sub.start).cpu().numpy())
+                    smp_idx.append((hits[:, 1] + cols.start).cpu().numpy())
+    if ref_idx is None:
+        return smp_in.cpu().numpy(), None
+    empty = np.zeros(0, np.int64)
+    return smp_in.cpu().numpy(), (
+        np.concatenate(ref_idx) if ref_idx else empty,
+        np.concatenate(smp_idx) if smp_idx else empty,
+    )

@@ -26,7 +26,7 @@ import scipy.linalg
 # Precision / recall and their float16 norms live in their own modules; re-exported here so that
 # `metrics` stays the one place to import every metric from.
 from .fp16_norms import NORM_MODES, fp16_squared_norms
-from .manifolds import manifold_membership, manifold_radii, precision_recall
+from .manifolds import manifold_coverage, manifold_membership, manifold_radii, precision_recall
 
 __all__ = [
     "statistics",
@@ -34,6 +34,7 @@ __all__ = [
     "inception_score",
     "manifold_radii",
     "manifold_membership",
+    "manifold_coverage",
     "precision_recall",
     "fp16_squared_norms",
     "NORM_MODES",

@@ -14,6 +14,10 @@ A sweep spec (YAML):
     launch: "mpiexec -n 8"                          # optional prefix of the sampling command
     prepare_reference: [python, -m, guided_diffusion.digits, --split, heldout, --out, "{reference}"]
                                                     # optional: makes the reference batch when it is missing
+    baseline: {pag_scale: 0.0}                      # optional: the row every other row is compared with
+                                                    # (its overrides or its label; default: the first point)
+    intervals: 1000                                 # optional: bootstrap resamples (0: no intervals and no
+                                                    # comparisons); seed_sets: 5, bootstrap_seed: 0
 
 Commands run from the repository root, so paths inside sampling configs (model_path) are relative to it.
 Each point is keyed by its overrides; `results.jsonl` holds one line per finished or failed point, and a
@@ -25,6 +29,13 @@ the rows of a table from their own files:
     points:
       - {label: "uncond ADM", config: configs/table1/adm256_uncond_unguided.yaml}
       - {label: "uncond + PAG", config: configs/table1/adm256_uncond_pag.yaml}
+repository root. A point may carry a `label` (not a flag) that names its row in the table.
+
+Every point is evaluated with bootstrap intervals, and every finished point is compared with the baseline
+point on the same seeds (`python -m evaluations.evaluator REF BASELINE.npz --compare POINT.npz`, written to
+the point's `compare.json`). The table shows each value with its interval and, below, each row's paired
+difference from the baseline; a difference is bold only when its interval excludes zero, and no value is
+marked as the best.
 """
 
 import hashlib
@@ -45,8 +56,11 @@ from .script_util import model_and_diffusion_defaults
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-METRICS = (("FID", "min"), ("sFID", "min"), ("IS", "max"), ("Precision", "max"), ("Recall", "max"))
-_METRIC_KEYS = {"FID": "fid", "sFID": "sfid", "IS": "inception_score", "Precision": "precision", "Recall": "recall"}
+METRICS = (("FID", "min"), ("sFID", "min"), ("KID", "min"), ("IS", "max"), ("Precision", "max"),
+           ("Recall", "max"))
+_METRIC_KEYS = {"FID": "fid", "sFID": "sfid", "KID": "kid", "IS": "inception_score", "Precision": "precision",
+                "Recall": "recall"}
+STATISTICS_DEFAULTS = {"intervals": 1000, "seed_sets": 5, "bootstrap_seed": 0}
 
 
 def load_spec(path):
@@ -69,7 +83,27 @@ def load_spec(path):
                                  f"{config_path}, which does not exist")
     spec.setdefault("name", path.stem)
     spec.setdefault("output_dir", str(root / "runs" / spec["name"]))
+    for key, default in STATISTICS_DEFAULTS.items():
+        value = spec.setdefault(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"sweep spec {path}: '{key}' must be a non-negative integer; got {value!r}")
+    if spec["intervals"] == 1 or spec["seed_sets"] < 1:
+        raise ValueError(f"sweep spec {path}: 'intervals' must be 0 or at least 2 and 'seed_sets' at least 1")
+    baseline_point(spec)  # a baseline that matches no point fails here, before any sampling
     return spec
+
+
+def baseline_point(spec):
+    """The point every other point is compared with: the spec's `baseline` (overrides or label) or the first."""
+    points = expand_points(spec)
+    wanted = spec.get("baseline")
+    if wanted is None:
+        return points[0] if points else None
+    for point in points:
+        if (isinstance(wanted, dict) and point == wanted) or (isinstance(wanted, str) and point.get("label") == wanted):
+            return point
+    listed = "; ".join(json.dumps(p, sort_keys=True) for p in points)
+    raise ValueError(f"sweep baseline {wanted!r} matches no point (by overrides, or by label); points: {listed}")
 
 
 def expand_points(spec):
@@ -137,8 +171,68 @@ def point_commands(spec, overrides, point_dir):
     num_samples = config.get("num_samples", SAMPLE_DEFAULTS["num_samples"])
     samples = point_dir / "samples" / (batch_name(num_samples, (size, size, 3)) + ".npz")
     evaluate = [sys.executable, "-m", "evaluations.evaluator", spec["reference"], str(samples),
-                "--json", str(point_dir / "metrics.json")] + [str(a) for a in spec.get("evaluator_args", [])]
+                "--json", str(point_dir / "metrics.json")] + _statistics_args(spec, compare=False) + \
+        [str(a) for a in spec.get("evaluator_args", [])]
     return sample, evaluate, samples
+
+
+def _statistics_args(spec, compare):
+    if not spec.get("intervals", STATISTICS_DEFAULTS["intervals"]):
+        return []
+    args = ["--intervals", str(spec.get("intervals", STATISTICS_DEFAULTS["intervals"])),
+            "--bootstrap_seed", str(spec.get("bootstrap_seed", STATISTICS_DEFAULTS["bootstrap_seed"]))]
+    if compare:
+        args += ["--seed_sets", str(spec.get("seed_sets", STATISTICS_DEFAULTS["seed_sets"]))]
+    return args
+
+
+def compare_command(spec, baseline_samples, samples, point_dir):
+    """The evaluator command that compares a point's samples with the baseline's (same seeds)."""
+    return ([sys.executable, "-m", "evaluations.evaluator", spec["reference"], str(baseline_samples),
+             "--compare", str(samples), "--json", str(Path(point_dir) / "compare.json")]
+            + _statistics_args(spec, compare=True) + [str(a) for a in spec.get("evaluator_args", [])])
+
+
+def run_comparisons(spec, results, dry_run=False, log=print, env=None):
+    """Compare every finished point with the baseline point; return {key: comparison}.
+
+    A comparison is reused while the two sample files and the statistics settings are unchanged."""
+    from .sample_store import file_identity
+
+    base = baseline_point(spec)
+    if not spec.get("intervals") or base is None:
+        return {}
+    out, base_key = Path(spec["output_dir"]), point_key(base)
+    base_record = results.get(base_key) or {}
+    comparisons = {}
+    for overrides in expand_points(spec):
+        key = point_key(overrides)
+        record = results.get(key) or {}
+        point_dir = out / key
+        if key == base_key:
+            continue
+        if dry_run:  # the commands to submit after the points' own jobs
+            samples = [point_commands(spec, p, out / point_key(p))[2] for p in (base, overrides)]
+            log(shlex.join(compare_command(spec, *samples, point_dir)))
+            continue
+        if record.get("status") != "ok" or base_record.get("status") != "ok":
+            continue
+        command = compare_command(spec, base_record["samples"], record["samples"], point_dir)
+        stamp = {"command": command[3:], "a": file_identity(base_record["samples"]),
+                 "b": file_identity(record["samples"])}
+        stamp_path, result_path = point_dir / "compare.key.json", point_dir / "compare.json"
+        if result_path.exists() and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
+            comparisons[key] = json.loads(result_path.read_text())
+            continue
+        log(f"comparing {json.dumps(overrides, sort_keys=True)} with the baseline {json.dumps(base, sort_keys=True)}")
+        try:
+            _run(command, point_dir / "compare.log", env)
+            comparisons[key] = json.loads(result_path.read_text())
+            stamp_path.write_text(json.dumps(stamp, sort_keys=True))
+        except Exception as error:  # a failed comparison leaves the rest of the table intact
+            comparisons[key] = {"status": "failed", "error": str(error)[-2000:]}
+            log(f"    comparison failed: {str(error).splitlines()[-1] if str(error) else type(error).__name__}")
+    return comparisons
 
 
 def run_sweep(spec, dry_run=False, log=print, env=None):
@@ -188,38 +282,40 @@ def _run(cmd, log_path, env):
         raise RuntimeError(f"{shlex.join(cmd[:4])} ... exited with {proc.returncode}; log {log_path}:\n{tail}")
 
 
-def results_table(spec, results):
-    """A Markdown table in the form of the paper's Table 1, best value per metric in bold."""
+def results_table(spec, results, comparisons=None):
+    """Markdown: each point's metrics with their 95% intervals, then each point's paired difference from the
+    baseline point (bold where the interval excludes zero; (w/K): seed sets where the row does better)."""
+    from evaluations.tables import differences_table, values_table
+
     points = expand_points(spec)
     columns = [k for k in dict.fromkeys(k for p in points for k in p) if k != "config"]
     if "label" in columns:  # labelled rows: the label says it all
         columns = ["label"]
     rows = []
     for overrides in points:
-        record = results.get(point_key(overrides))
-        metrics = (record or {}).get("metrics") if (record or {}).get("status") == "ok" else None
-        rows.append((overrides, metrics, (record or {}).get("status", "pending")))
-    present = [name for name, _ in METRICS
-               if any(m and _METRIC_KEYS[name] in m for _, m, _ in rows)]
-    best = {}
-    for name, direction in METRICS:
-        values = [m[_METRIC_KEYS[name]] for _, m, _ in rows if m and _METRIC_KEYS[name] in m]
-        if values:
-            best[name] = min(values) if direction == "min" else max(values)
-    arrows = {name: "↓" if direction == "min" else "↑" for name, direction in METRICS}
-    header = columns + [f"{name}{arrows[name]}" for name in present]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for overrides, metrics, status in rows:
-        cells = [_format_value(overrides.get(c, "")) for c in columns]
-        for name in present:
-            if not metrics:
-                cells.append(status)
-                continue
-            value = metrics[_METRIC_KEYS[name]]
-            text = f"{value:.2f}" if name in ("FID", "sFID", "IS") else f"{value:.3f}"
-            cells.append(f"**{text}**" if value == best.get(name) else text)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        record = results.get(point_key(overrides)) or {}
+        metrics = record.get("metrics") if record.get("status") == "ok" else None
+        rows.append(([_format_value(overrides.get(c, "")) for c in columns], metrics, record.get("status", "pending")))
+    table = values_table(columns, rows)
+    if not comparisons:
+        return table
+    base = baseline_point(spec)
+    base_text = ", ".join(f"{k}={_format_value(v)}" for k, v in base.items()) or "the first point"
+    diff_rows = []
+    for overrides, (cells, _, status) in zip(points, rows):
+        if overrides == base:
+            continue
+        comparison = comparisons.get(point_key(overrides))
+        if status == "ok":
+            status = "not compared" if comparison is None else "comparison failed"
+        if comparison is not None and comparison.get("status") == "failed":
+            comparison = None
+        diff_rows.append((cells, comparison, status))
+    sets = spec.get("seed_sets", STATISTICS_DEFAULTS["seed_sets"])
+    caption = (f"\nDifference from the baseline ({base_text}) on the same seeds: row − baseline [paired 95% "
+               f"interval]; **bold**: the interval excludes 0; (w/{sets}): of {sets} disjoint seed sets, those where "
+               "the row is better.\n\n")
+    return table + caption + differences_table(columns, diff_rows)
 
 
 def _format_value(value):
@@ -248,17 +344,20 @@ def plot_results(spec, results, folder):
         series = {}
         for p in points:
             metrics = results[point_key(p)]["metrics"]
-            if metric in metrics:
+            if metrics.get(metric) is not None:
                 label = _format_value(p.get(series_key, "")) if series_key else name
-                series.setdefault(label, []).append((p.get(x_key), metrics[metric]))
+                interval = (metrics.get("intervals") or {}).get(metric) or [metrics[metric]] * 2
+                series.setdefault(label, []).append((p.get(x_key), metrics[metric], interval))
         if not series:
             continue
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
         for label, values in series.items():
-            xs = [_format_value(x) if isinstance(x, list) else x for x, _ in values]
-            ax.plot(xs, [y for _, y in values], marker="o", label=label)
+            xs = [_format_value(x) if isinstance(x, list) else x for x, _, _ in values]
+            ys = [y for _, y, _ in values]
+            errors = [[max(y - lo, 0) for _, y, (lo, _) in values], [max(hi - y, 0) for _, y, (_, hi) in values]]
+            ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=label)
         ax.set_xlabel(x_key)
-        ax.set_ylabel(f"{name} ({'lower' if direction == 'min' else 'higher'} is better)")
+        ax.set_ylabel(f"{name} ({'lower' if direction == 'min' else 'higher'} is better; 95% intervals)")
         if series_key:
             ax.legend(title=series_key, fontsize="small")
         fig.tight_layout()

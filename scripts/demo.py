@@ -3,7 +3,8 @@
 Samples the same seeds unguided, with SAG and with PAG (at several scales and layer sets), writes
 side-by-side PNG grids and a Fig. 3-style guidance picture, scores every setting against the held-out
 digits with the digits feature network (the same metrics code as for ImageNet) and prints a Table-1-style
-table. Everything goes to --output_dir.
+table: every value with its bootstrap 95% interval, and every setting's paired difference from unguided
+sampling on the same seeds (evaluations.bootstrap). Everything goes to --output_dir.
 
     make demo                         # = python -m scripts.demo
 """
@@ -17,6 +18,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
+from evaluations.bootstrap import SampleBootstrap, compare, intervals
 from evaluations.evaluator import Evaluator
 from guided_diffusion.checkpoints import load_checkpoint
 from guided_diffusion import cpu_allocator
@@ -56,6 +58,51 @@ def load_demo_model(respacing, checkpoint=CHECKPOINT):
     model, diffusion = create_model_and_diffusion(**flags)
     load_checkpoint(model, str(checkpoint))
     return model.eval(), diffusion, flags
+
+
+class Scorer:
+    """Scores each setting against the held-out digits with bootstrap intervals, and compares every setting
+    after the first with the first on the same seeds (all are resampled with the same indices)."""
+
+    def __init__(self, reference_path, n_boot, bootstrap_seed=0, seed_sets=5):
+        self.evaluator = Evaluator("digits", progress=False, use_cache=False)
+        self.ref_features = self.evaluator.batch_features(reference_path)
+        self.reference = self.evaluator.reference(self.ref_features)
+        self.n_boot, self.seed, self.seed_sets = n_boot, bootstrap_seed, seed_sets
+        self.names, self.boots, self.results, self.comparisons = [], {}, {}, {}
+
+    def add(self, name, path):
+        """The metrics (with ``"intervals"``) of the batch at ``path``; compares it with the first batch."""
+        features = self.evaluator.batch_features(path)
+        metrics = self.evaluator.compute_metrics(self.ref_features, features)
+        self.boots[name] = SampleBootstrap(self.reference, features.acts)
+        metrics["intervals"] = intervals(metrics, self.boots[name].replicates(self.n_boot, self.seed))
+        self.results[point_key({"setting": name})] = {"status": "ok", "metrics": metrics}
+        if self.names:
+            first = self.names[0]
+            self.comparisons[point_key({"setting": name})] = compare(
+                self.boots[first], self.boots[name], n_boot=self.n_boot, seed=self.seed,
+                num_seed_sets=self.seed_sets, a_metrics=self.metrics(first), b_metrics=metrics)
+        self.names.append(name)
+        return metrics
+
+    def metrics(self, name):
+        return self.results[point_key({"setting": name})]["metrics"]
+
+    def table(self):
+        spec = {"points": [{"setting": name} for name in self.names], "seed_sets": self.seed_sets}
+        return results_table(spec, self.results, self.comparisons)
+
+    def summary(self):
+        """{setting: metrics, intervals and (after the first) the paired comparison with the first}."""
+        out = {}
+        for name in self.names:
+            out[name] = dict(self.metrics(name))
+            comparison = self.comparisons.get(point_key({"setting": name}))
+            if comparison is not None:
+                out[name][f"vs_{self.names[0]}"] = {k: comparison[k] for k in ("difference", "difference_intervals",
+                                                                                  "seed_sets")}
+        return out
 
 
 def side_by_side(grids, names, path, ncols=8, rows=4, scale=3, per_line=4):
@@ -110,6 +157,9 @@ def parse(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--checkpoint", default=str(CHECKPOINT), help="digits ADM weights (default: the shipped EMA)")
+    parser.add_argument("--intervals", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    parser.add_argument("--seed_sets", type=int, default=5, help="disjoint seed sets for the paired comparisons")
+    parser.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the resampled indices")
     return parser.parse_args(argv)
 
 
@@ -123,9 +173,9 @@ def run(args, rows=None):
     use_ddim = args.timestep_respacing.startswith("ddim")
     reference = out / "digits16_heldout.npz"
     write_digits_npz(str(reference), image_size=flags["image_size"], split="heldout")
-    evaluator = Evaluator("digits", progress=False, use_cache=False)
+    scorer = Scorer(reference, args.intervals, args.bootstrap_seed, args.seed_sets)
 
-    grids, names, results, points = [], [], {}, []
+    grids, names = [], []
     indices = np.arange(args.num_samples)
     for name, guidance in rows:
         start = time.time()
@@ -136,20 +186,16 @@ def run(args, rows=None):
         seconds = time.time() - start
         path = out / f"samples_{name.replace(' ', '_').replace(',', '').replace('=', '')}.npz"
         np.savez(path, arr_0=images)
-        metrics = evaluator.evaluate(reference, path)
-        point = {"setting": name}
-        results[point_key(point)] = {"status": "ok", "metrics": metrics}
-        points.append(point)
+        metrics = scorer.add(name, path)
         grids.append(images)
         names.append(name)
-        print(f"{name:<32} FID {metrics['fid']:7.2f}  IS {metrics['inception_score']:5.2f}  "
-              f"P {metrics['precision']:.3f}  R {metrics['recall']:.3f}  ({seconds:.1f} s sampling)", flush=True)
+        print(f"{name:<32} FID {metrics['fid']:7.2f}  KID×10³ {1e3 * metrics['kid']:6.2f}  "
+              f"IS {metrics['inception_score']:5.2f}  P {metrics['precision']:.3f}  R {metrics['recall']:.3f}  "
+              f"({seconds:.1f} s sampling)", flush=True)
 
-    spec = {"points": points}
-    table = results_table(spec, results)
+    table = scorer.table()
     (out / "table.md").write_text(table)
-    (out / "results.json").write_text(json.dumps({p["setting"]: results[point_key(p)]["metrics"] for p in points},
-                                                 indent=2))
+    (out / "results.json").write_text(json.dumps(scorer.summary(), indent=2))
     side_by_side(grids, names, out / "samples_side_by_side.png")
     noise = ImageNoise(args.seed, list(range(8)), (3, flags["image_size"], flags["image_size"]))
     figure_guidance = next(g for name, g in rows if isinstance(g, PerturbedAttentionGuidance))

@@ -1,4 +1,5 @@
-"""Run a sweep spec: sample and evaluate every point, then write a Table-1-style table and plots.
+"""Run a sweep spec: sample and evaluate every point, compare each with the baseline point on the same seeds,
+then write a Table-1-style table (values with 95% intervals, paired differences from the baseline) and plots.
 
     python -m scripts.sweep configs/sweeps/digits/pag_scale_layers.yaml       # run locally, point after point
     python -m scripts.sweep configs/sweeps/imagenet256/pag_scale.yaml --dry_run
@@ -9,7 +10,7 @@ Reruns skip finished points; failed points are recorded and retried on the next 
 import argparse
 from pathlib import Path
 
-from guided_diffusion.sweep import load_spec, plot_results, results_table, run_sweep
+from guided_diffusion.sweep import load_spec, plot_results, results_table, run_comparisons, run_sweep
 
 
 def main(argv=None):
@@ -23,15 +24,17 @@ def main(argv=None):
     if args.output_dir:
         spec["output_dir"] = args.output_dir
     results = run_sweep(spec, dry_run=args.dry_run)
+    comparisons = run_comparisons(spec, results, dry_run=args.dry_run)
     if args.dry_run:
         return 0
-    table = results_table(spec, results)
+    table = results_table(spec, results, comparisons)
     out = Path(spec["output_dir"])
     (out / "table.md").write_text(table)
     plots = plot_results(spec, results, out)
     print(table)
     print(f"table: {out / 'table.md'}" + (f"; plots: {', '.join(str(p) for p in plots)}" if plots else ""))
     failed = [r for r in results.values() if r["status"] == "failed"]
+    failed += [c for c in comparisons.values() if c.get("status") == "failed"]
     return 1 if failed else 0
 
 

@@ -226,7 +226,7 @@ def test_evaluator_with_precomputed_reference_statistics(fx, tmp_path):
     backend = FixtureBackend(inputs)
     ev = Evaluator(backend, batch_size=64, progress=False)
     res = ev.evaluate(ref_path, sample_path)
-    assert set(res) == {"inception_score", "fid", "sfid", "precision", "recall"}
+    assert set(res) == {"inception_score", "fid", "sfid", "precision", "recall", "kid"}
     _close(res["fid"], expected["fid_precomputed_ref_stats"], tol["fid_precomputed_ref_stats"], "fid")
     _close(res["sfid"], expected["sfid_precomputed_ref_stats"], tol["sfid_precomputed_ref_stats"], "sfid")
     _close(res["inception_score"], expected["inception_score"], tol["inception_score"], "IS")

@@ -4,11 +4,13 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import yaml
 
+from evaluations.tables import differences_table
 from guided_diffusion.config import load_config
 from guided_diffusion.sweep import (expand_points, load_spec, point_commands, point_key, read_results, results_table,
-                                    run_sweep)
+                                    run_comparisons, run_sweep)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,6 +28,8 @@ def test_digits_sweep_records_skips_and_survives_a_failing_point(tmp_path):
         "output_dir": str(tmp_path / "runs"),
         "grid": {"pag_scale": [1.0, 3.0], "pag_layers": [["middle_block.1"], ["input_blocks.5.1"]]},
         "points": [{"pag_scale": 1.0, "pag_layers": ["input_blocks.99.1"]}],  # fails: no such block
+        "baseline": {"pag_scale": 3.0, "pag_layers": ["middle_block.1"]},
+        "intervals": 40, "seed_sets": 2,
     }, sort_keys=False))
     spec = load_spec(spec_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -43,10 +47,33 @@ def test_digits_sweep_records_skips_and_survives_a_failing_point(tmp_path):
     # Different settings, different samples: the metrics are not all the same.
     assert len({json.dumps(r["metrics"], sort_keys=True) for r in ok}) == 4
 
-    table = results_table(spec, results).splitlines()
-    assert table[0] == "| pag_scale | pag_layers | FID↓ | sFID↓ | IS↑ | Precision↑ | Recall↑ |"
-    assert len(table) == 2 + 5 and "failed" in table[-1]
-    assert sum(line.count("**") for line in table) >= 2 * 5  # the best value of each metric is bold
+    for record in ok:  # every point is evaluated with intervals
+        assert set(record["metrics"]["intervals"]) >= {"fid", "kid", "precision", "recall"}
+    comparisons = run_comparisons(spec, results, log=logs.append, env=env)
+    base_key = point_key({"pag_scale": 3.0, "pag_layers": ["middle_block.1"]})
+    assert base_key not in comparisons and len(comparisons) == 3  # the other finished points
+    for key, comparison in comparisons.items():
+        assert comparison["seed_sets"]["sizes"] == [4, 4]
+        a, b = comparison["a"], comparison["b"]
+        assert a["fid"] == results[base_key]["metrics"]["fid"] and b["fid"] == results[key]["metrics"]["fid"]
+        assert comparison["difference"]["fid"] == b["fid"] - a["fid"]
+
+    lines = results_table(spec, results, comparisons).splitlines()
+    values, differences = lines[:7], lines[lines.index("| pag_scale | pag_layers | ΔFID↓ | ΔsFID↓ | ΔKID×10³↓ | ΔIS↑ "
+                                                       "| ΔPrecision↑ | ΔRecall↑ |"):]
+    assert values[0] == "| pag_scale | pag_layers | FID↓ | sFID↓ | KID×10³↓ | IS↑ | Precision↑ | Recall↑ |"
+    assert "failed" in values[-1] and values[2].count("[") == 6  # value [low, high] in every metric cell
+    assert not any("**" in line for line in values)  # nothing is marked as "best"
+    assert len(differences) == 2 + 4 and "failed" in differences[-1]  # every point but the baseline
+    assert all(line.count("(") >= 6 for line in differences[2:5])  # seed-set tallies (w/2)
+    assert "3.0 | middle_block.1" not in "\n".join(differences)
+    # a difference is bold exactly when its interval excludes zero
+    order = ["fid", "sfid", "kid", "inception_score", "precision", "recall"]
+    for comparison in comparisons.values():
+        cells = differences_table(["x"], [(["x"], comparison, "")]).splitlines()[2].strip("| ").split(" | ")[1:]
+        for metric, cell in zip(order, cells):
+            low, high = comparison["difference_intervals"][metric]
+            assert cell.startswith("**") == (low > 0 or high < 0), (metric, cell)
 
     # A rerun recomputes nothing that finished; only the failed point is tried again.
     stamps = {r["key"]: os.path.getmtime(r["samples"]) for r in ok}
@@ -57,6 +84,21 @@ def test_digits_sweep_records_skips_and_survives_a_failing_point(tmp_path):
     assert {k: r["metrics"] for k, r in again.items() if r["status"] == "ok"} == {r["key"]: r["metrics"] for r in ok}
     assert len(read_results(spec["output_dir"] + "/results.jsonl")) == 5
     assert point_key(points[0]) in again
+    # comparisons are reused while the sample files are unchanged
+    logs.clear()
+    assert run_comparisons(spec, again, log=logs.append, env=env) == comparisons and not logs
+
+
+def test_sweep_baseline_must_name_a_point(tmp_path):
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({"base": "b.yaml", "reference": "r.npz", "grid": {"pag_scale": [1.0, 2.0]},
+                                         "baseline": {"pag_scale": 0.0}}))
+    with pytest.raises(ValueError, match="matches no point"):
+        load_spec(spec_path)
+    spec_path.write_text(yaml.safe_dump({"base": "b.yaml", "reference": "r.npz", "grid": {"pag_scale": [1.0]},
+                                         "intervals": 1}))
+    with pytest.raises(ValueError, match="'intervals' must be 0 or at least 2"):
+        load_spec(spec_path)
 
 
 def test_table1_sweep_runs_each_row_from_its_own_file(tmp_path):
@@ -77,7 +119,5 @@ def test_table1_sweep_runs_each_row_from_its_own_file(tmp_path):
 def test_spec_with_a_missing_row_file_is_refused(tmp_path):
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump({"reference": "r.npz", "points": [{"config": "configs/table1/nope.yaml"}]}))
-    import pytest
-
     with pytest.raises(ValueError, match="nope.yaml, which does not exist"):
         load_spec(spec_path)
