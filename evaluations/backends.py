@@ -136,3 +136,4 @@ class _DigitsBackend:
 
 register_backend("inception", _inception_factory)
 register_backend("digits", _DigitsBackend)
+register_backend("fashion", "evaluations.fashion_features:FashionFeatureBackend")
