@@ -11,6 +11,7 @@ from guided_diffusion.attention import attention_blocks
 from guided_diffusion.digits import load_digits_split
 from guided_diffusion.image_datasets import to_model_range
 from guided_diffusion.layer_probe import _pearson, _ranks, markdown_table, probe_layers
+from console import assert_ok, run_script
 from scripts import layer_probe as script
 from scripts.demo import load_demo_model
 
@@ -67,12 +68,8 @@ def test_bad_layers_and_timesteps_are_named(digits):
 
 def test_script_writes_table_json_and_plot(tmp_path, digits):
     model = digits[0]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert script.main(["--num_images", "4", "--timesteps", "100,900", "--output_dir", str(tmp_path)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    # the installed console script, which must exit with status 0
+    assert_ok(run_script("pag-layer-probe", "--num_images", "4", "--timesteps", "100,900", "--output_dir", tmp_path))
     data = json.loads((tmp_path / "layer_probe.json").read_text())
     blocks = list(attention_blocks(model))
     assert data["layers"] == blocks and len(blocks) == 7 and data["num_images"] == 4
@@ -82,7 +79,7 @@ def test_script_writes_table_json_and_plot(tmp_path, digits):
     assert [line.split(" | ")[0].strip("| `") for line in lines[2:9]] == blocks
     assert "ρ" in lines[2]
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401 - the plot is written only where matplotlib is installed
     except ImportError:
         assert not (tmp_path / "layer_probe.png").exists()
     else:
