@@ -66,4 +66,5 @@ def test_plain_api_gets_the_setting_at_its_first_cpu_forward_pass_and_can_opt_ou
     opted_out = page_faults("forward", PLAIN_API, PAG_NO_CPU_ALLOCATOR="1")
     import_only = page_faults("import", PLAIN_API)  # no network ran on the CPU: the process is left alone
     assert opted_out > 10 * 16_384 * 0.9 and import_only > 10 * 16_384 * 0.9
-    assert plain < opted_out / 10
+    # the first 64 MB block is faulted in once (16,384 pages and a few), every later one reuses it
+    assert plain < 2 * 16_384 < opted_out / 5
