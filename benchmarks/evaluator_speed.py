@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     basis = rng.standard_normal((16, args.dim)).astype(np.float32) * 0.12
     ref = pool_like_features(args.n_ref, basis, rng)
     sample = pool_like_features(args.n_sample, basis, rng, shift=0.3)
-    device = manifolds._resolve_device(args.device)
+    device = manifolds.resolve_device(args.device)
 
     # warm-up on a small slice (thread pools, kernels, tf.function tracing)
     warm = slice(0, min(256, args.n_sample))

@@ -43,6 +43,7 @@ import numpy as np
 
 from . import kid as kid_module
 from . import metrics
+from .manifolds import resolve_device
 from .npz import inspect_npz
 
 # Metric names as in the evaluator's JSON, and which way is better.
@@ -86,14 +87,6 @@ def _torch():
     import torch
 
     return torch
-
-
-def resolve_device(device):
-    """A torch device: the given one, else CUDA when available, else the CPU."""
-    torch = _torch()
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @contextlib.contextmanager

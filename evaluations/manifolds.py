@@ -18,7 +18,8 @@ __all__ = ["manifold_radii", "manifold_membership", "manifold_coverage", "precis
 REFERENCE_BLOCK = 10000
 
 
-def _resolve_device(device):
+def resolve_device(device):
+    """A torch device: the given one, else CUDA when available, else the CPU."""
     torch = _torch()
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -225,7 +226,7 @@ def manifold_radii(
     fallback is still decided per reference block (``row_batch_size x col_batch_size``).
     """
     torch = _torch()
-    device = _resolve_device(device)
+    device = resolve_device(device)
     f = _prepared if _prepared is not None else _Features(feats, device, norms)
     n = len(f)
     if k < 1:
@@ -301,6 +302,22 @@ def manifold_radii(
     return radii.cpu().numpy()
 
 
+def _membership_inputs(ref_feats, ref_radii, sample_feats, sample_radii, device, norms, prepared=None):
+    """Features and radii on `device`, checked to pair up: (ref, sample, ref radii, sample radii)."""
+    torch = _torch()
+    u, v = prepared if prepared is not None else (_Features(ref_feats, device, norms),
+                                                  _Features(sample_feats, device, norms))
+    if u.x.shape[1] != v.x.shape[1]:
+        raise ValueError(
+            f"reference and sample features differ in dimension: {u.x.shape[1]} vs {v.x.shape[1]}"
+        )
+    r_ref = torch.as_tensor(np.asarray(ref_radii, dtype=np.float32).reshape(-1), device=device)
+    r_smp = torch.as_tensor(np.asarray(sample_radii, dtype=np.float32).reshape(-1), device=device)
+    if r_ref.shape[0] != len(u) or r_smp.shape[0] != len(v):
+        raise ValueError("radii must have one entry per feature row")
+    return u, v, r_ref, r_smp
+
+
 def manifold_membership(
     ref_feats,
     ref_radii,
@@ -321,19 +338,9 @@ def manifold_membership(
     centre is ``<=`` the centre's radius.
     """
     torch = _torch()
-    device = _resolve_device(device)
-    if _prepared is not None:
-        u, v = _prepared
-    else:
-        u, v = _Features(ref_feats, device, norms), _Features(sample_feats, device, norms)
-    if u.x.shape[1] != v.x.shape[1]:
-        raise ValueError(
-            f"reference and sample features differ in dimension: {u.x.shape[1]} vs {v.x.shape[1]}"
-        )
-    r_ref = torch.as_tensor(np.asarray(ref_radii, dtype=np.float32).reshape(-1), device=device)
-    r_smp = torch.as_tensor(np.asarray(sample_radii, dtype=np.float32).reshape(-1), device=device)
-    if r_ref.shape[0] != len(u) or r_smp.shape[0] != len(v):
-        raise ValueError("radii must have one entry per feature row")
+    device = resolve_device(device)
+    u, v, r_ref, r_smp = _membership_inputs(ref_feats, ref_radii, sample_feats, sample_radii, device, norms,
+                                            _prepared)
     max_elements = max_block_elements or _default_max_elements(device)
     ref_in = torch.zeros(len(u), dtype=torch.bool, device=device)
     smp_in = torch.zeros(len(v), dtype=torch.bool, device=device)
@@ -374,7 +381,7 @@ def precision_recall(
     precision = fraction of samples inside the reference manifold; recall = fraction of reference points
     inside the sample manifold.  Radii are computed with :func:`manifold_radii` unless given.
     """
-    device = _resolve_device(device)
+    device = resolve_device(device)
     u, v = _Features(ref_feats, device, norms), _Features(sample_feats, device, norms)
     if u.x.shape[1] != v.x.shape[1]:
         raise ValueError(
@@ -426,16 +433,8 @@ def manifold_coverage(
     resample) of the samples with their radii kept, without computing a distance again.
     """
     torch = _torch()
-    device = _resolve_device(device)
-    u, v = _Features(ref_feats, device, norms), _Features(sample_feats, device, norms)
-    if u.x.shape[1] != v.x.shape[1]:
-        raise ValueError(
-            f"reference and sample features differ in dimension: {u.x.shape[1]} vs {v.x.shape[1]}"
-        )
-    r_ref = torch.as_tensor(np.asarray(ref_radii, dtype=np.float32).reshape(-1), device=device)
-    r_smp = torch.as_tensor(np.asarray(sample_radii, dtype=np.float32).reshape(-1), device=device)
-    if r_ref.shape[0] != len(u) or r_smp.shape[0] != len(v):
-        raise ValueError("radii must have one entry per feature row")
+    device = resolve_device(device)
+    u, v, r_ref, r_smp = _membership_inputs(ref_feats, ref_radii, sample_feats, sample_radii, device, norms)
     max_elements = max_block_elements or _default_max_elements(device)
     smp_in = torch.zeros(len(v), dtype=torch.bool, device=device)
     ref_idx, smp_idx, count = [], [], 0
