@@ -7,7 +7,7 @@ from . import gaussian_diffusion as gd
 from .respace import SpacedDiffusion, space_timesteps
 from .unet import EncoderUNetModel, SuperResModel, UNetModel
 
-NUM_CLASSES = 1000
+NUM_CLASSES = 1000  # ImageNet: the release's class-conditional models and classifiers
 
 # The release's per-resolution channel multipliers, used when --channel_mult is empty.
 _CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)}
@@ -30,7 +30,7 @@ def model_and_diffusion_defaults():
     res = dict(image_size=64, num_channels=128, num_res_blocks=2, num_heads=4, num_heads_upsample=-1,
                num_head_channels=-1, attention_resolutions="16,8", channel_mult="", dropout=0.0, class_cond=False,
                use_checkpoint=False, use_scale_shift_norm=True, resblock_updown=False, use_fp16=False,
-               use_new_attention_order=False)
+               use_new_attention_order=False, num_classes=NUM_CLASSES)
     res.update(diffusion_defaults())
     return res
 
@@ -58,14 +58,14 @@ def create_model_and_diffusion(image_size, class_cond, learn_sigma, num_channels
                                num_heads, num_head_channels, num_heads_upsample, attention_resolutions, dropout,
                                diffusion_steps, noise_schedule, timestep_respacing, use_kl, predict_xstart,
                                rescale_timesteps, rescale_learned_sigmas, use_checkpoint, use_scale_shift_norm,
-                               resblock_updown, use_fp16, use_new_attention_order):
+                               resblock_updown, use_fp16, use_new_attention_order, num_classes=NUM_CLASSES):
     model = create_model(image_size, num_channels, num_res_blocks, channel_mult=channel_mult,
                          learn_sigma=learn_sigma, class_cond=class_cond, use_checkpoint=use_checkpoint,
                          attention_resolutions=attention_resolutions, num_heads=num_heads,
                          num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
                          use_scale_shift_norm=use_scale_shift_norm, dropout=dropout,
                          resblock_updown=resblock_updown, use_fp16=use_fp16,
-                         use_new_attention_order=use_new_attention_order)
+                         use_new_attention_order=use_new_attention_order, num_classes=num_classes)
     diffusion = _diffusion_from_flags(diffusion_steps, learn_sigma, noise_schedule, use_kl, predict_xstart,
                                       rescale_timesteps, rescale_learned_sigmas, timestep_respacing)
     return model, diffusion
@@ -74,12 +74,12 @@ def create_model_and_diffusion(image_size, class_cond, learn_sigma, num_channels
 def create_model(image_size, num_channels, num_res_blocks, channel_mult="", learn_sigma=False, class_cond=False,
                  use_checkpoint=False, attention_resolutions="16", num_heads=1, num_head_channels=-1,
                  num_heads_upsample=-1, use_scale_shift_norm=False, dropout=0, resblock_updown=False,
-                 use_fp16=False, use_new_attention_order=False):
+                 use_fp16=False, use_new_attention_order=False, num_classes=NUM_CLASSES):
     return UNetModel(
         image_size=image_size, in_channels=3, model_channels=num_channels, out_channels=6 if learn_sigma else 3,
         num_res_blocks=num_res_blocks, attention_resolutions=_attention_ds(attention_resolutions, image_size),
         dropout=dropout, channel_mult=_channel_mult(channel_mult, image_size, _CHANNEL_MULT),
-        num_classes=NUM_CLASSES if class_cond else None, use_checkpoint=use_checkpoint, use_fp16=use_fp16,
+        num_classes=num_classes if class_cond else None, use_checkpoint=use_checkpoint, use_fp16=use_fp16,
         num_heads=num_heads, num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
         use_scale_shift_norm=use_scale_shift_norm, resblock_updown=resblock_updown,
         use_new_attention_order=use_new_attention_order,
@@ -88,9 +88,9 @@ def create_model(image_size, num_channels, num_res_blocks, channel_mult="", lear
 
 def create_classifier(image_size, classifier_use_fp16, classifier_width, classifier_depth,
                       classifier_attention_resolutions, classifier_use_scale_shift_norm,
-                      classifier_resblock_updown, classifier_pool):
+                      classifier_resblock_updown, classifier_pool, num_classes=NUM_CLASSES):
     return EncoderUNetModel(
-        image_size=image_size, in_channels=3, model_channels=classifier_width, out_channels=1000,
+        image_size=image_size, in_channels=3, model_channels=classifier_width, out_channels=num_classes,
         num_res_blocks=classifier_depth,
         attention_resolutions=_attention_ds(classifier_attention_resolutions, image_size),
         channel_mult=_channel_mult("", image_size, _CLASSIFIER_CHANNEL_MULT), use_fp16=classifier_use_fp16,

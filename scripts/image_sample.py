@@ -58,8 +58,8 @@ SAMPLE_HELP = dict(
     eta="DDIM eta (0 = deterministic DDIM)",
     clip_denoised="clip the x0 prediction to [-1, 1]",
     seed="base seed: image i's noise and label come from (seed, i) only",
-    classes_balanced="exactly num_samples/1000 images per class (num_samples divisible by 1000) instead of a "
-                     "random class per image",
+    classes_balanced="exactly num_samples/num_classes images per class (num_samples divisible by num_classes) "
+                     "instead of a random class per image",
     precision=f"one of {', '.join(PRECISIONS)}; empty: fp16 with --use_fp16 True (the release's conversion), "
               "else fp32",
 )
@@ -123,7 +123,7 @@ class Run:
         self.attention_guidance = attention_guidance(args)  # bad intervals / schedules fail here
         self.uses_classifier = bool(args.classifier_path)
         self.labels = LabelSource(args.seed, args.num_samples,
-                                  NUM_CLASSES if (args.class_cond or self.uses_classifier) else None,
+                                  args.num_classes if (args.class_cond or self.uses_classifier) else None,
                                   balanced=args.classes_balanced)
         self.config = run_config(args, self.attention_guidance, self.labels)
         self.output_dir = args.output_dir or os.path.join("samples", "run_" + config_digest(self.config)[:12])
@@ -166,8 +166,8 @@ def check_flags(args):
         if not (args.class_cond or args.classifier_path):
             problems.append("--classes_balanced True needs class labels: a class-conditional model "
                             "(--class_cond True) or a classifier (--classifier_path)")
-        elif args.num_samples % NUM_CLASSES:
-            problems.append(f"--classes_balanced True needs --num_samples divisible by {NUM_CLASSES}, "
+        elif args.num_samples % args.num_classes:
+            problems.append(f"--classes_balanced True needs --num_samples divisible by {args.num_classes}, "
                             f"got {args.num_samples}")
     if args.eta and not args.use_ddim:
         problems.append("--eta is a DDIM setting: add --use_ddim True")
@@ -222,7 +222,10 @@ def precision(args):
 
 
 def model_flags(args):
-    return {k: getattr(args, k) for k in model_and_diffusion_defaults()}
+    flags = {k: getattr(args, k) for k in model_and_diffusion_defaults()}
+    if flags["num_classes"] == NUM_CLASSES:  # the release's; left out so that older sampling folders still resume
+        del flags["num_classes"]
+    return flags
 
 
 def load_model(args, device):
@@ -233,7 +236,7 @@ def load_model(args, device):
 
 def load_classifier(args, device):
     flags = {k: getattr(args, k) for k in classifier_defaults() if k != "image_size"}
-    classifier = create_classifier(image_size=args.image_size, **flags)
+    classifier = create_classifier(image_size=args.image_size, num_classes=args.num_classes, **flags)
     load_checkpoint(classifier, args.classifier_path)
     if args.classifier_use_fp16:
         classifier.convert_to_fp16()

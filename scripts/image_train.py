@@ -53,6 +53,7 @@ HELP = {
     "run_dir": "where logs and checkpoints go (default: $OPENAI_LOGDIR, else runs/train-<time>)",
     "random_flip": "flip images horizontally at random (turn off for digits and text)",
     "progress": "show a progress bar on rank 0",
+    "num_classes": "classes of a class-conditional model (--class_cond True); the release's are ImageNet's 1000",
 }
 
 

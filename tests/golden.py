@@ -23,7 +23,8 @@ def load_fixture(name):
 
 
 def model_flags(fx, **overrides):
-    flags = {k: fx["config"][k] for k in model_and_diffusion_defaults()}
+    # the fixtures predate --num_classes: their class-conditional models have the release's 1000 classes
+    flags = {k: fx["config"].get(k, default) for k, default in model_and_diffusion_defaults().items()}
     flags.update(overrides)
     return flags
 

@@ -15,7 +15,8 @@ def test_cli_writes_the_figure_and_the_samples(tmp_path):
     fx = load_fixture("pag_adm32.pt")
     checkpoint = tmp_path / "model.pt"
     torch.save(fx["state_dict"], checkpoint)
-    flags = [f"--{k}={fx['config'][k]}" for k in model_and_diffusion_defaults() if k != "timestep_respacing"]
+    flags = [f"--{k}={fx['config'][k]}" for k in model_and_diffusion_defaults()
+             if k not in ("timestep_respacing", "num_classes")]
     out = tmp_path / "fig.png"
     # the installed console script, which must exit with status 0
     assert_ok(run_script("pag-guidance-maps", *flags, "--model_path", checkpoint, "--timestep_respacing", "ddim5",
