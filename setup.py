@@ -36,6 +36,7 @@ setup(
         "pag-guidance-maps=scripts.guidance_maps:main",
         "pag-sweep=scripts.sweep:main",
         "pag-image-train=scripts.image_train:main",
+        "pag-classifier-train=scripts.classifier_train:main",
         "pag-train-digits-features=scripts.train_digits_features:main",
         "pag-inverse-sample=scripts.inverse_sample:main",
         "pag-demo=scripts.demo:main",

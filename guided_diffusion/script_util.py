@@ -11,7 +11,8 @@ NUM_CLASSES = 1000  # ImageNet: the release's class-conditional models and class
 
 # The release's per-resolution channel multipliers, used when --channel_mult is empty.
 _CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)}
-_CLASSIFIER_CHANNEL_MULT = _CHANNEL_MULT
+# 32: not in the release; the Fashion-MNIST testbed's classifier (configs/fashion32/classifier.yaml)
+_CLASSIFIER_CHANNEL_MULT = {**_CHANNEL_MULT, 32: (1, 2, 2)}
 _SR_CHANNEL_MULT = {512: (1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
 
 
@@ -103,10 +104,10 @@ def create_classifier_and_diffusion(image_size, classifier_use_fp16, classifier_
                                     classifier_attention_resolutions, classifier_use_scale_shift_norm,
                                     classifier_resblock_updown, classifier_pool, learn_sigma, diffusion_steps,
                                     noise_schedule, timestep_respacing, use_kl, predict_xstart, rescale_timesteps,
-                                    rescale_learned_sigmas):
+                                    rescale_learned_sigmas, num_classes=NUM_CLASSES):
     classifier = create_classifier(image_size, classifier_use_fp16, classifier_width, classifier_depth,
                                    classifier_attention_resolutions, classifier_use_scale_shift_norm,
-                                   classifier_resblock_updown, classifier_pool)
+                                   classifier_resblock_updown, classifier_pool, num_classes=num_classes)
     diffusion = _diffusion_from_flags(diffusion_steps, learn_sigma, noise_schedule, use_kl, predict_xstart,
                                       rescale_timesteps, rescale_learned_sigmas, timestep_respacing)
     return classifier, diffusion

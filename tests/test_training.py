@@ -294,8 +294,8 @@ def test_image_train_script_runs_and_continues(tmp_path):
         assert yaml.safe_load(f)["schedule_sampler"] == "loss-second-moment"
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate: 0.1\n")
-    with pytest.raises(SystemExit):
-        script.parse_args(["--config", str(bad)])
+    with pytest.raises(SystemExit):  # refused while parsing, before any training
+        script.main(["--config", str(bad)])
 
 
 def _train_two_processes(launcher, run_dir):

@@ -1,0 +1,100 @@
+"""What the training scripts share: the training flags, and one run from parsed flags to the last checkpoint.
+
+`scripts/image_train.py` trains a diffusion model and `scripts/classifier_train.py` a noisy-image
+classifier; both are this run with another network and objective (see `guided_diffusion.noisy_classifier`).
+"""
+
+import argparse
+import os
+import time
+
+import torch
+import yaml
+
+from . import config, dist_util, logger
+from .config import add_flags
+from .image_datasets import load_data
+from .resample import SAMPLER_NAMES, create_named_schedule_sampler
+from .train_util import MIXED_PRECISION_MODES, TrainLoop
+
+TRAIN_DEFAULTS = dict(
+    data_dir="", schedule_sampler="uniform", lr=1e-4, weight_decay=0.0, lr_anneal_steps=0, max_steps=0,
+    batch_size=1, microbatch=-1, ema_rate="0.9999", ema_warmup=False, log_interval=10, save_interval=10000,
+    resume_checkpoint="", fp16_scale_growth=1e-3, mixed_precision="none", seed=0, run_dir="", random_flip=True,
+    random_crop=False, progress=True,
+)
+
+TRAIN_HELP = {
+    "data_dir": "an image folder (class = file name before the first '_'), an .npz (arr_0 uint8 NHWC, "
+                "arr_1 labels), 'digits' / 'digits:train' (the scikit-learn digits) or 'fashion:train' "
+                "(Fashion-MNIST, see guided_diffusion.fashion)",
+    "schedule_sampler": f"timestep sampler: {' or '.join(SAMPLER_NAMES)}",
+    "lr_anneal_steps": "decay the learning rate linearly to 0 over this many steps and stop there (0: constant)",
+    "max_steps": "stop after this many steps in all, counting resumed ones (0: no limit)",
+    "batch_size": "images per process and step",
+    "microbatch": "split each batch into chunks of this size, accumulating gradients (-1: no split)",
+    "ema_rate": "EMA decay rate(s), comma-separated",
+    "ema_warmup": "decay min(rate, (1 + n) / (10 + n)) after n steps, so a short run's EMA forgets the "
+                  "random initialisation",
+    "save_interval": "write a checkpoint every this many steps (and at the end)",
+    "resume_checkpoint": "a modelNNNNNN.pt to start from (ignored when run_dir already holds checkpoints)",
+    "use_fp16": "the release's float16 training: float16 U-Net, float32 master weights, dynamic loss scale",
+    "classifier_use_fp16": "the release's float16 training: float16 classifier, float32 master weights",
+    "mixed_precision": f"autocast the forward pass: {', '.join(MIXED_PRECISION_MODES)} (fp16 uses a GradScaler)",
+    "seed": "seed of the model initialisation, the data order and all training noise",
+    "run_dir": "where logs and checkpoints go (default: $OPENAI_LOGDIR, else runs/train-<time>)",
+    "random_flip": "flip images horizontally at random (turn off for digits and text)",
+    "progress": "show a progress bar on rank 0",
+    "num_classes": "classes of a class-conditional model or a classifier; the release's are ImageNet's 1000",
+}
+
+
+def train_argparser(description, network_defaults, network_help=None):
+    """The flags of a training script: the training flags above plus the network's (e.g. the release's
+    model and diffusion flags), each once, and a repeatable `--config FILE.yaml`."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=config.HelpFormatter)
+    parser.add_argument("--config", action="append", default=[],
+                        help="YAML file of flag values (repeatable; command-line flags win)")
+    add_flags(parser, {**TRAIN_DEFAULTS, **network_defaults}, {**TRAIN_HELP, **(network_help or {})})
+    return parser
+
+
+def run_training(args, build, *, use_fp16, class_labels):
+    """Train from parsed flags until `max_steps` (resuming from the run folder's latest checkpoint).
+
+    `build()` returns `(network, objective)`: the objective has `training_losses(network, x_start, t,
+    model_kwargs, noise)` and `num_timesteps`, as a `GaussianDiffusion` does. `class_labels`: the data
+    stream yields `{"y": labels}`. Returns the exit status 0.
+    """
+    launch = dist_util.setup_dist()
+    rank, world_size = dist_util.rank(), dist_util.world_size()  # the process group's, however it was set up
+    run_dir = args.run_dir or os.environ.get("OPENAI_LOGDIR") or time.strftime("runs/train-%Y%m%d-%H%M%S")
+    run_dir = dist_util.broadcast_object(run_dir)
+    logger.configure(run_dir, rank=rank)
+    if rank == 0:
+        with open(os.path.join(run_dir, "args.yaml"), "w") as f:
+            yaml.safe_dump({k: v for k, v in sorted(vars(args).items()) if k != "config"}, f, sort_keys=True)
+    logger.log(f"launcher {launch.launcher}, {world_size} process(es), device {dist_util.dev()}, "
+               f"run dir {run_dir}")
+
+    torch.manual_seed(args.seed)  # the same initial weights on every rank
+    network, objective = build()
+    network.to(dist_util.dev())
+    logger.log(f"model: {sum(p.numel() for p in network.parameters()):,} parameters")
+    schedule_sampler = create_named_schedule_sampler(args.schedule_sampler, objective)
+
+    data = load_data(data_dir=args.data_dir, batch_size=args.batch_size, image_size=args.image_size,
+                     class_cond=class_labels, random_flip=args.random_flip, random_crop=args.random_crop,
+                     seed=args.seed, shard=rank, num_shards=world_size)
+    logger.log("training...")
+    TrainLoop(
+        model=network, diffusion=objective, data=data, batch_size=args.batch_size, microbatch=args.microbatch,
+        lr=args.lr, ema_rate=args.ema_rate, log_interval=args.log_interval, save_interval=args.save_interval,
+        resume_checkpoint=args.resume_checkpoint, use_fp16=use_fp16,
+        fp16_scale_growth=args.fp16_scale_growth, schedule_sampler=schedule_sampler,
+        weight_decay=args.weight_decay, lr_anneal_steps=args.lr_anneal_steps, max_steps=args.max_steps,
+        run_dir=run_dir, seed=args.seed, mixed_precision=args.mixed_precision, progress=args.progress,
+        device=dist_util.dev(), ema_warmup=args.ema_warmup,
+    ).run_loop()
+    dist_util.cleanup()
+    return 0
