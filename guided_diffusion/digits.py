@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .sample_store import atomic_write
+from .file_io import atomic_write
 
 NUM_DIGITS = 1797
 TRAIN_SIZE = 1500

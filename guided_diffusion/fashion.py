@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from .sample_store import atomic_write
+from .file_io import atomic_write
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

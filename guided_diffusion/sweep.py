@@ -51,6 +51,7 @@ from pathlib import Path
 import yaml
 
 from .config import load_config
+from .file_io import append_line, atomic_write_text, file_identity
 from .sample_store import batch_name
 from .script_util import model_and_diffusion_defaults
 
@@ -134,13 +135,6 @@ def read_results(path):
     return results
 
 
-def _append(path, record):
-    with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _config_files(point):
     files = point.get("config") or []
     return [files] if isinstance(files, str) else list(files)
@@ -161,7 +155,7 @@ def point_commands(spec, overrides, point_dir):
     config = point_config(spec, overrides)
     point_dir.mkdir(parents=True, exist_ok=True)
     config_path = point_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=True))
+    atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=True))
     launch = shlex.split(spec.get("launch", ""))
     sample = launch + [sys.executable, "-m", "scripts.image_sample", "--config", str(config_path),
                        "--output_dir", str(point_dir / "samples")]
@@ -197,8 +191,6 @@ def run_comparisons(spec, results, dry_run=False, log=print, env=None):
     """Compare every finished point with the baseline point; return {key: comparison}.
 
     A comparison is reused while the two sample files and the statistics settings are unchanged."""
-    from .sample_store import file_identity
-
     base = baseline_point(spec)
     if not spec.get("intervals") or base is None:
         return {}
@@ -228,7 +220,7 @@ def run_comparisons(spec, results, dry_run=False, log=print, env=None):
         try:
             _run(command, point_dir / "compare.log", env)
             comparisons[key] = json.loads(result_path.read_text())
-            stamp_path.write_text(json.dumps(stamp, sort_keys=True))
+            atomic_write_text(stamp_path, json.dumps(stamp, sort_keys=True))
         except Exception as error:  # a failed comparison leaves the rest of the table intact
             comparisons[key] = {"status": "failed", "error": str(error)[-2000:]}
             log(f"    comparison failed: {str(error).splitlines()[-1] if str(error) else type(error).__name__}")
@@ -270,7 +262,7 @@ def run_sweep(spec, dry_run=False, log=print, env=None):
             record.update(status="failed", error=str(error)[-2000:])
             log(f"    failed: {str(error).splitlines()[-1] if str(error) else type(error).__name__}")
         record["seconds"] = round(time.time() - start, 1)
-        _append(results_path, record)
+        append_line(results_path, json.dumps(record, sort_keys=True))
     return read_results(results_path)
 
 

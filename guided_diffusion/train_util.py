@@ -45,7 +45,7 @@ from torch.optim import AdamW
 from . import dist_util, logger
 from .checkpoints import load_checkpoint
 from .resample import LossAwareSampler, UniformSampler
-from .sample_store import atomic_write
+from .file_io import atomic_write
 
 INITIAL_LOG_LOSS_SCALE = 20.0
 MIXED_PRECISION_MODES = ("none", "bf16", "fp16")

@@ -38,7 +38,8 @@ from guided_diffusion.guidance_flags import (GUIDANCE_DEFAULTS, GUIDANCE_HELP, a
 from guided_diffusion.image_io import to_uint8
 from guided_diffusion.precision import PRECISIONS, apply_precision
 from guided_diffusion.folder_jobs import DEFAULT_TIMEOUT, describe as describe_job
-from guided_diffusion.sample_store import SampleStore, config_digest, file_identity
+from guided_diffusion.file_io import file_identity
+from guided_diffusion.sample_store import SampleStore, config_digest
 from guided_diffusion.script_util import (NUM_CLASSES, classifier_defaults, create_classifier,
                                           create_model_and_diffusion, model_and_diffusion_defaults)
 from guided_diffusion.seeding import ImageNoise, LabelSource

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluations.digits_features import INPUT_SIZE, DigitsFeatureNet, preprocess  # noqa: E402
 from guided_diffusion.digits import load_digits_split  # noqa: E402
-from guided_diffusion.sample_store import atomic_write  # noqa: E402
+from guided_diffusion.file_io import atomic_write  # noqa: E402
 
 
 def augment(x, generator):

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluations.fashion_features import INPUT_SIZE, FashionFeatureNet, preprocess  # noqa: E402
 from guided_diffusion.fashion import load_fashion_split  # noqa: E402
-from guided_diffusion.sample_store import atomic_write  # noqa: E402
+from guided_diffusion.file_io import atomic_write  # noqa: E402
 
 SHIFT = 2
 
