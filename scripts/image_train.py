@@ -10,6 +10,7 @@ flags on the command line override. Runs on one process, or under `mpiexec -n N`
 """
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -21,11 +22,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from guided_diffusion import config, dist_util, logger  # noqa: E402
 from guided_diffusion.config import add_flags  # noqa: E402
+from guided_diffusion.file_io import atomic_write_text  # noqa: E402
 from guided_diffusion.image_datasets import load_data  # noqa: E402
+from guided_diffusion.log_setup import log_to_console, log_to_file, stop_logging  # noqa: E402
 from guided_diffusion.resample import SAMPLER_NAMES, create_named_schedule_sampler  # noqa: E402
 from guided_diffusion.script_util import (args_to_dict, create_model_and_diffusion,  # noqa: E402
                                           model_and_diffusion_defaults)
 from guided_diffusion.train_util import MIXED_PRECISION_MODES, TrainLoop  # noqa: E402
+
+log = logging.getLogger("scripts.image_train")
 
 TRAIN_DEFAULTS = dict(
     data_dir="", schedule_sampler="uniform", lr=1e-4, weight_decay=0.0, lr_anneal_steps=0, max_steps=0,
@@ -77,23 +82,33 @@ def main(argv=None):
     rank, world_size = dist_util.rank(), dist_util.world_size()  # the process group's, however it was set up
     run_dir = args.run_dir or os.environ.get("OPENAI_LOGDIR") or time.strftime("runs/train-%Y%m%d-%H%M%S")
     run_dir = dist_util.broadcast_object(run_dir)
-    logger.configure(run_dir, rank=rank)
+    logger.configure(run_dir, rank=rank)  # the metrics record: progress.csv, log.jsonl
+    log_to_console(rank)
+    try:
+        train(args, launch, run_dir, rank, world_size)
+    finally:
+        stop_logging()
+    dist_util.cleanup()
+    return 0  # the exit status of the console script
+
+
+def train(args, launch, run_dir, rank, world_size):
     if rank == 0:
-        with open(os.path.join(run_dir, "args.yaml"), "w") as f:
-            yaml.safe_dump({k: v for k, v in sorted(vars(args).items()) if k != "config"}, f, sort_keys=True)
-    logger.log(f"launcher {launch.launcher}, {world_size} process(es), device {dist_util.dev()}, "
-               f"run dir {run_dir}")
+        log_to_file(os.path.join(run_dir, "log.txt"))  # the run's messages, metric lines included
+        atomic_write_text(os.path.join(run_dir, "args.yaml"), yaml.safe_dump(
+            {k: v for k, v in sorted(vars(args).items()) if k != "config"}, sort_keys=True))
+    log.info(f"launcher {launch.launcher}, {world_size} process(es), device {dist_util.dev()}, run dir {run_dir}")
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model, diffusion = create_model_and_diffusion(**args_to_dict(args, model_and_diffusion_defaults().keys()))
     model.to(dist_util.dev())
-    logger.log(f"model: {sum(p.numel() for p in model.parameters()):,} parameters")
+    log.info(f"model: {sum(p.numel() for p in model.parameters()):,} parameters")
     schedule_sampler = create_named_schedule_sampler(args.schedule_sampler, diffusion)
 
     data = load_data(data_dir=args.data_dir, batch_size=args.batch_size, image_size=args.image_size,
                      class_cond=args.class_cond, random_flip=args.random_flip, random_crop=args.random_crop,
                      seed=args.seed, shard=rank, num_shards=world_size)
-    logger.log("training...")
+    log.info("training...")
     TrainLoop(
         model=model, diffusion=diffusion, data=data, batch_size=args.batch_size, microbatch=args.microbatch,
         lr=args.lr, ema_rate=args.ema_rate, log_interval=args.log_interval, save_interval=args.save_interval,
@@ -103,8 +118,6 @@ def main(argv=None):
         run_dir=run_dir, seed=args.seed, mixed_precision=args.mixed_precision, progress=args.progress,
         device=dist_util.dev(), ema_warmup=args.ema_warmup,
     ).run_loop()
-    dist_util.cleanup()
-    return 0  # the exit status of the console script
 
 
 if __name__ == "__main__":
