@@ -6,18 +6,16 @@ batch or other weights recompute; an unreadable or stale cache is recomputed, an
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from guided_diffusion.sample_store import atomic_write
+from guided_diffusion.file_io import atomic_write, file_fingerprint
 
 from .backends import FEATURE_KEYS
 
@@ -51,20 +49,8 @@ def cache_path_for(batch_path, backend_name: str) -> Path:
     return batch_path.with_name(f"{stem}.{safe}.acts.npz")
 
 
-def _file_fingerprint(path: Path) -> Dict[str, Union[int, str]]:
-    """Size, mtime and a hash of the first and last MiB of a file (cheap even for 10 GB batches)."""
-    st = path.stat()
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        if st.st_size > (2 << 20):
-            f.seek(-(1 << 20), os.SEEK_END)
-        h.update(f.read(1 << 20))
-    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sha256_ends": h.hexdigest()}
-
-
 def _cache_key(batch_path: Path, fingerprint: str, resize_to=None) -> Dict:
-    key = {"format": CACHE_FORMAT, "backend": fingerprint, "source": _file_fingerprint(batch_path)}
+    key = {"format": CACHE_FORMAT, "backend": fingerprint, "source": file_fingerprint(batch_path)}
     if resize_to is not None:  # resized images give other activations (absent: as before, old caches hold)
         key["resize_to"] = [int(v) for v in resize_to]
     return key

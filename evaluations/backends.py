@@ -15,12 +15,13 @@ name, and the evaluator also accepts a backend object directly.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 from typing import Callable, Dict, Union
 
 import numpy as np
+
+from guided_diffusion.file_io import file_sha256
 
 from .backend_base import FeatureBackend
 
@@ -122,10 +123,7 @@ class _DigitsBackend:
         from .digits_features import DEFAULT_CHECKPOINT, digits_feature_backend
 
         self._inner = digits_feature_backend()
-        digest = hashlib.sha256()
-        with open(DEFAULT_CHECKPOINT, "rb") as f:
-            digest.update(f.read())
-        self._fingerprint = f"digits:{digest.hexdigest()[:16]}"
+        self._fingerprint = f"digits:{file_sha256(DEFAULT_CHECKPOINT)[:16]}"
 
     def compute(self, batch):
         return self._inner.compute(batch)

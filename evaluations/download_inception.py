@@ -11,11 +11,12 @@ then moved into place.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import urllib.request
 from pathlib import Path
 from typing import Optional
+
+from guided_diffusion.file_io import atomic_write
 
 from .inception import (
     INCEPTION_GRAPH_SIZE,
@@ -50,30 +51,28 @@ def download_inception_graph(
     if dest.is_file() and not force:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            bar = None
-            if progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=total, unit="B", unit_scale=True, desc=dest.name)
-            while True:
-                chunk = response.read(1 << 20)
-                if not chunk:
-                    break
-                out.write(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-            if bar is not None:
-                bar.close()
-        verify_graph_file(tmp, check_size=url == INCEPTION_GRAPH_URL)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(dest, lambda out: _download(url, out, dest.name, progress),
+                 check=lambda tmp: verify_graph_file(tmp, check_size=url == INCEPTION_GRAPH_URL))
     return dest
+
+
+def _download(url: str, out, name: str, progress: bool) -> None:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=name)
+        while True:
+            chunk = response.read(1 << 20)
+            if not chunk:
+                break
+            out.write(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
 
 
 def main(argv: Optional[list] = None) -> int:

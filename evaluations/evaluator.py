@@ -29,6 +29,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from guided_diffusion.file_io import atomic_write_text
+
 from . import bootstrap, metrics
 from . import kid as kid_module
 from .activation_cache import BatchFeatures, _cache_key, _load_cache, _save_cache, cache_path_for
@@ -463,9 +465,7 @@ def _kid_json(evaluator: "Evaluator", ref_images: bool) -> Dict:
 
 def _write_json(path, payload) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def _fmt(value) -> str:

@@ -11,13 +11,14 @@ Architecture (float32): RGB in [-1, 1] at 32x32 -> three stages of conv3x3 + Bat
 evaluator takes the first 7 channels of Inception's 17x17 mixed_6 map.
 """
 
-import hashlib
 import os
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from guided_diffusion.file_io import file_sha256
 
 INPUT_SIZE = 32
 CHANNELS = (32, 64, 128)
@@ -90,8 +91,7 @@ class FashionFeatureBackend:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.net = load_feature_net(path, self.device)
-        with open(path, "rb") as f:
-            self._fingerprint = f"fashion:{hashlib.sha256(f.read()).hexdigest()[:16]}"
+        self._fingerprint = f"fashion:{file_sha256(path)[:16]}"
 
     def fingerprint(self):
         return self._fingerprint

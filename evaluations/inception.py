@@ -24,6 +24,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from guided_diffusion.file_io import file_sha256
+
 from .backend_base import FeatureBackend
 
 INCEPTION_GRAPH_URL = (
@@ -91,14 +93,8 @@ def graph_fingerprint(path, data: Optional[bytes] = None) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _FINGERPRINTS:
-        digest = hashlib.sha256()
-        if data is not None:
-            digest.update(data)
-        else:
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 22), b""):
-                    digest.update(chunk)
-        _FINGERPRINTS[key] = f"inception:{digest.hexdigest()[:16]}"
+        digest = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
+        _FINGERPRINTS[key] = f"inception:{digest[:16]}"
     return _FINGERPRINTS[key]
 
 

@@ -10,13 +10,17 @@ are the training set and the remaining 297 the held-out set, each sorted by the 
 """
 
 import argparse
+import logging
 import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .sample_store import atomic_write
+from .file_io import atomic_write
+from .log_setup import log_to_console
+
+log = logging.getLogger("guided_diffusion.digits")  # also when run as __main__
 
 NUM_DIGITS = 1797
 TRAIN_SIZE = 1500
@@ -82,9 +86,10 @@ def main(argv=None):
     parser.add_argument("--split", choices=SPLITS, default="train")
     parser.add_argument("--out", default=None, help="default: digits{image_size}_{split}.npz")
     args = parser.parse_args(argv)
+    log_to_console()
     out = args.out or f"digits{args.image_size}_{args.split}.npz"
     write_digits_npz(out, args.image_size, args.split)
-    print(f"wrote {out}")
+    log.info("wrote %s", out)
 
 
 if __name__ == "__main__":

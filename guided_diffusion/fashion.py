@@ -10,12 +10,16 @@ uint8 RGB (`arr_0` NHWC, `arr_1` labels), the layout the evaluator and `image_da
 """
 
 import argparse
+import logging
 import gzip
 import os
 
 import numpy as np
 
-from .sample_store import atomic_write
+from .file_io import atomic_write
+from .log_setup import log_to_console
+
+log = logging.getLogger("guided_diffusion.fashion")  # also when run as __main__
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -95,9 +99,10 @@ def main(argv=None):
     parser.add_argument("--data_dir", default=None, help=f"folder of the idx files (default: {DEBIAN_DIR})")
     parser.add_argument("--out", default=None, help="output file (default: fashion32_{split}.npz)")
     args = parser.parse_args(argv)
+    log_to_console()
     out = args.out or f"fashion32_{args.split}.npz"
     write_fashion_npz(out, args.split, args.data_dir)
-    print(f"wrote {out}")
+    log.info("wrote %s", out)
 
 
 if __name__ == "__main__":

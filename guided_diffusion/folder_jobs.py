@@ -21,6 +21,8 @@ import socket
 import threading
 import time
 
+from .file_io import atomic_write_text, remove_if_present
+
 log = logging.getLogger(__name__)
 
 JOBS = "jobs"
@@ -89,13 +91,7 @@ class FolderJobs:
         return os.path.join(self.jobs_dir, name or self.name)
 
     def _write_record(self):
-        path = self._record_path()
-        tmp = os.path.join(self.jobs_dir, f".{self.name}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(self.record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # readers never see half a record
+        atomic_write_text(self._record_path(), json.dumps(self.record))  # readers never see half a record
 
     def _heartbeat(self):
         while not self._stop.wait(self.timeout / 10):
@@ -181,10 +177,10 @@ class FolderJobs:
         now = self.now()
         for name, (record, beat) in self.records().items():
             if name != self.name and not self._alive(record, beat, now):
-                _unlink(self._record_path(name))
+                remove_if_present(self._record_path(name))
         for claim in self._claim_names():
             if self.holder(claim) is None:
-                _unlink(os.path.join(self.claims_dir, claim))
+                remove_if_present(os.path.join(self.claims_dir, claim))
 
     # ------------------------------------------------------------------------------------------------
     # Claims
@@ -232,7 +228,7 @@ class FolderJobs:
                 if holder is not None:
                     return False
                 log.info("claim %s is stale (its job is gone): taking it over", path)
-                _unlink(path)
+                remove_if_present(path)
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(self.name)
@@ -245,7 +241,7 @@ class FolderJobs:
         self._claims.discard(claim)
         found = self._owner(claim)
         if found is not None and found[0] == self.name:
-            _unlink(os.path.join(self.claims_dir, claim))
+            remove_if_present(os.path.join(self.claims_dir, claim))
 
 
 def describe(record, age=None):
@@ -259,9 +255,3 @@ def describe(record, age=None):
         parts.append(f"last heartbeat {age:.0f} s ago")
     return f"{record.get('host')}:{record.get('pid')}" + (f" ({', '.join(parts)})" if parts else "")
 
-
-def _unlink(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -1,39 +1,41 @@
-"""Key-value training logs: averaged between dumps, printed as one line and appended to CSV and JSONL.
+"""The training's metrics record: key-value rows averaged between dumps, appended to CSV and JSONL files.
 
     logger.configure("runs/digits")      # rank 0 writes runs/digits/progress.csv and log.jsonl
     logger.logkv_mean("loss", 0.12)      # averaged until the next dump
     logger.logkv("step", 100)            # last value wins
-    logger.dumpkvs()                     # print, append a row, reset
+    logger.dumpkvs()                     # record the row, log it as one line, reset
 
-Only rank 0 writes (others keep the calls as no-ops), so the training code does not need to check.
+Only rank 0 records (others keep the calls as no-ops), so the training code does not need to check.
 When a later dump brings keys that the CSV header lacks, the CSV is rewritten with the wider header.
+The row's line (format "message") is an INFO message of this module's `logging` logger, which goes
+wherever the script sends messages (`log_setup`); messages other than metrics are logged directly.
 """
 
 import csv
+import io
 import json
+import logging
 import math
 import os
-import sys
 import time
+
+from .file_io import append_line, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 _current = None
 
 
 class Logger:
-    def __init__(self, dir=None, rank=0, stream=sys.stdout, formats=("stdout", "csv", "jsonl")):
+    def __init__(self, dir=None, rank=0, formats=("message", "csv", "jsonl")):
         self.dir = dir
         self.rank = rank
-        self.stream = stream
         self.formats = tuple(formats) if rank == 0 else ()
         self.values = {}
         self.sums = {}
         self.counts = {}
-        self.write = self._write_stream
         if dir and rank == 0:
             os.makedirs(dir, exist_ok=True)
-
-    def _write_stream(self, text):
-        print(text, file=self.stream, flush=True)
 
     # -- recording ----------------------------------------------------------------------------------
 
@@ -53,30 +55,17 @@ class Logger:
         """Write the current row everywhere, clear it and return it."""
         row = self.getkvs()
         if row and self.rank == 0:
-            if "stdout" in self.formats:
-                self._print_line(row)
+            if "message" in self.formats:
+                log.info(_line(row))
             if self.dir and "csv" in self.formats:
                 self._append_csv(row)
             if self.dir and "jsonl" in self.formats:
-                with open(os.path.join(self.dir, "log.jsonl"), "a") as f:
-                    f.write(json.dumps({"time": round(time.time(), 3), **{k: _plain(v) for k, v in row.items()}})
-                            + "\n")
+                append_line(os.path.join(self.dir, "log.jsonl"),
+                            json.dumps({"time": round(time.time(), 3), **{k: _plain(v) for k, v in row.items()}}))
         self.values, self.sums, self.counts = {}, {}, {}
         return row
 
-    def log(self, *args):
-        if self.rank == 0 and "stdout" in self.formats:
-            self.write(" ".join(str(a) for a in args))
-        if self.rank == 0 and self.dir:
-            with open(os.path.join(self.dir, "log.txt"), "a") as f:
-                print(*args, file=f)
-
     # -- writers ------------------------------------------------------------------------------------
-
-    def _print_line(self, row):
-        first = [k for k in ("step", "samples") if k in row]
-        keys = first + sorted(k for k in row if k not in first)
-        self.write(" | ".join(f"{k} {_fmt(row[k])}" for k in keys))
 
     def _append_csv(self, row):
         path = os.path.join(self.dir, "progress.csv")
@@ -92,13 +81,20 @@ class Logger:
             missing = sorted(row)
         if missing:
             header = header + missing
-            with open(path + ".tmp", "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=header, restval="")
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(path + ".tmp", path)
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=header, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write_text(path, text.getvalue())
         with open(path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=header, restval="").writerow({k: _plain(v) for k, v in row.items()})
+
+
+def _line(row):
+    """`step 100 | samples 800 | loss 0.12 | ...`: step and samples first, then the keys in order."""
+    first = [k for k in ("step", "samples") if k in row]
+    keys = first + sorted(k for k in row if k not in first)
+    return " | ".join(f"{k} {_fmt(row[k])}" for k in keys)
 
 
 def _plain(value):
@@ -119,9 +115,9 @@ def _fmt(value):
 # -- module-level logger ----------------------------------------------------------------------------
 
 
-def configure(dir=None, rank=0, formats=("stdout", "csv", "jsonl"), stream=sys.stdout):
+def configure(dir=None, rank=0, formats=("message", "csv", "jsonl")):
     global _current
-    _current = Logger(dir, rank=rank, formats=formats, stream=stream)
+    _current = Logger(dir, rank=rank, formats=formats)
     return _current
 
 
@@ -151,6 +147,3 @@ def getkvs():
 def dumpkvs():
     return get_current().dumpkvs()
 
-
-def log(*args):
-    get_current().log(*args)

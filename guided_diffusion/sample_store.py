@@ -27,6 +27,7 @@ import zipfile
 
 import numpy as np
 
+from .file_io import atomic_write, create_exclusively, is_temporary, remove_if_present
 from .folder_jobs import DEFAULT_TIMEOUT, FolderJobs, describe
 from .image_io import save_image_grid
 
@@ -50,43 +51,6 @@ class ShardError(ValueError):
 
 def config_digest(config):
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-
-
-def file_identity(path, head_bytes=1 << 20):
-    """Size and SHA-256 of the first MiB of a (local or blobfile) file: cheap, and independent of its path."""
-    import blobfile as bf
-
-    if not bf.exists(path):
-        raise FileNotFoundError(f"{path} does not exist")
-    with bf.BlobFile(path, "rb") as f:
-        head = f.read(head_bytes)
-    return {"size": bf.stat(path).size, "sha256_first_mib": hashlib.sha256(head).hexdigest()}
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
-
-
-def atomic_write(path, write):
-    """Call `write(file_object)` on a temporary file beside `path`, then rename it to `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes it private; the outputs are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def batch_name(num_samples, image_shape):
@@ -178,26 +142,7 @@ class SampleStore:
                     "info": info or {}}
         text = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
         path = self.manifest_path()
-        fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".tmp", dir=self.root)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, _FILE_MODE)
-            created = True
-            try:
-                os.link(tmp, path)  # atomic and exclusive, and readers never see half a manifest
-            except FileExistsError:
-                created = False
-            except OSError:  # a filesystem without hard links: exclusive create, then write
-                try:
-                    with open(path, "xb") as f:
-                        f.write(text)
-                except FileExistsError:
-                    created = False
-        finally:
-            os.unlink(tmp)
+        created = create_exclusively(path, text)
         if not created:  # another job was first: continue its run if the config is the same
             self.check_manifest()
         if created or self.shard_size is None:  # (None: the manifest of an older version: this job's blocks)
@@ -348,27 +293,26 @@ class SampleStore:
         self.jobs.prune()
         if os.path.isdir(self.shard_dir):
             for name in os.listdir(self.shard_dir):
-                if not (name.startswith(".") and name.endswith(".tmp")):
+                if not is_temporary(name):
                     continue
                 block = _BLOCK_SHARD.match(name[1:])
                 if block:
                     first, size = int(block.group(1)), int(block.group(2))
                     if self.jobs.holder(_block_claim(size, first // size)) is not None:
                         continue  # a live process is writing it
-                _unlink(os.path.join(self.shard_dir, name))
+                remove_if_present(os.path.join(self.shard_dir, name))
         if self.jobs.holder(ASSEMBLY_CLAIM) in (None, self.jobs.name):
             self._remove_assembly_leftovers()
         if not self.jobs.live_jobs():
             for name in os.listdir(self.root):
-                if name.startswith(f".{MANIFEST}.") and name.endswith(".tmp"):
-                    _unlink(os.path.join(self.root, name))
+                if is_temporary(name, MANIFEST):
+                    remove_if_present(os.path.join(self.root, name))
 
     def _remove_assembly_leftovers(self):
         final = os.path.basename(self.final_path)
         for name in os.listdir(self.root):
-            if (name.startswith(".assemble.") and name.endswith(".npy")) or (
-                    name.startswith(f".{final}.") and name.endswith(".tmp")):
-                _unlink(os.path.join(self.root, name))
+            if (name.startswith(".assemble.") and name.endswith(".npy")) or is_temporary(name, final):
+                remove_if_present(os.path.join(self.root, name))
 
     def assemble(self):
         """Write the final npz (images ordered by index) and the grid after checking count and coverage.
@@ -424,13 +368,6 @@ class SampleStore:
 
 def _block_claim(shard_size, block):
     return f"block{shard_size}_{block:08d}"
-
-
-def _unlink(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def describe_differences(old, new, prefix=""):

@@ -41,6 +41,7 @@ marked as the best.
 import hashlib
 import itertools
 import json
+import logging
 import os
 import shlex
 import subprocess
@@ -51,8 +52,11 @@ from pathlib import Path
 import yaml
 
 from .config import load_config
+from .file_io import append_line, atomic_write_text, file_identity
 from .sample_store import batch_name
 from .script_util import model_and_diffusion_defaults
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,13 +138,6 @@ def read_results(path):
     return results
 
 
-def _append(path, record):
-    with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _config_files(point):
     files = point.get("config") or []
     return [files] if isinstance(files, str) else list(files)
@@ -161,7 +158,7 @@ def point_commands(spec, overrides, point_dir):
     config = point_config(spec, overrides)
     point_dir.mkdir(parents=True, exist_ok=True)
     config_path = point_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=True))
+    atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=True))
     launch = shlex.split(spec.get("launch", ""))
     sample = launch + [sys.executable, "-m", "scripts.image_sample", "--config", str(config_path),
                        "--output_dir", str(point_dir / "samples")]
@@ -193,12 +190,10 @@ def compare_command(spec, baseline_samples, samples, point_dir):
             + _statistics_args(spec, compare=True) + [str(a) for a in spec.get("evaluator_args", [])])
 
 
-def run_comparisons(spec, results, dry_run=False, log=print, env=None):
+def run_comparisons(spec, results, env=None):
     """Compare every finished point with the baseline point; return {key: comparison}.
 
     A comparison is reused while the two sample files and the statistics settings are unchanged."""
-    from .sample_store import file_identity
-
     base = baseline_point(spec)
     if not spec.get("intervals") or base is None:
         return {}
@@ -211,10 +206,6 @@ def run_comparisons(spec, results, dry_run=False, log=print, env=None):
         point_dir = out / key
         if key == base_key:
             continue
-        if dry_run:  # the commands to submit after the points' own jobs
-            samples = [point_commands(spec, p, out / point_key(p))[2] for p in (base, overrides)]
-            log(shlex.join(compare_command(spec, *samples, point_dir)))
-            continue
         if record.get("status") != "ok" or base_record.get("status") != "ok":
             continue
         command = compare_command(spec, base_record["samples"], record["samples"], point_dir)
@@ -224,23 +215,43 @@ def run_comparisons(spec, results, dry_run=False, log=print, env=None):
         if result_path.exists() and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
             comparisons[key] = json.loads(result_path.read_text())
             continue
-        log(f"comparing {json.dumps(overrides, sort_keys=True)} with the baseline {json.dumps(base, sort_keys=True)}")
+        log.info("comparing %s with the baseline %s", json.dumps(overrides, sort_keys=True),
+                 json.dumps(base, sort_keys=True))
         try:
             _run(command, point_dir / "compare.log", env)
             comparisons[key] = json.loads(result_path.read_text())
-            stamp_path.write_text(json.dumps(stamp, sort_keys=True))
+            atomic_write_text(stamp_path, json.dumps(stamp, sort_keys=True))
         except Exception as error:  # a failed comparison leaves the rest of the table intact
             comparisons[key] = {"status": "failed", "error": str(error)[-2000:]}
-            log(f"    comparison failed: {str(error).splitlines()[-1] if str(error) else type(error).__name__}")
+            log.warning("    comparison failed: %s", _last_line(error))
     return comparisons
 
 
-def run_sweep(spec, dry_run=False, log=print, env=None):
-    """Run every pending point; return {key: record}. With dry_run, print the commands instead."""
+def planned_commands(spec):
+    """The shell commands a run would start: each pending point's sampling and evaluation, then each
+    comparison with the baseline (to submit after the points' own jobs). Writes the points' configs."""
+    out = Path(spec["output_dir"])
+    done = {k for k, r in read_results(out / "results.jsonl").items() if r["status"] == "ok"}
+    points = expand_points(spec)
+    commands = []
+    for overrides in points:
+        if point_key(overrides) not in done:
+            commands += point_commands(spec, overrides, out / point_key(overrides))[:2]
+    base = baseline_point(spec)
+    if spec.get("intervals") and base is not None:
+        for overrides in points:
+            if point_key(overrides) != point_key(base):
+                samples = [point_commands(spec, p, out / point_key(p))[2] for p in (base, overrides)]
+                commands.append(compare_command(spec, *samples, out / point_key(overrides)))
+    return [shlex.join(command) for command in commands]
+
+
+def run_sweep(spec, env=None):
+    """Run every pending point; return {key: record}."""
     out = Path(spec["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
-    if spec.get("prepare_reference") and not Path(spec["reference"]).exists() and not dry_run:
+    if spec.get("prepare_reference") and not Path(spec["reference"]).exists():
         command = [sys.executable if c == "python" else str(c).replace("{reference}", spec["reference"])
                    for c in spec["prepare_reference"]]
         _run(command, out / "prepare_reference.log", env)
@@ -250,15 +261,11 @@ def run_sweep(spec, dry_run=False, log=print, env=None):
         key = point_key(overrides)
         label = json.dumps(overrides, sort_keys=True)
         if key in done:
-            log(f"[{index + 1}/{len(points)}] {label}: done, skipped")
+            log.info("[%d/%d] %s: done, skipped", index + 1, len(points), label)
             continue
         point_dir = out / key
         sample_cmd, eval_cmd, samples = point_commands(spec, overrides, point_dir)
-        if dry_run:
-            log(shlex.join(sample_cmd))
-            log(shlex.join(eval_cmd))
-            continue
-        log(f"[{index + 1}/{len(points)}] {label}: sampling and evaluating in {point_dir}")
+        log.info("[%d/%d] %s: sampling and evaluating in %s", index + 1, len(points), label, point_dir)
         start = time.time()
         record = {"key": key, "overrides": overrides}
         try:
@@ -268,10 +275,14 @@ def run_sweep(spec, dry_run=False, log=print, env=None):
             record.update(status="ok", metrics=metrics, samples=str(samples))
         except Exception as error:  # one failed point must not stop the sweep
             record.update(status="failed", error=str(error)[-2000:])
-            log(f"    failed: {str(error).splitlines()[-1] if str(error) else type(error).__name__}")
+            log.warning("    failed: %s", _last_line(error))
         record["seconds"] = round(time.time() - start, 1)
-        _append(results_path, record)
+        append_line(results_path, json.dumps(record, sort_keys=True))
     return read_results(results_path)
+
+
+def _last_line(error):
+    return str(error).splitlines()[-1] if str(error) else type(error).__name__
 
 
 def _run(cmd, log_path, env):

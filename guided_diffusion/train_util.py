@@ -32,6 +32,7 @@ Semantics (the release's, with the differences spelled out):
 
 import functools
 import glob
+import logging
 import os
 import re
 import time
@@ -45,7 +46,9 @@ from torch.optim import AdamW
 from . import dist_util, logger
 from .checkpoints import load_checkpoint
 from .resample import LossAwareSampler, UniformSampler
-from .sample_store import atomic_write
+from .file_io import atomic_write
+
+log = logging.getLogger(__name__)
 
 INITIAL_LOG_LOSS_SCALE = 20.0
 MIXED_PRECISION_MODES = ("none", "bf16", "fp16")
@@ -90,7 +93,7 @@ class TrainLoop:
         self.world_size = dist_util.world_size()
         self.global_batch = batch_size * self.world_size
         self.run_dir = run_dir or logger.get_dir() or "."
-        self.log = logger.get_current()
+        self.metrics = logger.get_current()
         self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
         self.step = 0
         self.last_saved_step = None
@@ -101,7 +104,7 @@ class TrainLoop:
         resume = self._find_resume()
         if resume:
             self.step = parse_resume_step_from_filename(resume)
-            self.log.log(f"loading model from checkpoint: {resume} (step {self.step})")
+            log.info(f"loading model from checkpoint: {resume} (step {self.step})")
             load_checkpoint(self.model, _load(resume))
         # Float32 master weights: the model's own parameters, or copies when the model runs in float16.
         if use_fp16:
@@ -143,7 +146,7 @@ class TrainLoop:
         found = find_resume_checkpoint(self.run_dir)
         if found:
             if self.resume_checkpoint and os.path.abspath(found) != os.path.abspath(self.resume_checkpoint):
-                self.log.log(f"{self.run_dir} already holds checkpoints: continuing from {found} "
+                log.info(f"{self.run_dir} already holds checkpoints: continuing from {found} "
                              f"instead of --resume_checkpoint {self.resume_checkpoint}")
             return found
         if self.resume_checkpoint and not os.path.exists(self.resume_checkpoint):
@@ -154,23 +157,23 @@ class TrainLoop:
         for rate, params in zip(self.ema_rate, self.ema_params):
             path = find_ema_checkpoint(main_checkpoint, self.step, rate)
             if path:
-                self.log.log(f"loading EMA from checkpoint: {path}")
+                log.info(f"loading EMA from checkpoint: {path}")
                 self._copy_state_into(_load(path), params)
             else:
-                self.log.log(f"no {_ema_name(rate, self.step)}: the EMA at rate {rate} restarts from the model")
+                log.info(f"no {_ema_name(rate, self.step)}: the EMA at rate {rate} restarts from the model")
 
     def _load_opt(self, main_checkpoint):
         path = _sibling(main_checkpoint, f"opt{self.step:06d}.pt")
         if os.path.exists(path):
-            self.log.log(f"loading optimizer state from checkpoint: {path}")
+            log.info(f"loading optimizer state from checkpoint: {path}")
             self.opt.load_state_dict(_load(path))
         else:
-            self.log.log(f"no {os.path.basename(path)}: the optimizer state starts afresh")
+            log.info(f"no {os.path.basename(path)}: the optimizer state starts afresh")
 
     def _load_train_state(self, main_checkpoint):
         path = _sibling(main_checkpoint, f"train_state{self.step:06d}.pt")
         if not os.path.exists(path):
-            self.log.log(f"no {os.path.basename(path)}: random streams and data order start afresh")
+            log.info(f"no {os.path.basename(path)}: random streams and data order start afresh")
             return
         state = _load(path)
         self.lg_loss_scale = float(state.get("lg_loss_scale", self.lg_loss_scale))
@@ -178,7 +181,7 @@ class TrainLoop:
             self.scaler.load_state_dict(state["scaler"])
         ranks = state.get("ranks", [])
         if len(ranks) != self.world_size:
-            self.log.log(f"{os.path.basename(path)} was written by {len(ranks)} processes, this run has "
+            log.info(f"{os.path.basename(path)} was written by {len(ranks)} processes, this run has "
                          f"{self.world_size}: random streams and data order start afresh")
             return
         mine = ranks[self.rank]
@@ -216,7 +219,6 @@ class TrainLoop:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self._total_steps(), initial=self.step, desc="train", dynamic_ncols=True)
-            self.log.write = bar.write
         start_step, t0 = self.step, time.time()
         try:
             while not self._finished():
@@ -226,9 +228,9 @@ class TrainLoop:
                     bar.update(1)
                 if self.step % self.log_interval == 0:
                     elapsed = time.time() - t0
-                    self.log.logkv("steps_per_sec", (self.step - start_step) / max(elapsed, 1e-9))
-                    self.log.logkv("elapsed_s", round(elapsed, 1))
-                    self.log.dumpkvs()
+                    self.metrics.logkv("steps_per_sec", (self.step - start_step) / max(elapsed, 1e-9))
+                    self.metrics.logkv("elapsed_s", round(elapsed, 1))
+                    self.metrics.dumpkvs()
                 if self.save_interval and self.step % self.save_interval == 0:
                     self.save()
             if self.last_saved_step != self.step:
@@ -236,7 +238,6 @@ class TrainLoop:
         finally:
             if bar is not None:
                 bar.close()
-                self.log.write = self.log._write_stream
 
     def run_step(self, batch, cond):
         self._set_lr()
@@ -244,9 +245,9 @@ class TrainLoop:
         if self.optimize():
             self._update_ema()
         self.step += 1
-        self.log.logkv("step", self.step)
-        self.log.logkv("samples", self.step * self.global_batch)
-        self.log.logkv("lr", self.opt.param_groups[0]["lr"])
+        self.metrics.logkv("step", self.step)
+        self.metrics.logkv("samples", self.step * self.global_batch)
+        self.metrics.logkv("lr", self.opt.param_groups[0]["lr"])
 
     def _set_lr(self):
         lr = self.lr
@@ -283,7 +284,7 @@ class TrainLoop:
             if isinstance(self.schedule_sampler, LossAwareSampler):
                 self.schedule_sampler.update_with_local_losses(t, losses["loss"].detach())
             loss = (losses["loss"] * weights).mean() * (micro.shape[0] / total)
-            log_loss_dict(self.diffusion, t, {k: v * weights for k, v in losses.items()}, self.log)
+            log_loss_dict(self.diffusion, t, {k: v * weights for k, v in losses.items()}, self.metrics)
             if self.use_fp16:
                 (loss * 2 ** self.lg_loss_scale).backward()
             elif self.scaler is not None:
@@ -302,14 +303,14 @@ class TrainLoop:
             self.scaler.step(self.opt)
             self.scaler.update()
             took = self.scaler.get_scale() >= scale
-            self.log.logkv_mean("grad_norm", grad_norm)
-            self.log.logkv("loss_scale", self.scaler.get_scale())
+            self.metrics.logkv_mean("grad_norm", grad_norm)
+            self.metrics.logkv("loss_scale", self.scaler.get_scale())
             return took
         grad_norm = _grad_norm(self.master_params)
         if not np.isfinite(grad_norm):
             raise FloatingPointError(f"non-finite gradient at step {self.step + 1}: the weights would turn to NaN "
                                      "(check the noise schedule for the number of diffusion steps, and the lr)")
-        self.log.logkv_mean("grad_norm", grad_norm)
+        self.metrics.logkv_mean("grad_norm", grad_norm)
         self.opt.step()
         return True
 
@@ -321,12 +322,12 @@ class TrainLoop:
         grad_norm = _grad_norm(self.master_params)
         if not np.isfinite(grad_norm):
             self.lg_loss_scale -= 1
-            self.log.log(f"found NaN/inf gradients, lowering the loss scale to 2**{self.lg_loss_scale:.3f}")
+            log.info(f"found NaN/inf gradients, lowering the loss scale to 2**{self.lg_loss_scale:.3f}")
             for p in self.master_params:
                 p.grad = None
             return False
-        self.log.logkv_mean("grad_norm", grad_norm)
-        self.log.logkv("lg_loss_scale", self.lg_loss_scale)
+        self.metrics.logkv_mean("grad_norm", grad_norm)
+        self.metrics.logkv("lg_loss_scale", self.lg_loss_scale)
         self.opt.step()
         self._master_to_model()
         self.lg_loss_scale += self.fp16_scale_growth
@@ -382,7 +383,7 @@ class TrainLoop:
         if self.rank == 0:
             os.makedirs(self.run_dir, exist_ok=True)
             step = self.step
-            self.log.log(f"saving checkpoint at step {step} in {self.run_dir}")
+            log.info(f"saving checkpoint at step {step} in {self.run_dir}")
             _atomic_save(self.params_to_state_dict(self.master_params),
                          os.path.join(self.run_dir, f"model{step:06d}.pt"))
             for rate, params in zip(self.ema_rate, self.ema_params):
@@ -465,12 +466,12 @@ def find_ema_checkpoint(main_checkpoint, step, rate):
     return path if os.path.exists(path) else None
 
 
-def log_loss_dict(diffusion, ts, losses, log=None):
-    """Log the mean of each loss term, and its mean per quarter of the timesteps (`loss_q0` .. `loss_q3`)."""
-    log = log or logger.get_current()
+def log_loss_dict(diffusion, ts, losses, metrics=None):
+    """Record the mean of each loss term, and its mean per quarter of the timesteps (`loss_q0` .. `loss_q3`)."""
+    metrics = metrics or logger.get_current()
     quarters = (4 * ts.detach().cpu().numpy() // diffusion.num_timesteps).astype(int)
     for key, values in losses.items():
         values = values.detach().float().cpu().numpy()
-        log.logkv_mean(key, float(values.mean()))
+        metrics.logkv_mean(key, float(values.mean()))
         for quarter, value in zip(quarters, values):
-            log.logkv_mean(f"{key}_q{quarter}", float(value))
+            metrics.logkv_mean(f"{key}_q{quarter}", float(value))

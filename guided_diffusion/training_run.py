@@ -5,6 +5,7 @@ classifier; both are this run with another network and objective (see `guided_di
 """
 
 import argparse
+import logging
 import os
 import time
 
@@ -13,9 +14,13 @@ import yaml
 
 from . import config, dist_util, logger
 from .config import add_flags
+from .file_io import atomic_write_text
 from .image_datasets import load_data
+from .log_setup import log_to_console, log_to_file, stop_logging
 from .resample import SAMPLER_NAMES, create_named_schedule_sampler
 from .train_util import MIXED_PRECISION_MODES, TrainLoop
+
+log = logging.getLogger(__name__)
 
 TRAIN_DEFAULTS = dict(
     data_dir="", schedule_sampler="uniform", lr=1e-4, weight_decay=0.0, lr_anneal_steps=0, max_steps=0,
@@ -70,23 +75,34 @@ def run_training(args, build, *, use_fp16, class_labels):
     rank, world_size = dist_util.rank(), dist_util.world_size()  # the process group's, however it was set up
     run_dir = args.run_dir or os.environ.get("OPENAI_LOGDIR") or time.strftime("runs/train-%Y%m%d-%H%M%S")
     run_dir = dist_util.broadcast_object(run_dir)
-    logger.configure(run_dir, rank=rank)
+    logger.configure(run_dir, rank=rank)  # the metrics record: progress.csv, log.jsonl
+    log_to_console(rank)
+    try:
+        _train(args, build, launch, run_dir, use_fp16=use_fp16, class_labels=class_labels)
+    finally:
+        stop_logging()
+    dist_util.cleanup()
+    return 0
+
+
+def _train(args, build, launch, run_dir, *, use_fp16, class_labels):
+    rank, world_size = dist_util.rank(), dist_util.world_size()
     if rank == 0:
-        with open(os.path.join(run_dir, "args.yaml"), "w") as f:
-            yaml.safe_dump({k: v for k, v in sorted(vars(args).items()) if k != "config"}, f, sort_keys=True)
-    logger.log(f"launcher {launch.launcher}, {world_size} process(es), device {dist_util.dev()}, "
-               f"run dir {run_dir}")
+        log_to_file(os.path.join(run_dir, "log.txt"))  # the run's messages, metric lines included
+        atomic_write_text(os.path.join(run_dir, "args.yaml"), yaml.safe_dump(
+            {k: v for k, v in sorted(vars(args).items()) if k != "config"}, sort_keys=True))
+    log.info(f"launcher {launch.launcher}, {world_size} process(es), device {dist_util.dev()}, run dir {run_dir}")
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     network, objective = build()
     network.to(dist_util.dev())
-    logger.log(f"model: {sum(p.numel() for p in network.parameters()):,} parameters")
+    log.info(f"model: {sum(p.numel() for p in network.parameters()):,} parameters")
     schedule_sampler = create_named_schedule_sampler(args.schedule_sampler, objective)
 
     data = load_data(data_dir=args.data_dir, batch_size=args.batch_size, image_size=args.image_size,
                      class_cond=class_labels, random_flip=args.random_flip, random_crop=args.random_crop,
                      seed=args.seed, shard=rank, num_shards=world_size)
-    logger.log("training...")
+    log.info("training...")
     TrainLoop(
         model=network, diffusion=objective, data=data, batch_size=args.batch_size, microbatch=args.microbatch,
         lr=args.lr, ema_rate=args.ema_rate, log_interval=args.log_interval, save_interval=args.save_interval,
@@ -96,5 +112,3 @@ def run_training(args, build, *, use_fp16, class_labels):
         run_dir=run_dir, seed=args.seed, mixed_precision=args.mixed_precision, progress=args.progress,
         device=dist_util.dev(), ema_warmup=args.ema_warmup,
     ).run_loop()
-    dist_util.cleanup()
-    return 0

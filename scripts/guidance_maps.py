@@ -10,6 +10,7 @@ attention or SAG's blurred input), by the guided combination, and the size of th
 """
 
 import argparse
+import logging
 
 import torch
 
@@ -17,10 +18,13 @@ from guided_diffusion import dist_util
 from guided_diffusion.config import HelpFormatter, add_flags, parse_args
 from guided_diffusion.guidance_flags import GUIDANCE_DEFAULTS, GUIDANCE_HELP, attention_guidance
 from guided_diffusion.image_io import save_image_grid, to_uint8
+from guided_diffusion.log_setup import log_to_console
 from guided_diffusion.script_util import model_and_diffusion_defaults
 from guided_diffusion.seeding import ImageNoise
 from guided_diffusion.visualize import guidance_snapshots, save_guidance_figure
 from scripts.image_sample import load_model
+
+log = logging.getLogger("scripts.guidance_maps")
 
 FIGURE_DEFAULTS = dict(model_path="", seed=0, image_index=0, num_images=4, steps="0.9,0.6,0.3,0.0", use_ddim=True,
                        eta=0.0, precision="", out="guidance.png", class_label=-1)
@@ -60,6 +64,7 @@ def step_indices(fractions, num_steps):
 def main(argv=None):
     """Console entry point: exit status 0, or SystemExit with the problem (status 1)."""
     args = parse_args(create_argparser(), argv)
+    log_to_console()
     try:
         draw(args)
     except (ValueError, OSError) as error:  # bad flags, unknown layers, unreadable checkpoints
@@ -87,7 +92,7 @@ def draw(args):
     save_guidance_figure(snapshots, args.out, image_index=args.image_index)
     grid = args.out.rsplit(".", 1)[0] + "_samples.png"
     save_image_grid(to_uint8(final), grid)
-    print(f"wrote {args.out} and {grid}")
+    log.info("wrote %s and %s", args.out, grid)
     return args.out
 
 

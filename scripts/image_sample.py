@@ -36,14 +36,16 @@ from guided_diffusion.config import HelpFormatter, add_flags, parse_args
 from guided_diffusion.guidance_flags import (GUIDANCE_DEFAULTS, GUIDANCE_HELP, attention_guidance, classifier_guidance,
                                              describe, scale_flag_problems)
 from guided_diffusion.image_io import to_uint8
+from guided_diffusion.log_setup import log_to_console, log_to_file, stop_logging
 from guided_diffusion.precision import PRECISIONS, apply_precision
 from guided_diffusion.folder_jobs import DEFAULT_TIMEOUT, describe as describe_job
-from guided_diffusion.sample_store import SampleStore, config_digest, file_identity
+from guided_diffusion.file_io import file_identity
+from guided_diffusion.sample_store import SampleStore, config_digest
 from guided_diffusion.script_util import (NUM_CLASSES, classifier_defaults, create_classifier,
                                           create_model_and_diffusion, model_and_diffusion_defaults)
 from guided_diffusion.seeding import ImageNoise, LabelSource
 
-log = logging.getLogger("image_sample")
+log = logging.getLogger("scripts.image_sample")
 
 # Version of the way images get their random numbers (recorded in the manifest).
 SEEDING_SCHEME = "per-image SeedSequence(seed, spawn_key=(index, stream)); torch CPU generator; x_T then steps"
@@ -101,12 +103,12 @@ def main(argv=None):
 def run(args):
     """Sample with parsed flags in this process's share of the launch."""
     dist_util.setup_dist()
-    _add_log_handler(_console_handler(dist_util.rank()))
+    log_to_console(dist_util.rank())
     try:
         return sample(args)
     finally:
         dist_util.cleanup()
-        _remove_log_handlers()
+        stop_logging()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -327,8 +329,7 @@ def sample_in_folder(run, args, rank, world):
     """Sample every block of the run that no process has finished, claiming blocks with any other jobs
     (processes) in the folder, then assemble the final npz."""
     store = run.store
-    _add_log_handler(_file_handler(os.path.join(
-        run.output_dir, "logs", f"rank{rank}_{socket.gethostname()}_{os.getpid()}.log")))
+    log_to_file(os.path.join(run.output_dir, "logs", f"rank{rank}_{socket.gethostname()}_{os.getpid()}.log"))
 
     prepared = None
     if rank == 0:
@@ -410,41 +411,6 @@ def run_info(args):
             "world_size": dist_util.world_size(), "host": socket.gethostname(),
             # CPU samples depend on the intra-op thread count (not on the number of processes): see the README
             "torch_threads": torch.get_num_threads()}
-
-
-_LOGGERS = ("image_sample", "guided_diffusion")
-_handlers = []
-
-
-def _console_handler(rank):
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    handler.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    return handler
-
-
-def _file_handler(path):
-    """Each rank's full log, with its per-batch throughput."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    handler.setLevel(logging.DEBUG)
-    return handler
-
-
-def _add_log_handler(handler):
-    for name in _LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG)
-        logging.getLogger(name).addHandler(handler)
-    _handlers.append(handler)
-
-
-def _remove_log_handlers():
-    while _handlers:
-        handler = _handlers.pop()
-        for name in _LOGGERS:
-            logging.getLogger(name).removeHandler(handler)
-        handler.close()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ Reruns skip finished points; failed points are recorded and retried on the next 
 import argparse
 from pathlib import Path
 
-from guided_diffusion.sweep import load_spec, plot_results, results_table, run_comparisons, run_sweep
+from guided_diffusion.file_io import atomic_write_text
+from guided_diffusion.log_setup import log_to_console, stop_logging
+from guided_diffusion.sweep import (load_spec, planned_commands, plot_results, results_table, run_comparisons,
+                                    run_sweep)
 
 
 def main(argv=None):
@@ -23,13 +26,19 @@ def main(argv=None):
     spec = load_spec(args.spec)
     if args.output_dir:
         spec["output_dir"] = args.output_dir
-    results = run_sweep(spec, dry_run=args.dry_run)
-    comparisons = run_comparisons(spec, results, dry_run=args.dry_run)
     if args.dry_run:
+        for command in planned_commands(spec):
+            print(command)
         return 0
+    log_to_console()
+    try:
+        results = run_sweep(spec)
+        comparisons = run_comparisons(spec, results)
+    finally:
+        stop_logging()
     table = results_table(spec, results, comparisons)
     out = Path(spec["output_dir"])
-    (out / "table.md").write_text(table)
+    atomic_write_text(out / "table.md", table)
     plots = plot_results(spec, results, out)
     print(table)
     print(f"table: {out / 'table.md'}" + (f"; plots: {', '.join(str(p) for p in plots)}" if plots else ""))

@@ -8,6 +8,7 @@ and random contrast, so generated digits that are slightly off-centre or dim are
 """
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -19,7 +20,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluations.digits_features import INPUT_SIZE, DigitsFeatureNet, preprocess  # noqa: E402
 from guided_diffusion.digits import load_digits_split  # noqa: E402
-from guided_diffusion.sample_store import atomic_write  # noqa: E402
+from guided_diffusion.file_io import atomic_write  # noqa: E402
+from guided_diffusion.log_setup import log_to_console  # noqa: E402
+
+log = logging.getLogger("scripts.train_digits_features")
 
 
 def augment(x, generator):
@@ -39,7 +43,7 @@ def accuracy(net, x, y):
         return float((net(x).argmax(dim=1) == y).float().mean())
 
 
-def train(epochs=40, batch_size=64, lr=2e-3, weight_decay=1e-4, seed=0, log=print):
+def train(epochs=40, batch_size=64, lr=2e-3, weight_decay=1e-4, seed=0):
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     train_images, train_labels = load_digits_split(INPUT_SIZE, "train")
@@ -64,8 +68,8 @@ def train(epochs=40, batch_size=64, lr=2e-3, weight_decay=1e-4, seed=0, log=prin
             sched.step()
             total += loss.item()
         if (epoch + 1) % 5 == 0 or epoch == epochs - 1:
-            log(f"epoch {epoch + 1:3d}  loss {total / steps_per_epoch:.4f}  "
-                f"train acc {accuracy(net, x_train, y_train):.4f}")
+            log.info(f"epoch {epoch + 1:3d}  loss {total / steps_per_epoch:.4f}  "
+                     f"train acc {accuracy(net, x_train, y_train):.4f}")
     net.eval()
     return net, accuracy(net, x_train, y_train), accuracy(net, x_held, y_held)
 
@@ -79,15 +83,16 @@ def main(argv=None):
     parser.add_argument("--weight_decay", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    log_to_console()
     start = time.time()
     net, train_acc, held_acc = train(args.epochs, args.batch_size, args.lr, args.weight_decay, args.seed)
-    print(f"train accuracy {train_acc:.4f}, held-out accuracy {held_acc:.4f} "
-          f"({time.time() - start:.0f} s)")
+    log.info(f"train accuracy {train_acc:.4f}, held-out accuracy {held_acc:.4f} "
+             f"({time.time() - start:.0f} s)")
     state = {k: v.detach().float().contiguous() for k, v in net.state_dict().items()}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     atomic_write(args.out, lambda f: torch.save(state, f))
-    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e3:.0f} kB, "
-          f"{sum(v.numel() for v in state.values()):,} parameters)")
+    log.info(f"wrote {args.out} ({os.path.getsize(args.out) / 1e3:.0f} kB, "
+             f"{sum(v.numel() for v in state.values()):,} parameters)")
     return 0  # the exit status of the console script
 
 

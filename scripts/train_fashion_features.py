@@ -9,6 +9,7 @@ are computed in float32).
 """
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -21,7 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluations.fashion_features import INPUT_SIZE, FashionFeatureNet, preprocess  # noqa: E402
 from guided_diffusion.fashion import load_fashion_split  # noqa: E402
-from guided_diffusion.sample_store import atomic_write  # noqa: E402
+from guided_diffusion.file_io import atomic_write  # noqa: E402
+from guided_diffusion.log_setup import log_to_console  # noqa: E402
+
+log = logging.getLogger("scripts.train_fashion_features")
 
 SHIFT = 2
 
@@ -44,7 +48,7 @@ def accuracy(net, x, y, batch_size=1000):
     return hits / len(x)
 
 
-def train(data_dir=None, epochs=12, batch_size=128, lr=3e-3, weight_decay=5e-4, seed=0, log=print):
+def train(data_dir=None, epochs=12, batch_size=128, lr=3e-3, weight_decay=5e-4, seed=0):
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     train_images, train_labels = load_fashion_split("train", data_dir)
@@ -68,7 +72,7 @@ def train(data_dir=None, epochs=12, batch_size=128, lr=3e-3, weight_decay=5e-4, 
             opt.step()
             sched.step()
             total += loss.item()
-        log(f"epoch {epoch + 1:3d}  loss {total / steps_per_epoch:.4f}")
+        log.info(f"epoch {epoch + 1:3d}  loss {total / steps_per_epoch:.4f}")
     net.eval()
     return net, accuracy(net, x_train, y_train), accuracy(net, x_test, y_test)
 
@@ -84,14 +88,15 @@ def main(argv=None):
     parser.add_argument("--weight_decay", type=float, default=5e-4, help="AdamW weight decay")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and data order")
     args = parser.parse_args(argv)
+    log_to_console()
     start = time.time()
     net, train_acc, test_acc = train(args.data_dir, args.epochs, args.batch_size, args.lr, args.weight_decay,
                                      args.seed)
-    print(f"train accuracy {train_acc:.4f}, test accuracy {test_acc:.4f} ({time.time() - start:.0f} s)")
+    log.info(f"train accuracy {train_acc:.4f}, test accuracy {test_acc:.4f} ({time.time() - start:.0f} s)")
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in net.state_dict().items()}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     atomic_write(args.out, lambda f: torch.save(state, f))
-    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e3:.0f} kB)")
+    log.info(f"wrote {args.out} ({os.path.getsize(args.out) / 1e3:.0f} kB)")
 
 
 if __name__ == "__main__":

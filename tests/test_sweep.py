@@ -1,6 +1,7 @@
 """A 2 x 2 sweep on the shipped digits model: results file, table, no recomputation, failures recorded."""
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -9,13 +10,13 @@ import yaml
 
 from evaluations.tables import differences_table
 from guided_diffusion.config import load_config
-from guided_diffusion.sweep import (expand_points, load_spec, point_commands, point_key, read_results, results_table,
-                                    run_comparisons, run_sweep)
+from guided_diffusion.sweep import (expand_points, load_spec, planned_commands, point_commands, point_key, read_results,
+                                    results_table, run_comparisons, run_sweep)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_digits_sweep_records_skips_and_survives_a_failing_point(tmp_path):
+def test_digits_sweep_records_skips_and_survives_a_failing_point(tmp_path, caplog):
     base = load_config(ROOT / "configs/digits/sample.yaml")
     base.update(num_samples=8, batch_size=8, timestep_respacing="ddim3", progress=False)
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
@@ -33,8 +34,8 @@ def test_digits_sweep_records_skips_and_survives_a_failing_point(tmp_path):
     }, sort_keys=False))
     spec = load_spec(spec_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    logs = []
-    results = run_sweep(spec, log=logs.append, env=env)
+    caplog.set_level(logging.INFO, logger="guided_diffusion.sweep")
+    results = run_sweep(spec, env=env)
 
     points = expand_points(spec)
     assert len(points) == 5
@@ -49,7 +50,7 @@ def test_digits_sweep_records_skips_and_survives_a_failing_point(tmp_path):
 
     for record in ok:  # every point is evaluated with intervals
         assert set(record["metrics"]["intervals"]) >= {"fid", "kid", "precision", "recall"}
-    comparisons = run_comparisons(spec, results, log=logs.append, env=env)
+    comparisons = run_comparisons(spec, results, env=env)
     base_key = point_key({"pag_scale": 3.0, "pag_layers": ["middle_block.1"]})
     assert base_key not in comparisons and len(comparisons) == 3  # the other finished points
     for key, comparison in comparisons.items():
@@ -77,16 +78,21 @@ def test_digits_sweep_records_skips_and_survives_a_failing_point(tmp_path):
 
     # A rerun recomputes nothing that finished; only the failed point is tried again.
     stamps = {r["key"]: os.path.getmtime(r["samples"]) for r in ok}
-    logs.clear()
-    again = run_sweep(spec, log=logs.append, env=env)
-    assert sum("done, skipped" in line for line in logs) == 4
+    caplog.clear()
+    again = run_sweep(spec, env=env)
+    assert sum("done, skipped" in line for line in caplog.messages) == 4
     assert {r["key"]: os.path.getmtime(r["samples"]) for r in ok} == stamps
     assert {k: r["metrics"] for k, r in again.items() if r["status"] == "ok"} == {r["key"]: r["metrics"] for r in ok}
     assert len(read_results(spec["output_dir"] + "/results.jsonl")) == 5
     assert point_key(points[0]) in again
     # comparisons are reused while the sample files are unchanged
-    logs.clear()
-    assert run_comparisons(spec, again, log=logs.append, env=env) == comparisons and not logs
+    caplog.clear()
+    assert run_comparisons(spec, again, env=env) == comparisons and not caplog.messages
+    # a dry run lists the failed point's sampling and evaluation, then a comparison for each point but the baseline
+    commands = planned_commands(spec)
+    assert len(commands) == 2 + 4 and all(failed[0]["key"] in c for c in commands[:2])
+    assert "scripts.image_sample" in commands[0] and "evaluations.evaluator" in commands[1]
+    assert all("--compare" in c for c in commands[2:])
 
 
 def test_sweep_baseline_must_name_a_point(tmp_path):

@@ -321,7 +321,7 @@ def test_image_train_under_mpiexec(tmp_path):
     require_module("mpi4py", MPI_HINT)
     run_dir = str(tmp_path / "run")
     result = _train_two_processes([mpiexec, "-n", "2", sys.executable], run_dir)
-    assert "launcher mpi, 2 process(es)" in result.stdout  # one world of two ranks
+    assert "launcher mpi, 2 process(es)" in result.stderr  # one world of two ranks
     _assert_two_ranks_trained(run_dir)
 
 
@@ -329,7 +329,7 @@ def test_image_train_under_torchrun(tmp_path):
     torchrun = find_program("torchrun", TORCHRUN_HINT)
     run_dir = str(tmp_path / "run")
     result = _train_two_processes([torchrun, "--standalone", "--nproc_per_node", "2"], run_dir)
-    assert "launcher torchrun, 2 process(es)" in result.stdout
+    assert "launcher torchrun, 2 process(es)" in result.stderr
     _assert_two_ranks_trained(run_dir)
 
 
