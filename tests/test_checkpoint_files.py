@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from console import run_script
+from programs import run_script
 from guided_diffusion.checkpoints import NotACheckpointError, read_state_dict
 
 TINY = ["--image_size", "16", "--num_channels", "32", "--channel_mult", "1,2", "--num_res_blocks", "1",

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from console import REPO, assert_ok, run_script
+from programs import REPO, assert_ok, run_script
 from guided_diffusion.digits import write_digits_npz
 
 # Success runs of the console scripts that the other test files do not already run through their executable.

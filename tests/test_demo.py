@@ -6,7 +6,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from console import assert_ok, run_script
+from programs import assert_ok, run_script
 from scripts import demo
 
 

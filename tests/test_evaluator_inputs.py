@@ -14,7 +14,7 @@ from evaluations.evaluator import Evaluator, main
 from evaluations.npz import NpzImageReader, inspect_npz
 from evaluations.resolution import resize_images
 from guided_diffusion.digits import load_digits_split
-from launchers import REPO, child_env, find_program
+from programs import REPO, child_env, find_program
 
 
 class MeanBackend:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from console import assert_ok, run_script
+from programs import assert_ok, run_script
 from golden import load_fixture
 from guided_diffusion.script_util import model_and_diffusion_defaults
 from scripts import guidance_maps

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from console import assert_ok, run_script
+from programs import assert_ok, run_script
 from guided_diffusion.guidance import PerturbedAttentionGuidance, SelfAttentionGuidance
 from guided_diffusion.inverse import create_operator, dps_sample_loop, measurement_residual
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults

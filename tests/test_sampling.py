@@ -20,9 +20,8 @@ import torch
 from guided_diffusion.script_util import (classifier_defaults, create_classifier, create_model_and_diffusion,
                                           model_and_diffusion_defaults)
 from guided_diffusion.seeding import LabelSource
-from launchers import MPI_HINT, TORCHRUN_HINT, child_env, find_program, require_module
-
-from console import REPO, assert_ok, run_script, start_script
+from programs import (MPI_HINT, REPO, TORCHRUN_HINT, assert_ok, child_env, find_program, require_module, run_script,
+                      start_script)
 
 
 # A tiny ADM: 16x16, attention at 8x8 (input_blocks.3.1, middle_block.1, output_blocks.0.1, output_blocks.1.1).

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from console import REPO, run_script
+from programs import REPO, run_script
 from guided_diffusion.guidance import ClassifierGuidance, PerturbedAttentionGuidance, SelfAttentionGuidance
 from guided_diffusion.inverse import create_operator, dps_sample_loop
 from guided_diffusion.scales import check_scale

@@ -17,7 +17,7 @@ from guided_diffusion.image_datasets import load_data
 from guided_diffusion.resample import LossSecondMomentResampler, UniformSampler, create_named_schedule_sampler
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.train_util import TrainLoop, find_resume_checkpoint, parse_resume_step_from_filename
-from launchers import MPI_HINT, TORCHRUN_HINT, child_env, find_program, require_module
+from programs import MPI_HINT, TORCHRUN_HINT, child_env, find_program, require_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADM_CHECKPOINT = os.path.join(ROOT, "checkpoints", "digits_adm16_ema.pt")
