@@ -58,6 +58,11 @@ def child_env(**extra):
     return env
 
 
+def cli_flags(flags):
+    """Command-line arguments ``--key value`` for a dict of flags."""
+    return [item for key, value in flags.items() for item in (f"--{key}", str(value))]
+
+
 def executable(name):
     """The installed console script `name`; the test fails (it is not skipped) when it is missing."""
     path = shutil.which(name)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import assert_close
 from golden import build_model_and_diffusion, load_fixture, model_flags
 from guided_diffusion.checkpoints import CheckpointMismatchError, load_checkpoint
 from guided_diffusion.attention import AttentionPlan
@@ -143,10 +144,10 @@ def test_release_fp16_conversion_keeps_weights_and_outputs(adm32):
         assert model.time_embed[0].weight.dtype == torch.float32  # the release converts convolutions only
         out = model(x, t)
     assert out.dtype == torch.float32
-    assert (out - reference).abs().max() < 0.05
+    assert_close(out, reference, 0.05, "fp16 output")
     model.convert_to_fp32()
     with torch.no_grad():
-        assert (model(x, t) - reference).abs().max() < 0.05
+        assert_close(model(x, t), reference, 0.05, "output after convert_to_fp32")
 
 
 @pytest.mark.parametrize("kind", ["pag", "sag"])

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from golden import assert_close, build_model_and_diffusion, load_fixture
+from conftest import assert_close
+from golden import build_model_and_diffusion, load_fixture
 from guided_diffusion.denoiser import guided_prediction
 from guided_diffusion.guidance import PerturbedAttentionGuidance, SelfAttentionGuidance
 from sampling_cases import run_case

@@ -14,29 +14,28 @@ import numpy as np
 import pytest
 import torch
 
-from programs import assert_ok, run_script
+from conftest import TINY_ADM, tiny_adm
 from guided_diffusion.guidance import PerturbedAttentionGuidance, SelfAttentionGuidance
 from guided_diffusion.inverse import create_operator, dps_sample_loop, measurement_residual
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+from programs import assert_ok, cli_flags, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "inverse_sample.py"
-TINY_FLAGS = dict(image_size=16, num_channels=32, channel_mult="1,2", num_res_blocks=1, attention_resolutions="8",
-                  num_head_channels=16, learn_sigma=True, noise_schedule="cosine", diffusion_steps=100)
+TINY_FLAGS = dict(TINY_ADM, learn_sigma=True, noise_schedule="cosine", diffusion_steps=100)
 TINY_LAYERS = ["input_blocks.3.1", "middle_block.1"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(timestep_respacing="6"):
-    flags = model_and_diffusion_defaults()
-    flags.update(TINY_FLAGS, timestep_respacing=timestep_respacing)
+    """The release's seeded initialisation, its zero-initialised layers then filled with small noise (drawing
+    every weight anew saturates DPS's samples at +-1, where guidance no longer shows)."""
     with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model, diffusion = create_model_and_diffusion(**flags)
+        model, diffusion = tiny_adm(seed=0, **TINY_FLAGS, timestep_respacing=timestep_respacing)
         with torch.no_grad():
             for p in model.parameters():
-                if not bool(p.abs().sum()):  # the release zero-initialises output layers
+                if not bool(p.abs().sum()):
                     p.normal_(0, 0.05)
     return model.eval(), diffusion
 
@@ -155,10 +154,7 @@ def cli_inputs(tmp_path_factory):
     torch.save(model.state_dict(), folder / "tiny.pt")
     rng = np.random.default_rng(0)
     np.savez(folder / "images.npz", arr_0=rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8))
-    flags = []
-    for key, value in TINY_FLAGS.items():
-        flags += [f"--{key}", str(value)]
-    return folder, flags
+    return folder, cli_flags(TINY_FLAGS)
 
 
 def _cli_flags(cli_inputs, out, *extra):

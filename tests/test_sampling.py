@@ -17,33 +17,19 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion.script_util import (classifier_defaults, create_classifier, create_model_and_diffusion,
-                                          model_and_diffusion_defaults)
+from conftest import TINY_ADM, random_weights, tiny_adm
+from guided_diffusion.script_util import classifier_defaults, create_classifier
 from guided_diffusion.seeding import LabelSource
-from programs import (MPI_HINT, REPO, TORCHRUN_HINT, assert_ok, child_env, find_program, require_module, run_script,
-                      start_script)
+from programs import (MPI_HINT, REPO, TORCHRUN_HINT, assert_ok, child_env, cli_flags, find_program, require_module,
+                      run_script, start_script)
 
 
-# A tiny ADM: 16x16, attention at 8x8 (input_blocks.3.1, middle_block.1, output_blocks.0.1, output_blocks.1.1).
-TINY_MODEL = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
-                  num_head_channels=16, learn_sigma=True, resblock_updown=True)
+TINY_MODEL = dict(TINY_ADM, learn_sigma=True, resblock_updown=True)  # the flags the CLI gets
 NUM_SAMPLES = 10
 # PAG and SAG together, so every guided path (batched perturbed pass, SAG's second pass) is covered.
 SAMPLE_FLAGS = ["--timestep_respacing", "4", "--num_samples", str(NUM_SAMPLES), "--seed", "3", "--progress", "False",
                 "--pag_scale", "2.0", "--pag_layers", "input_blocks.3.1", "middle_block.1",
                 "--sag_scale", "0.5", "--sag_layer", "output_blocks.1.1", "--sag_blur_sigma", "1.0"]
-
-
-def flags(model_flags):
-    return [item for k, v in model_flags.items() for item in (f"--{k}", str(v))]
-
-
-def random_weights(module, seed):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():  # non-zero everywhere (ADM zero-initialises some layers)
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
-    return module
 
 
 def run_sample(output_dir, *extra, launcher=(), batch_size=4, check=True, config_flags=None, wait=True,
@@ -77,9 +63,9 @@ def shards(output_dir):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    model, _ = create_model_and_diffusion(**{**model_and_diffusion_defaults(), **TINY_MODEL})
-    torch.save(random_weights(model, 0).state_dict(), root / "model.pt")
-    model_flags = flags(TINY_MODEL) + ["--model_path", str(root / "model.pt")]
+    model, _ = tiny_adm(weights_seed=0, **TINY_MODEL)
+    torch.save(model.state_dict(), root / "model.pt")
+    model_flags = cli_flags(TINY_MODEL) + ["--model_path", str(root / "model.pt")]
     reference_dir = root / "reference"
     run_sample(reference_dir, *model_flags, *SAMPLE_FLAGS, batch_size=4)
     return {"root": root, "flags": model_flags + SAMPLE_FLAGS, "reference_dir": reference_dir,
@@ -325,14 +311,13 @@ def test_missing_checkpoint_and_balanced_classes_need_divisible_count(tiny, tmp_
 
 def test_classifier_guidance_on_a_conditional_model_with_ddim_noise(tmp_path):
     # 64x64 is the smallest size the release's classifier supports; DDIM with eta > 0 draws step noise.
-    model_flags = dict(image_size=64, num_channels=32, num_res_blocks=1, channel_mult="1,2,2,2",
-                       attention_resolutions="8", num_head_channels=16, learn_sigma=True, class_cond=True)
+    model_flags = dict(TINY_ADM, image_size=64, channel_mult="1,2,2,2", learn_sigma=True, class_cond=True)
     classifier_flags = dict(classifier_width=32, classifier_depth=1, classifier_attention_resolutions="8")
-    model, _ = create_model_and_diffusion(**{**model_and_diffusion_defaults(), **model_flags})
+    model, _ = tiny_adm(weights_seed=1, **model_flags)
     classifier = create_classifier(**{**classifier_defaults(), **classifier_flags, "image_size": 64})
-    torch.save(random_weights(model, 1).state_dict(), tmp_path / "model.pt")
+    torch.save(model.state_dict(), tmp_path / "model.pt")
     torch.save(random_weights(classifier, 2).state_dict(), tmp_path / "classifier.pt")
-    common = [*flags(model_flags), *flags(classifier_flags), "--model_path", str(tmp_path / "model.pt"),
+    common = [*cli_flags(model_flags), *cli_flags(classifier_flags), "--model_path", str(tmp_path / "model.pt"),
               "--classifier_path", str(tmp_path / "classifier.pt"), "--classifier_scale", "5.0",
               "--use_ddim", "True", "--timestep_respacing", "ddim3", "--eta", "0.5", "--num_samples", "3",
               "--progress", "False"]

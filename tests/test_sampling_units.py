@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import tiny_adm
 from guided_diffusion import dist_util
 from guided_diffusion.folder_jobs import FolderJobs
 from guided_diffusion.image_io import save_image_grid, to_uint8
@@ -412,16 +413,7 @@ def test_image_grid_layout(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
-
-    flags = dict(model_and_diffusion_defaults(), image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2",
-                 attention_resolutions="8", num_head_channels=16, learn_sigma=True, class_cond=True,
-                 timestep_respacing="3")
-    model, diffusion = create_model_and_diffusion(**flags)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+    model, diffusion = tiny_adm(weights_seed=0, learn_sigma=True, class_cond=True, timestep_respacing="3")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny ops: several threads only contend on a shared CPU (100x slower here)
     yield model.eval(), diffusion

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import tiny_adm
 from guided_diffusion import logger
 from guided_diffusion.checkpoints import load_checkpoint
 from guided_diffusion.image_datasets import load_data
@@ -23,19 +24,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADM_CHECKPOINT = os.path.join(ROOT, "checkpoints", "digits_adm16_ema.pt")
 ADM_CONFIG = os.path.join(ROOT, "configs", "digits", "model.yaml")
 
-# A tiny ADM at 8x8: attention at 4x4 and in the middle block, learned sigmas (so mse and vb both train).
-TINY = dict(image_size=8, num_channels=32, channel_mult="1,2", num_res_blocks=1, attention_resolutions="4",
-            num_head_channels=16, learn_sigma=True, diffusion_steps=50, noise_schedule="cosine", dropout=0.1)
+# The tiny ADM at 8x8: attention at 4x4 and in the middle block, learned sigmas (so mse and vb both train).
+TINY = dict(image_size=8, attention_resolutions="4", learn_sigma=True, diffusion_steps=50, noise_schedule="cosine",
+            dropout=0.1)
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
 
 def tiny_model(**overrides):
-    flags = model_and_diffusion_defaults()
-    flags.update(TINY)
-    flags.update(overrides)
-    torch.manual_seed(0)
-    return create_model_and_diffusion(**flags)
+    return tiny_adm(seed=0, **{**TINY, **overrides})
 
 
 def make_loop(run_dir, max_steps, sampler="uniform", diffusion_steps=50, batch_size=8, microbatch=-1,
