@@ -48,6 +48,7 @@ def test_a_file_that_is_not_a_checkpoint_says_what_it_is_not(tmp_path, kind, mes
     assert "weights_only" not in str(error.value) and "trust" not in str(error.value)
 
 
+@pytest.mark.e2e
 def test_sampling_script_reports_a_file_that_is_not_a_checkpoint(tmp_path):
     path = write(tmp_path / "model.pt", "text")
     result = run_script("pag-image-sample", "--model_path", path, *TINY, "--num_samples", "2",

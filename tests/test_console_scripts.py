@@ -56,6 +56,7 @@ def test_every_console_script_has_a_success_run_through_its_executable():
     assert sorted(console_scripts()) == sorted([*SUCCESS, *TESTED_ELSEWHERE])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("script", sorted(SUCCESS))
 def test_console_script_exits_0_on_success(script, tmp_path):
     args, prepare = SUCCESS[script]
@@ -64,6 +65,7 @@ def test_console_script_exits_0_on_success(script, tmp_path):
     assert_ok(run_script(script, *[str(a).replace("{tmp}", str(tmp_path)) for a in args]))
 
 
+@pytest.mark.e2e
 def test_a_failing_console_script_exits_non_zero(tmp_path):
     result = run_script("pag-sweep", tmp_path / "no_such_spec.yaml")
     assert result.returncode != 0

@@ -19,6 +19,7 @@ def adm32():
     return fx, model
 
 
+@pytest.mark.golden
 def test_unknown_layer_lists_valid_names(adm32):
     fx, model = adm32
     with pytest.raises(ValueError) as err:
@@ -32,6 +33,7 @@ def test_unknown_layer_lists_valid_names(adm32):
         model(x, t, attention_variants=[["middle_block.0"]])  # a ResBlock, not an attention block
 
 
+@pytest.mark.golden
 def test_perturbing_changes_output_and_nothing_else_does(adm32):
     fx, model = adm32
     x, t = fx["inputs"]["x"], fx["inputs"]["t"]
@@ -46,6 +48,7 @@ def test_perturbing_changes_output_and_nothing_else_does(adm32):
         assert torch.equal(model(x, t), plain)
 
 
+@pytest.mark.golden
 def test_per_row_identity_flags_are_per_call(adm32):
     fx, model = adm32
     block = model.attention_blocks()["middle_block.1"]
@@ -61,6 +64,7 @@ def test_per_row_identity_flags_are_per_call(adm32):
         block(h, identity_rows=[True])
 
 
+@pytest.mark.golden
 def test_perturbed_attention_is_the_per_call_plan_and_leaves_no_hook(adm32):
     fx, model = adm32
     x, t = fx["inputs"]["x"], fx["inputs"]["t"]
@@ -74,6 +78,7 @@ def test_perturbed_attention_is_the_per_call_plan_and_leaves_no_hook(adm32):
     assert not model._forward_pre_hooks
 
 
+@pytest.mark.golden
 def test_output_is_batch_size_invariant_on_cpu(adm32):
     _, model = adm32
     gen = torch.Generator().manual_seed(0)
@@ -84,6 +89,7 @@ def test_output_is_batch_size_invariant_on_cpu(adm32):
         assert torch.equal(model(x[2:4], t[2:4]), full[2:4])
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("overrides,flag", [
     (dict(class_cond=True), "--class_cond False"),
     (dict(learn_sigma=False), "--learn_sigma True"),
@@ -102,6 +108,7 @@ def test_checkpoint_mismatch_names_the_flag(overrides, flag):
     assert len(str(err.value)) < 2000  # a diagnosis, not a dump of every key
 
 
+@pytest.mark.golden
 def test_checkpoint_loads_strictly_from_file(tmp_path):
     fx = load_fixture("model_newattn32_cond.pt")
     path = tmp_path / "model.pt"
@@ -133,6 +140,7 @@ def test_bad_respacing_is_an_error(spec):
         space_timesteps(1000, spec)
 
 
+@pytest.mark.golden
 def test_release_fp16_conversion_keeps_weights_and_outputs(adm32):
     fx, _ = adm32
     model, _ = build_model_and_diffusion(fx)
@@ -150,6 +158,7 @@ def test_release_fp16_conversion_keeps_weights_and_outputs(adm32):
         assert_close(model(x, t), reference, 0.05, "output after convert_to_fp32")
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("kind", ["pag", "sag"])
 def test_autocast_precision_runs_guidance_and_stays_close(kind):
     from guided_diffusion.guidance import PerturbedAttentionGuidance, SelfAttentionGuidance
@@ -171,6 +180,7 @@ def test_autocast_precision_runs_guidance_and_stays_close(kind):
         apply_precision(model, "int8")
 
 
+@pytest.mark.golden
 def test_sag_map_is_returned_from_the_normal_rows_even_with_pag_copies():
     fx = load_fixture("model_adm32_uncond.pt")
     model, _ = build_model_and_diffusion(fx)
@@ -230,6 +240,7 @@ def test_classifier_pools(pool):
         create_classifier(**{**flags, "classifier_pool": "max"})
 
 
+@pytest.mark.golden
 def test_gradient_checkpointing_gives_the_same_gradients():
     fx = load_fixture("model_adm32_uncond.pt")
     grads = []

@@ -4,12 +4,14 @@ import json
 import math
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from programs import assert_ok, run_script
 from scripts import demo
 
 
+@pytest.mark.e2e
 def test_demo_runs_and_reports_every_setting(tmp_path):
     # the installed console script (one intra-op thread), which must exit with status 0
     assert_ok(run_script("pag-demo", "--num_samples", "12", "--timestep_respacing", "ddim4", "--pag_scales", "1,3",

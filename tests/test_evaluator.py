@@ -40,6 +40,7 @@ def fx():
 # ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.golden
 def test_statistics_match_reference(fx):
     inputs, expected, tol = fx
     mu_r, sigma_r = metrics.statistics(inputs["ref_pool"])
@@ -53,6 +54,8 @@ def test_statistics_match_reference(fx):
     )
 
 
+@pytest.mark.golden
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,key", [("pool", "fid"), ("spatial", "sfid")])
 def test_fid_and_sfid_match_reference(fx, kind, key):
     inputs, expected, tol = fx
@@ -64,6 +67,7 @@ def test_fid_and_sfid_match_reference(fx, kind, key):
     assert_close(got, expected[key], tol[key], key)
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("split,key", [(5000, "inception_score"), (100, "inception_score_split100")])
 def test_inception_score_matches_reference(fx, split, key):
     inputs, expected, tol = fx
@@ -71,6 +75,7 @@ def test_inception_score_matches_reference(fx, split, key):
     assert_close(got, expected[key], tol[key], key)
 
 
+@pytest.mark.golden
 def test_manifold_radii_on_float16_grid(fx):
     inputs, expected, tol = fx
     for name in ("ref", "sample"):
@@ -83,12 +88,14 @@ def test_manifold_radii_on_float16_grid(fx):
         assert np.array_equal(radii.astype(np.float16).astype(np.float32), radii)
 
 
+@pytest.mark.golden
 def test_precision_recall_match_reference_exactly(fx):
     inputs, expected, _ = fx
     p, r = metrics.precision_recall(inputs["ref_pool"], inputs["sample_pool"], k=3)
     assert (p, r) == (expected["precision"], expected["recall"])
 
 
+@pytest.mark.golden
 def test_precision_recall_float32_fallback(fx):
     inputs, expected, _ = fx
     ref, sample = inputs["ref_pool"] * 16, inputs["sample_pool"] * 16
@@ -99,6 +106,7 @@ def test_precision_recall_float32_fallback(fx):
     assert (p, r) == (expected["precision_fp32_path"], expected["recall_fp32_path"])
 
 
+@pytest.mark.golden
 def test_precision_recall_independent_of_chunking(fx):
     inputs, expected, _ = fx
     ref, sample = inputs["ref_pool"], inputs["sample_pool"]
@@ -209,6 +217,8 @@ class FixtureBackend:
         }
 
 
+@pytest.mark.golden
+@pytest.mark.slow
 def test_evaluator_with_precomputed_reference_statistics(fx, tmp_path):
     inputs, expected, tol = fx
     n_stats = 200
@@ -263,6 +273,7 @@ def test_npz_reader_streams_rows(tmp_path, compressed):
     np.testing.assert_array_equal(np.concatenate(parts), images)
 
 
+@pytest.mark.golden
 def test_cache_invalidated_when_batch_changes(fx, tmp_path):
     inputs, _, _ = fx
     path = tmp_path / "s.npz"
@@ -347,6 +358,7 @@ def test_error_reference_without_statistics_or_images(tmp_path):
         _evaluate(ref, _good(tmp_path / "s.npz"))
 
 
+@pytest.mark.golden
 def test_error_half_a_statistics_pair(tmp_path, fx):
     inputs, _, _ = fx
     ref = tmp_path / "ref.npz"
@@ -368,6 +380,7 @@ def test_error_missing_inception_graph(tmp_path, capsys, monkeypatch):
     assert str(missing) in err and "download_inception" in err
 
 
+@pytest.mark.golden
 def test_statistics_only_reference_skips_precision_recall(fx, tmp_path):
     inputs, _, _ = fx
     rng = np.random.default_rng(0)
@@ -393,6 +406,7 @@ def test_statistics_only_reference_skips_precision_recall(fx, tmp_path):
     assert res["inception_score"] == pytest.approx(1.0)
 
 
+@pytest.mark.golden
 def test_cli_json_with_registered_backend(fx, tmp_path, capsys):
     from evaluations.backends import register_backend
 

@@ -9,6 +9,8 @@ from guided_diffusion.guidance import ClassifierGuidance, perturbed_attention
 from guided_diffusion.script_util import create_classifier
 from sampling_cases import run_case
 
+pytestmark = pytest.mark.golden
+
 MODEL_FILES = ["model_adm32_uncond.pt", "model_newattn32_cond.pt"]
 
 

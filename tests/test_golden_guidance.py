@@ -9,6 +9,8 @@ from guided_diffusion.denoiser import guided_prediction
 from guided_diffusion.guidance import PerturbedAttentionGuidance, SelfAttentionGuidance
 from sampling_cases import run_case
 
+pytestmark = pytest.mark.golden
+
 
 def _cases(name):
     return [pytest.param(case["name"], id=case["name"]) for case in load_fixture(name)["cases"]]
@@ -52,6 +54,7 @@ def test_sag_matches_official_code(case_name):
         assert (fx["expected"][f"{case_name}.sample"] - unguided).abs().max() > 1e-2
 
 
+@pytest.mark.slow
 def test_scale_zero_is_unguided():
     fx = load_fixture("pag_adm32.pt")
     case = next(c for c in fx["cases"] if c["name"] == "ddim_g1_deep_input_and_middle")

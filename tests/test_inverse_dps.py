@@ -170,6 +170,7 @@ def _run_cli(cli_inputs, out, *extra):
     return script["run"](script["parse"](_cli_flags(cli_inputs, out, *extra)))
 
 
+@pytest.mark.e2e
 def test_cli_writes_the_results(cli_inputs, tmp_path):
     # the installed console script, which must exit with status 0
     assert_ok(run_script("pag-inverse-sample", *_cli_flags(cli_inputs, tmp_path / "a", "--operator", "gaussian_blur",
@@ -258,6 +259,7 @@ def _demo_run(demo, op, seed=0, **kwargs):
     return y, dps_sample_loop(diffusion, model, op, y, noise=x_t, use_ddim=True, residual_x0="raw", **kwargs)
 
 
+@pytest.mark.slow
 def test_demo_dps_fits_blurred_measurements_better_than_the_blurred_input(demo):
     """Gaussian deblurring, 8 held-out digits, 25 DDIM steps, sigma_y = 0.05.
 
@@ -276,6 +278,7 @@ def test_demo_dps_fits_blurred_measurements_better_than_the_blurred_input(demo):
     assert torch.equal(without, fitted)
 
 
+@pytest.mark.slow
 def test_demo_dps_with_pag_inpaints_a_box(demo):
     """A centred 8x8 box: DPS beats the masked input in PSNR by a wide margin, PAG (s = 1) changes the
     reconstructions but keeps them ahead of the masked input and consistent with y (residual near the

@@ -66,6 +66,7 @@ def test_bad_layers_and_timesteps_are_named(digits):
         script.parse_timesteps("10,x")
 
 
+@pytest.mark.e2e
 def test_script_writes_table_json_and_plot(tmp_path, digits):
     model = digits[0]
     # the installed console script, which must exit with status 0

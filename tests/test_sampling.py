@@ -23,6 +23,8 @@ from guided_diffusion.seeding import LabelSource
 from programs import (MPI_HINT, REPO, TORCHRUN_HINT, assert_ok, child_env, cli_flags, find_program, require_module,
                       run_script, start_script)
 
+pytestmark = pytest.mark.e2e
+
 
 TINY_MODEL = dict(TINY_ADM, learn_sigma=True, resblock_updown=True)  # the flags the CLI gets
 NUM_SAMPLES = 10

@@ -63,6 +63,7 @@ SCRIPTS = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_scripts_refuse_non_finite_scales_naming_the_flag_before_loading_a_model(script, tmp_path):
     args, flags = SCRIPTS[script]

@@ -14,6 +14,8 @@ from guided_diffusion.visualize import (BAR_GAP, BAR_WIDTH, COLOUR_BAR, COLUMNS,
                                        save_guidance_figure)
 
 
+@pytest.mark.golden
+@pytest.mark.slow
 def test_snapshots_follow_the_guided_sampler_and_figure_is_written(tmp_path):
     fx = load_fixture("pag_adm32.pt")
     case = next(c for c in fx["cases"] if c["name"] == "ddim_g4_deep_input_and_middle")
