@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: install test-setup test demo bench
+.PHONY: install test-setup test test-fast demo bench
 
 install:
 	$(PYTHON) -m pip install -e ".[test,eval]"
@@ -15,6 +15,10 @@ test-setup:
 
 test:
 	$(PYTHON) -m pytest -q tests
+
+# The fast subset while developing (a few minutes on two cores): no end-to-end runs, nothing slow.
+test-fast:
+	$(PYTHON) -m pytest -q -m "not slow and not e2e" tests
 
 # Installs the package (and the CPU build of torch where no torch is installed), then runs the demo.
 demo:

@@ -42,13 +42,5 @@ def model_kwargs(fx, case_inputs=None):
     return {"y": fx["inputs"]["y"]}
 
 
-def assert_close(actual, expected, tolerance, what):
-    if isinstance(expected, torch.Tensor):
-        diff = (actual.float() - expected.float()).abs().max().item()
-    else:
-        diff = abs(float(actual) - float(expected))
-    assert diff <= tolerance, f"{what}: max abs diff {diff:.3g} > tolerance {tolerance:.3g}"
-
-
 def case_ids(fx):
     return [case["name"] for case in fx["cases"]]

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from console import REPO, assert_ok, run_script
+from programs import REPO, assert_ok, run_script
 from guided_diffusion.digits import write_digits_npz
 
 # Success runs of the console scripts that the other test files do not already run through their executable.
@@ -56,6 +56,7 @@ def test_every_console_script_has_a_success_run_through_its_executable():
     assert sorted(console_scripts()) == sorted([*SUCCESS, *TESTED_ELSEWHERE])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("script", sorted(SUCCESS))
 def test_console_script_exits_0_on_success(script, tmp_path):
     args, prepare = SUCCESS[script]
@@ -64,6 +65,7 @@ def test_console_script_exits_0_on_success(script, tmp_path):
     assert_ok(run_script(script, *[str(a).replace("{tmp}", str(tmp_path)) for a in args]))
 
 
+@pytest.mark.e2e
 def test_a_failing_console_script_exits_non_zero(tmp_path):
     result = run_script("pag-sweep", tmp_path / "no_such_spec.yaml")
     assert result.returncode != 0

@@ -38,6 +38,7 @@ def page_faults(mode, script=COUNT_FAULTS, **env):
     return int(out.stdout.strip())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting exists for glibc's malloc only")
 def test_large_blocks_are_reused_instead_of_faulted_in_again():
     default, reuse = page_faults("default"), page_faults("reuse")
@@ -60,6 +61,7 @@ if sys.argv[1] == "forward":
 """ + MEASURE
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting exists for glibc's malloc only")
 def test_plain_api_gets_the_setting_at_its_first_cpu_forward_pass_and_can_opt_out():
     plain = page_faults("forward", PLAIN_API)

@@ -4,12 +4,15 @@ import json
 import math
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from console import assert_ok, run_script
+from guided_diffusion.visualize import COLOUR_BAR, COLUMNS
+from programs import assert_ok, run_script
 from scripts import demo
 
 
+@pytest.mark.e2e
 def test_demo_runs_and_reports_every_setting(tmp_path):
     # the installed console script (one intra-op thread), which must exit with status 0
     assert_ok(run_script("pag-demo", "--num_samples", "12", "--timestep_respacing", "ddim4", "--pag_scales", "1,3",
@@ -38,5 +41,33 @@ def test_demo_runs_and_reports_every_setting(tmp_path):
     unguided = np.load(tmp_path / "samples_unguided.npz")["arr_0"]
     pag = np.load(tmp_path / "samples_PAG_s3.npz")["arr_0"]
     assert unguided.shape == pag.shape == (12, 16, 16, 3) and (unguided != pag).any()
-    assert Image.open(tmp_path / "samples_side_by_side.png").size[0] > 0
-    assert Image.open(tmp_path / "guidance_pag.png").size[1] > 0
+    # The side-by-side picture holds each setting's own samples (5 settings: 4 on the first line, 1 below).
+    canvas = np.asarray(Image.open(tmp_path / "samples_side_by_side.png").convert("RGB"))
+    assert canvas.shape == (2 * (HEADER + 2 * 16 * SCALE + GAP), 4 * (8 * 16 * SCALE + GAP), 3)
+    for name, images in (("unguided", unguided), ("PAG s=3", pag)):
+        assert np.array_equal(grid_tile(canvas, names.index(name)), grid_of(images)), name
+    # The guidance picture: a row per recorded step, newest first, and PAG's guidance is not zero.
+    figure = Image.open(tmp_path / "guidance_pag.png")
+    ranges = json.loads(figure.info["guidance_range"])
+    assert len(ranges) >= 3 and [r["t"] for r in ranges] == sorted((r["t"] for r in ranges), reverse=True)
+    assert figure.size == (70 + 64 * len(COLUMNS) + COLOUR_BAR, 18 + 64 * len(ranges))
+    assert all(r["max"] > 0 for r in ranges)
+
+
+# demo.side_by_side's layout: 8 samples a row, 2 rows (12 samples), drawn 3x under a 14-pixel header, 6 apart.
+SCALE, HEADER, GAP = 3, 14, 6
+
+
+def grid_of(images, ncols=8, rows=2):
+    """The first ncols * rows samples as one image, row by row, black where there are fewer."""
+    size = images.shape[1]
+    padded = np.concatenate([images[:ncols * rows], np.zeros((ncols * rows - len(images), size, size, 3), np.uint8)])
+    return padded.reshape(rows, ncols, size, size, 3).transpose(0, 2, 1, 3, 4).reshape(rows * size, ncols * size, 3)
+
+
+def grid_tile(canvas, index, ncols=8, rows=2, size=16, per_line=4):
+    """The grid of setting `index` in the side-by-side picture, back at the samples' resolution."""
+    width, height = ncols * size * SCALE, rows * size * SCALE
+    left = (index % per_line) * (width + GAP)
+    top = (index // per_line) * (HEADER + height + GAP) + HEADER
+    return canvas[top:top + height:SCALE, left:left + width:SCALE]

@@ -11,7 +11,7 @@ from guided_diffusion.samplers import DDIM, DDPM, sample_loop
 
 LAYERS = ["input_blocks.5.1", "middle_block.1"]
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.golden, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_close
 from evaluations import manifolds, metrics
 from evaluations.evaluator import Evaluator, cache_path_for, main
 from evaluations.npz import NpzImageReader, inspect_npz
@@ -34,29 +35,27 @@ def fx():
     return inputs, expected, data["tolerance"]
 
 
-def _close(got, want, tol, name):
-    err = float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))))
-    assert err <= tol, f"{name}: max abs error {err:.3g} > tolerance {tol:.3g} (got {got}, want {want})"
-
-
 # ----------------------------------------------------------------------------------------------------
 # golden fixture, through the public functions
 # ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.golden
 def test_statistics_match_reference(fx):
     inputs, expected, tol = fx
     mu_r, sigma_r = metrics.statistics(inputs["ref_pool"])
     mu_s, sigma_s = metrics.statistics(inputs["sample_pool"])
     assert mu_r.dtype == np.float32 and sigma_r.dtype == np.float64
-    _close(mu_r, expected["ref_pool_mu"], tol["ref_pool_mu"], "ref_pool_mu")
-    _close(mu_s, expected["sample_pool_mu"], tol["sample_pool_mu"], "sample_pool_mu")
-    _close(np.trace(sigma_r), expected["ref_pool_sigma_trace"], tol["ref_pool_sigma_trace"], "ref trace")
-    _close(
+    assert_close(mu_r, expected["ref_pool_mu"], tol["ref_pool_mu"], "ref_pool_mu")
+    assert_close(mu_s, expected["sample_pool_mu"], tol["sample_pool_mu"], "sample_pool_mu")
+    assert_close(np.trace(sigma_r), expected["ref_pool_sigma_trace"], tol["ref_pool_sigma_trace"], "ref trace")
+    assert_close(
         np.trace(sigma_s), expected["sample_pool_sigma_trace"], tol["sample_pool_sigma_trace"], "trace"
     )
 
 
+@pytest.mark.golden
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,key", [("pool", "fid"), ("spatial", "sfid")])
 def test_fid_and_sfid_match_reference(fx, kind, key):
     inputs, expected, tol = fx
@@ -65,35 +64,38 @@ def test_fid_and_sfid_match_reference(fx, kind, key):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no deprecated scipy arguments, no stray warnings
         got = metrics.frechet_distance(*sample, *ref)
-    _close(got, expected[key], tol[key], key)
+    assert_close(got, expected[key], tol[key], key)
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("split,key", [(5000, "inception_score"), (100, "inception_score_split100")])
 def test_inception_score_matches_reference(fx, split, key):
     inputs, expected, tol = fx
     got = metrics.inception_score(inputs["sample_probs"], split_size=split)
-    _close(got, expected[key], tol[key], key)
+    assert_close(got, expected[key], tol[key], key)
 
 
+@pytest.mark.golden
 def test_manifold_radii_on_float16_grid(fx):
     inputs, expected, tol = fx
     for name in ("ref", "sample"):
         radii = metrics.manifold_radii(inputs[f"{name}_pool"], k=3)
         want = expected[f"{name}_radii"]
         assert radii.shape == want.shape and radii.dtype == np.float32
-        _close(radii, want, tol[f"{name}_radii"], f"{name}_radii")
-        rel = np.max(np.abs(radii - want) / want)
-        assert rel < 3e-3, f"{name}_radii relative error {rel:.3g}"
+        assert_close(radii, want, tol[f"{name}_radii"], f"{name}_radii")
+        assert_close(radii, want, 0.0, f"{name}_radii", rel=3e-3)
         # float16 distances: every radius is a float16 value
         assert np.array_equal(radii.astype(np.float16).astype(np.float32), radii)
 
 
+@pytest.mark.golden
 def test_precision_recall_match_reference_exactly(fx):
     inputs, expected, _ = fx
     p, r = metrics.precision_recall(inputs["ref_pool"], inputs["sample_pool"], k=3)
     assert (p, r) == (expected["precision"], expected["recall"])
 
 
+@pytest.mark.golden
 def test_precision_recall_float32_fallback(fx):
     inputs, expected, _ = fx
     ref, sample = inputs["ref_pool"] * 16, inputs["sample_pool"] * 16
@@ -104,6 +106,7 @@ def test_precision_recall_float32_fallback(fx):
     assert (p, r) == (expected["precision_fp32_path"], expected["recall_fp32_path"])
 
 
+@pytest.mark.golden
 def test_precision_recall_independent_of_chunking(fx):
     inputs, expected, _ = fx
     ref, sample = inputs["ref_pool"], inputs["sample_pool"]
@@ -214,6 +217,8 @@ class FixtureBackend:
         }
 
 
+@pytest.mark.golden
+@pytest.mark.slow
 def test_evaluator_with_precomputed_reference_statistics(fx, tmp_path):
     inputs, expected, tol = fx
     n_stats = 200
@@ -227,9 +232,9 @@ def test_evaluator_with_precomputed_reference_statistics(fx, tmp_path):
     ev = Evaluator(backend, batch_size=64, progress=False)
     res = ev.evaluate(ref_path, sample_path)
     assert set(res) == {"inception_score", "fid", "sfid", "precision", "recall", "kid"}
-    _close(res["fid"], expected["fid_precomputed_ref_stats"], tol["fid_precomputed_ref_stats"], "fid")
-    _close(res["sfid"], expected["sfid_precomputed_ref_stats"], tol["sfid_precomputed_ref_stats"], "sfid")
-    _close(res["inception_score"], expected["inception_score"], tol["inception_score"], "IS")
+    assert_close(res["fid"], expected["fid_precomputed_ref_stats"], tol["fid_precomputed_ref_stats"], "fid")
+    assert_close(res["sfid"], expected["sfid_precomputed_ref_stats"], tol["sfid_precomputed_ref_stats"], "sfid")
+    assert_close(res["inception_score"], expected["inception_score"], tol["inception_score"], "IS")
     assert (res["precision"], res["recall"]) == (expected["precision"], expected["recall"])
     assert backend.calls == 7 + 5  # ceil(400 / 64) + ceil(320 / 64)
 
@@ -244,7 +249,7 @@ def test_evaluator_with_precomputed_reference_statistics(fx, tmp_path):
     feats = ev.batch_features(sample_path)
     assert backend.calls == 12
     np.testing.assert_array_equal(feats.acts["probs"], inputs["sample_probs"])
-    _close(feats.stats["pool"][0], expected["sample_pool_mu"], tol["sample_pool_mu"], "cached mu")
+    assert_close(feats.stats["pool"][0], expected["sample_pool_mu"], tol["sample_pool_mu"], "cached mu")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -268,6 +273,7 @@ def test_npz_reader_streams_rows(tmp_path, compressed):
     np.testing.assert_array_equal(np.concatenate(parts), images)
 
 
+@pytest.mark.golden
 def test_cache_invalidated_when_batch_changes(fx, tmp_path):
     inputs, _, _ = fx
     path = tmp_path / "s.npz"
@@ -352,6 +358,7 @@ def test_error_reference_without_statistics_or_images(tmp_path):
         _evaluate(ref, _good(tmp_path / "s.npz"))
 
 
+@pytest.mark.golden
 def test_error_half_a_statistics_pair(tmp_path, fx):
     inputs, _, _ = fx
     ref = tmp_path / "ref.npz"
@@ -373,6 +380,7 @@ def test_error_missing_inception_graph(tmp_path, capsys, monkeypatch):
     assert str(missing) in err and "download_inception" in err
 
 
+@pytest.mark.golden
 def test_statistics_only_reference_skips_precision_recall(fx, tmp_path):
     inputs, _, _ = fx
     rng = np.random.default_rng(0)
@@ -398,6 +406,7 @@ def test_statistics_only_reference_skips_precision_recall(fx, tmp_path):
     assert res["inception_score"] == pytest.approx(1.0)
 
 
+@pytest.mark.golden
 def test_cli_json_with_registered_backend(fx, tmp_path, capsys):
     from evaluations.backends import register_backend
 

@@ -14,7 +14,7 @@ from evaluations.evaluator import Evaluator, main
 from evaluations.npz import NpzImageReader, inspect_npz
 from evaluations.resolution import resize_images
 from guided_diffusion.digits import load_digits_split
-from launchers import REPO, child_env, find_program
+from programs import REPO, child_env, find_program
 
 
 class MeanBackend:
@@ -90,6 +90,7 @@ def test_damaged_image_member_is_named(tmp_path, save):
     assert main([str(ref), str(sample), "--quiet", "--no_cache"]) == 2  # no raw BadZipFile traceback
 
 
+@pytest.mark.e2e
 def test_damaged_member_through_the_installed_command(tmp_path):
     ref, sample = tmp_path / "ref.npz", tmp_path / "s.npz"
     np.savez(ref, _images(8, 16, 0))
@@ -165,12 +166,14 @@ def digits_batches(tmp_path_factory):
     return paths
 
 
+@pytest.mark.e2e
 def test_other_resolution_is_refused_by_the_installed_command(digits_batches):
     result = _run_cli(digits_batches["ref"], digits_batches["s32"], "--backend", "digits", "--no_cache")
     _assert_one_line_error(result, "32x32", "16x16", "--resize", str(digits_batches["s32"]))
     assert "FID" not in result.stdout
 
 
+@pytest.mark.e2e
 def test_resize_scores_samples_at_the_reference_resolution(digits_batches):
     """With --resize the 32x32 digits score as the same digits at 16x16 do (measured: 42.0 vs 42.6 FID on
     the full training split; the backend's own bilinear resize, the old silent path, gave 48.0)."""
@@ -238,6 +241,7 @@ def test_non_finite_reference_statistics_are_refused(tmp_path, capsys, with_imag
     assert "FID" not in captured.out and f"'{key}'" in captured.err
 
 
+@pytest.mark.e2e
 def test_nan_reference_statistics_through_the_installed_command(tmp_path):
     ref, sample = tmp_path / "ref.npz", tmp_path / "s.npz"
     mu = np.zeros(128)

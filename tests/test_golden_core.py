@@ -3,10 +3,13 @@
 import pytest
 import torch
 
-from golden import assert_close, build_model_and_diffusion, case_ids, load_fixture, model_kwargs
+from conftest import assert_close
+from golden import build_model_and_diffusion, case_ids, load_fixture, model_kwargs
 from guided_diffusion.guidance import ClassifierGuidance, perturbed_attention
 from guided_diffusion.script_util import create_classifier
 from sampling_cases import run_case
+
+pytestmark = pytest.mark.golden
 
 MODEL_FILES = ["model_adm32_uncond.pt", "model_newattn32_cond.pt"]
 

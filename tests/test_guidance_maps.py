@@ -5,12 +5,14 @@ import pytest
 import torch
 from PIL import Image
 
-from console import assert_ok, run_script
+from programs import assert_ok, run_script
 from golden import load_fixture
 from guided_diffusion.script_util import model_and_diffusion_defaults
 from scripts import guidance_maps
 
 
+@pytest.mark.golden
+@pytest.mark.e2e
 def test_cli_writes_the_figure_and_the_samples(tmp_path):
     fx = load_fixture("pag_adm32.pt")
     checkpoint = tmp_path / "model.pt"

@@ -14,29 +14,28 @@ import numpy as np
 import pytest
 import torch
 
-from console import assert_ok, run_script
+from conftest import TINY_ADM, tiny_adm
 from guided_diffusion.guidance import PerturbedAttentionGuidance, SelfAttentionGuidance
 from guided_diffusion.inverse import create_operator, dps_sample_loop, measurement_residual
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+from programs import assert_ok, cli_flags, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "inverse_sample.py"
-TINY_FLAGS = dict(image_size=16, num_channels=32, channel_mult="1,2", num_res_blocks=1, attention_resolutions="8",
-                  num_head_channels=16, learn_sigma=True, noise_schedule="cosine", diffusion_steps=100)
+TINY_FLAGS = dict(TINY_ADM, learn_sigma=True, noise_schedule="cosine", diffusion_steps=100)
 TINY_LAYERS = ["input_blocks.3.1", "middle_block.1"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(timestep_respacing="6"):
-    flags = model_and_diffusion_defaults()
-    flags.update(TINY_FLAGS, timestep_respacing=timestep_respacing)
+    """The release's seeded initialisation, its zero-initialised layers then filled with small noise (drawing
+    every weight anew saturates DPS's samples at +-1, where guidance no longer shows)."""
     with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model, diffusion = create_model_and_diffusion(**flags)
+        model, diffusion = tiny_adm(seed=0, **TINY_FLAGS, timestep_respacing=timestep_respacing)
         with torch.no_grad():
             for p in model.parameters():
-                if not bool(p.abs().sum()):  # the release zero-initialises output layers
+                if not bool(p.abs().sum()):
                     p.normal_(0, 0.05)
     return model.eval(), diffusion
 
@@ -155,10 +154,7 @@ def cli_inputs(tmp_path_factory):
     torch.save(model.state_dict(), folder / "tiny.pt")
     rng = np.random.default_rng(0)
     np.savez(folder / "images.npz", arr_0=rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8))
-    flags = []
-    for key, value in TINY_FLAGS.items():
-        flags += [f"--{key}", str(value)]
-    return folder, flags
+    return folder, cli_flags(TINY_FLAGS)
 
 
 def _cli_flags(cli_inputs, out, *extra):
@@ -174,6 +170,7 @@ def _run_cli(cli_inputs, out, *extra):
     return script["run"](script["parse"](_cli_flags(cli_inputs, out, *extra)))
 
 
+@pytest.mark.e2e
 def test_cli_writes_the_results(cli_inputs, tmp_path):
     # the installed console script, which must exit with status 0
     assert_ok(run_script("pag-inverse-sample", *_cli_flags(cli_inputs, tmp_path / "a", "--operator", "gaussian_blur",
@@ -262,6 +259,7 @@ def _demo_run(demo, op, seed=0, **kwargs):
     return y, dps_sample_loop(diffusion, model, op, y, noise=x_t, use_ddim=True, residual_x0="raw", **kwargs)
 
 
+@pytest.mark.slow
 def test_demo_dps_fits_blurred_measurements_better_than_the_blurred_input(demo):
     """Gaussian deblurring, 8 held-out digits, 25 DDIM steps, sigma_y = 0.05.
 
@@ -280,6 +278,7 @@ def test_demo_dps_fits_blurred_measurements_better_than_the_blurred_input(demo):
     assert torch.equal(without, fitted)
 
 
+@pytest.mark.slow
 def test_demo_dps_with_pag_inpaints_a_box(demo):
     """A centred 8x8 box: DPS beats the masked input in PSNR by a wide margin, PAG (s = 1) changes the
     reconstructions but keeps them ahead of the masked input and consistent with y (residual near the

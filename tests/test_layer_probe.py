@@ -11,7 +11,7 @@ from guided_diffusion.attention import attention_blocks
 from guided_diffusion.digits import load_digits_split
 from guided_diffusion.image_datasets import to_model_range
 from guided_diffusion.layer_probe import _pearson, _ranks, markdown_table, probe_layers
-from console import assert_ok, run_script
+from programs import assert_ok, run_script
 from scripts import layer_probe as script
 from scripts.demo import load_demo_model
 
@@ -66,6 +66,7 @@ def test_bad_layers_and_timesteps_are_named(digits):
         script.parse_timesteps("10,x")
 
 
+@pytest.mark.e2e
 def test_script_writes_table_json_and_plot(tmp_path, digits):
     model = digits[0]
     # the installed console script, which must exit with status 0

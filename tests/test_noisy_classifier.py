@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from console import assert_ok, run_script
+from programs import assert_ok, run_script
 from guided_diffusion.noisy_classifier import NoisyClassifierObjective
 from guided_diffusion.script_util import create_classifier_and_diffusion
 
@@ -36,6 +36,7 @@ def test_objective_is_cross_entropy_of_the_noised_image_at_its_timestep():
         NoisyClassifierObjective(diffusion).training_losses(classifier, x0, t, {}, noise)
 
 
+@pytest.mark.e2e
 def test_classifier_train_console_script_trains_and_resumes(tmp_path):
     flags = [f"--{k}={v}" for k, v in TINY_CLASSIFIER.items()] + [
         "--num_classes=10", "--data_dir=digits:train", "--batch_size=8", "--log_interval=1", "--save_interval=2",
@@ -48,6 +49,7 @@ def test_classifier_train_console_script_trains_and_resumes(tmp_path):
     assert state["out.2.c_proj.weight"].shape[0] == 10  # attention pooling projects onto the 10 classes
 
 
+@pytest.mark.e2e
 def test_classifier_train_refuses_unlabelled_flags(tmp_path):
     result = run_script("pag-classifier-train", "--image_size=32", "--learning_rate=1", "--run_dir", str(tmp_path))
     assert result.returncode != 0 and "learning_rate" in result.stderr

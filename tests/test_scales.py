@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from console import REPO, run_script
+from conftest import TINY_ADM, tiny_adm
 from guided_diffusion.guidance import ClassifierGuidance, PerturbedAttentionGuidance, SelfAttentionGuidance
 from guided_diffusion.inverse import create_operator, dps_sample_loop
 from guided_diffusion.scales import check_scale
-from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+from programs import REPO, cli_flags, run_script
 
 BAD = [math.nan, math.inf, -math.inf]
 
@@ -36,10 +36,7 @@ def test_negative_and_zero_scales_are_allowed():
 
 @pytest.mark.parametrize("zeta", [math.nan, torch.tensor([1.0, math.inf])])
 def test_dps_refuses_a_non_finite_zeta_before_sampling(zeta):
-    flags = model_and_diffusion_defaults()
-    flags.update(image_size=8, num_channels=32, channel_mult="1,2", num_res_blocks=1, attention_resolutions="4",
-                 num_head_channels=16, timestep_respacing="2")
-    model, diffusion = create_model_and_diffusion(**flags)
+    model, diffusion = tiny_adm(image_size=8, attention_resolutions="4", timestep_respacing="2")
     operator = create_operator("inpaint_box", 8, mask_size=4)
     calls = []
     model.register_forward_hook(lambda *_: calls.append(1))
@@ -51,8 +48,7 @@ def test_dps_refuses_a_non_finite_zeta_before_sampling(zeta):
 # Each script with non-finite scales and a --model_path that is no checkpoint: the scale must be reported, not
 # the file, so the flags were checked before loading any model.
 NOT_A_CHECKPOINT = REPO / "README.md"
-TINY = ["--image_size", "16", "--num_channels", "32", "--channel_mult", "1,2", "--num_res_blocks", "1",
-        "--attention_resolutions", "8", "--num_head_channels", "16"]
+TINY = cli_flags(TINY_ADM)
 SCRIPTS = {
     "pag-image-sample": (["--model_path", NOT_A_CHECKPOINT, *TINY, "--pag_scale", "nan", "--sag_scale", "inf",
                           "--output_dir", "{tmp}/out"], ["--pag_scale", "--sag_scale"]),
@@ -67,6 +63,7 @@ SCRIPTS = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_scripts_refuse_non_finite_scales_naming_the_flag_before_loading_a_model(script, tmp_path):
     args, flags = SCRIPTS[script]

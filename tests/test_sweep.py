@@ -16,6 +16,7 @@ from guided_diffusion.sweep import (expand_points, load_spec, planned_commands, 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_digits_sweep_records_skips_and_survives_a_failing_point(tmp_path, caplog):
     base = load_config(ROOT / "configs/digits/sample.yaml")
     base.update(num_samples=8, batch_size=8, timestep_respacing="ddim3", progress=False)

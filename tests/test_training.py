@@ -11,31 +11,28 @@ import pytest
 import torch
 import yaml
 
+from conftest import tiny_adm
 from guided_diffusion import logger
 from guided_diffusion.checkpoints import load_checkpoint
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.resample import LossSecondMomentResampler, UniformSampler, create_named_schedule_sampler
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.train_util import TrainLoop, find_resume_checkpoint, parse_resume_step_from_filename
-from launchers import MPI_HINT, TORCHRUN_HINT, child_env, find_program, require_module
+from programs import MPI_HINT, TORCHRUN_HINT, child_env, find_program, require_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADM_CHECKPOINT = os.path.join(ROOT, "checkpoints", "digits_adm16_ema.pt")
 ADM_CONFIG = os.path.join(ROOT, "configs", "digits", "model.yaml")
 
-# A tiny ADM at 8x8: attention at 4x4 and in the middle block, learned sigmas (so mse and vb both train).
-TINY = dict(image_size=8, num_channels=32, channel_mult="1,2", num_res_blocks=1, attention_resolutions="4",
-            num_head_channels=16, learn_sigma=True, diffusion_steps=50, noise_schedule="cosine", dropout=0.1)
+# The tiny ADM at 8x8: attention at 4x4 and in the middle block, learned sigmas (so mse and vb both train).
+TINY = dict(image_size=8, attention_resolutions="4", learn_sigma=True, diffusion_steps=50, noise_schedule="cosine",
+            dropout=0.1)
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
 
 def tiny_model(**overrides):
-    flags = model_and_diffusion_defaults()
-    flags.update(TINY)
-    flags.update(overrides)
-    torch.manual_seed(0)
-    return create_model_and_diffusion(**flags)
+    return tiny_adm(seed=0, **{**TINY, **overrides})
 
 
 def make_loop(run_dir, max_steps, sampler="uniform", diffusion_steps=50, batch_size=8, microbatch=-1,
@@ -74,6 +71,7 @@ def assert_same_state(a, b):
 # Training from scratch and resuming
 
 
+@pytest.mark.slow
 def test_loss_goes_down_from_scratch(tmp_path):
     """60 steps on the digits at 8x8: the mean loss of the last 15 steps is well below the first 15."""
     loop = make_loop(tmp_path, max_steps=60, batch_size=16)
@@ -89,6 +87,7 @@ def test_loss_goes_down_from_scratch(tmp_path):
     assert os.path.exists(tmp_path / "model000060.pt") and os.path.exists(tmp_path / "ema_0.99_000060.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["uniform", "loss-second-moment"])
 def test_resume_repeats_uninterrupted_run(tmp_path, sampler):
     """3 + 3 steps through a checkpoint give bit for bit the weights, EMA and AdamW state of 6 steps."""
@@ -137,6 +136,7 @@ def test_lr_anneal_ends_the_run(tmp_path):
     assert [r["lr"] for r in rows] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["use_fp16", "bf16", "fp16"])
 def test_mixed_precision_trains_and_saves_float32(tmp_path, mode):
     kwargs = {"use_fp16": True} if mode == "use_fp16" else {"mixed_precision": mode}
@@ -278,6 +278,7 @@ SCRIPT_FLAGS = ["--image_size", "8", "--num_channels", "32", "--channel_mult", "
                 "--batch_size", "4", "--log_interval", "1", "--progress", "False"]
 
 
+@pytest.mark.e2e
 def test_image_train_script_runs_and_continues(tmp_path):
     script = _load_script("image_train")
     config = tmp_path / "train.yaml"
@@ -316,6 +317,7 @@ def _assert_two_ranks_trained(run_dir):
     assert [r["data"]["shard"] for r in state["ranks"]] == [0, 1]
 
 
+@pytest.mark.e2e
 def test_image_train_under_mpiexec(tmp_path):
     mpiexec = find_program("mpiexec", MPI_HINT)
     require_module("mpi4py", MPI_HINT)
@@ -325,6 +327,7 @@ def test_image_train_under_mpiexec(tmp_path):
     _assert_two_ranks_trained(run_dir)
 
 
+@pytest.mark.e2e
 def test_image_train_under_torchrun(tmp_path):
     torchrun = find_program("torchrun", TORCHRUN_HINT)
     run_dir = str(tmp_path / "run")
@@ -347,6 +350,7 @@ dist_util.cleanup()
 """
 
 
+@pytest.mark.e2e
 def test_dist_util_follows_a_process_group_set_up_elsewhere(tmp_path):
     """Rank, world size, gathers and data shards come from torch.distributed, not only from setup_dist()."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
@@ -404,6 +408,7 @@ def _adm_flags():
     return flags
 
 
+@pytest.mark.slow
 def test_shipped_adm_checkpoint_loads_like_an_adm_checkpoint():
     size = os.path.getsize(ADM_CHECKPOINT)
     assert size < 8_000_000, size

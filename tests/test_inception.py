@@ -22,6 +22,8 @@ import torch
 from evaluations import metrics
 from evaluations.evaluator import cache_path_for, main
 
+pytestmark = pytest.mark.slow
+
 
 def _tf():
     try:

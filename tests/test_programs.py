@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from launchers import child_env, find_program
+from programs import child_env, find_program
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Unit tests of the sampler's parts: per-image seeding, the shard store, launcher detection, image I/O."""
+"""The shard store and the jobs that share its folder (guided_diffusion.folder_jobs): shards, the manifest,
+damage detection, claims, and blocks shared out between jobs."""
 
 import json
 import os
@@ -9,94 +10,11 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from guided_diffusion import dist_util
 from guided_diffusion.folder_jobs import FolderJobs
-from guided_diffusion.image_io import save_image_grid, to_uint8
 from guided_diffusion.sample_store import (OutputFolderError, SampleStore, ShardError, config_digest,
                                            describe_differences)
-from guided_diffusion.seeding import (MEASUREMENT_STREAM, ImageNoise, LabelSource, balanced_label_table, image_noise_seed,
-                                      random_labels)
-
-# ----------------------------------------------------------------------------------------------------
-# seeding
-
-
-def draw(seed, indices, steps=(3, 2, 1), prefetch=False):
-    noise = ImageNoise(seed, indices, (3, 4, 4), prefetch=prefetch)
-    return [noise.initial()] + [noise.step(i) for i in steps]
-
-
-def test_noise_of_an_image_does_not_depend_on_its_batch():
-    together = draw(5, [0, 1, 2, 3])
-    apart = [draw(5, [i]) for i in range(4)]
-    reordered = draw(5, [3, 1])
-    prefetched = draw(5, [0, 1, 2, 3], prefetch=True)  # background draws (the default on GPUs)
-    for k in range(4):
-        assert torch.equal(together[k], torch.cat([a[k] for a in apart]))
-        assert torch.equal(reordered[k], together[k][[3, 1]])
-        assert torch.equal(prefetched[k], together[k])
-
-
-def test_noise_streams_differ_between_images_steps_and_seeds():
-    x_t, step3, _, _ = draw(0, [0, 1])
-    assert not torch.equal(x_t[0], x_t[1])
-    assert not torch.equal(x_t[0], step3[0])
-    assert not torch.equal(draw(1, [0])[0], x_t[:1])
-    assert image_noise_seed(0, 1) != image_noise_seed(1, 0)
-
-
-def test_image_noise_seed_streams():
-    for seed, index in [(0, 0), (5, 3), (2**40 + 1, 1234)]:
-        for stream in (0, MEASUREMENT_STREAM):
-            low, high = np.random.SeedSequence(seed, spawn_key=(index, stream)).generate_state(2, np.uint32)
-            assert image_noise_seed(seed, index, stream) == int(low) | (int(high) << 32)
-        assert image_noise_seed(seed, index) == image_noise_seed(seed, index, 0)
-        assert image_noise_seed(seed, index, MEASUREMENT_STREAM) != image_noise_seed(seed, index)
-    for seed in (-1, 2**63):
-        with pytest.raises(ValueError, match="seed must be"):
-            image_noise_seed(seed, 0, MEASUREMENT_STREAM)
-
-
-def test_step_noise_must_follow_x_t_in_step_order():
-    noise = ImageNoise(0, [0], (1,))
-    with pytest.raises(RuntimeError):
-        noise.step(3)
-    noise.initial()
-    noise.step(3)
-    with pytest.raises(RuntimeError):
-        noise.step(3)
-
-
-def test_random_labels_come_from_seed_and_index_alone():
-    labels = random_labels(7, range(200), 1000)
-    assert labels.dtype == np.int64 and labels.min() >= 0 and labels.max() < 1000
-    assert len(set(labels.tolist())) > 150
-    assert np.array_equal(random_labels(7, [150, 3], 1000), labels[[150, 3]])
-    assert not np.array_equal(random_labels(8, range(200), 1000), labels)
-
-
-def test_balanced_labels_give_exactly_50_per_class_for_50k():
-    table = balanced_label_table(0, 50000, 1000)
-    assert np.array_equal(np.bincount(table, minlength=1000), np.full(1000, 50))
-    assert not np.array_equal(table[:1000], np.sort(table[:1000]))  # shuffled, not grouped by class
-    assert np.array_equal(balanced_label_table(0, 50000, 1000), table)
-    source = LabelSource(0, 50000, 1000, balanced=True)
-    assert np.array_equal(source.labels([49999, 0]), table[[49999, 0]])
-    with pytest.raises(ValueError, match="divisible"):
-        balanced_label_table(0, 1500, 1000)
-
-
-def test_label_source_without_classes():
-    assert LabelSource(0, 10).labels([1, 2]) is None
-    with pytest.raises(ValueError, match="class labels"):
-        LabelSource(0, 1000, None, balanced=True)
-
-
-# ----------------------------------------------------------------------------------------------------
-# sample store
 
 
 def make_store(root, labels=False, config=None):
@@ -351,111 +269,3 @@ def test_describe_differences_and_digest():
     assert describe_differences({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": 4}) == [
         "  b.c: 2 -> 3", '  d: "<absent>" -> 4']
     assert config_digest({"a": 1, "b": 2}) == config_digest(json.loads('{"b": 2, "a": 1}'))
-
-
-# ----------------------------------------------------------------------------------------------------
-# launchers
-
-
-@pytest.mark.parametrize("env, expected", [
-    ({}, ("single", 0, 1, 0)),
-    ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, ("torchrun", 3, 8, 1)),
-    ({"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "16", "SLURM_LOCALID": "1", "SLURM_NTASKS": "16"},
-     ("slurm", 5, 16, 1)),
-    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, ("single", 0, 1, 0)),  # a bare sbatch script, not srun
-    ({"PMI_RANK": "1", "PMI_SIZE": "2"}, ("mpi", 1, 2, -1)),
-    ({"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "0"},
-     ("mpi", 2, 4, 0)),
-])
-def test_detect_launcher(env, expected):
-    launch = dist_util.detect_launcher(env)
-    assert (launch.launcher, launch.rank, launch.world_size, launch.local_rank) == expected
-
-
-@pytest.mark.parametrize("nodelist, first", [("node7", "node7"), ("gpu[003-005,010]", "gpu003"),
-                                             ("a[1,4],b2", "a1"), ("c-12", "c-12")])
-def test_first_slurm_host(nodelist, first):
-    assert dist_util.first_host(nodelist) == first
-
-
-def test_single_process_needs_no_process_group():
-    dist_util.setup_dist()
-    assert dist_util.world_size() == 1 and not dist_util.is_distributed()
-    assert dist_util.broadcast_object([1, 2]) == [1, 2]
-    dist_util.raise_if_any_failed(None)
-    with pytest.raises(SystemExit, match="error: boom"):
-        dist_util.raise_if_any_failed(ValueError("boom"))
-
-
-# ----------------------------------------------------------------------------------------------------
-# image io
-
-
-def test_to_uint8_matches_the_release():
-    x = torch.tensor([-1.5, -1.0, -0.01, 0.0, 0.999, 1.0, 2.0]).reshape(1, 1, 1, 7).expand(1, 3, 1, 7)
-    out = to_uint8(x)
-    assert out.shape == (1, 1, 7, 3) and out.dtype == torch.uint8
-    assert out[0, 0, :, 0].tolist() == [0, 0, 126, 127, 254, 255, 255]
-
-
-def test_image_grid_layout(tmp_path):
-    images = np.stack([np.full((2, 2, 3), 20 * i, np.uint8) for i in range(10)])
-    path = save_image_grid(images, tmp_path / "g.png", ncols=4)
-    grid = np.asarray(Image.open(path))
-    assert grid.shape == (6, 8, 3)
-    assert grid[2, 2, 0] == 20 * 5 and grid[4, 4, 0] == 0  # image 5 in row 1, col 1; padding is black
-
-
-# ----------------------------------------------------------------------------------------------------
-# the sampler's batches, at full float precision
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
-
-    flags = dict(model_and_diffusion_defaults(), image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2",
-                 attention_resolutions="8", num_head_channels=16, learn_sigma=True, class_cond=True,
-                 timestep_respacing="3")
-    model, diffusion = create_model_and_diffusion(**flags)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: several threads only contend on a shared CPU (100x slower here)
-    yield model.eval(), diffusion
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.parametrize("use_ddim", [False, True])
-def test_a_row_is_bit_identical_in_any_batch_even_alone(tiny_model, use_ddim):
-    from guided_diffusion.guidance import PerturbedAttentionGuidance, SelfAttentionGuidance
-    from scripts.image_sample import sample_images
-
-    model, diffusion = tiny_model
-    guidance = [PerturbedAttentionGuidance(scale=2.0, layers=["middle_block.1"]),
-                SelfAttentionGuidance(scale=0.5, layer="output_blocks.1.1", blur_sigma=1.0)]
-    labels = LabelSource(0, 10, 1000)
-
-    def run(indices):
-        return sample_images(model, diffusion, indices, seed=4, image_size=16, labels=labels.labels(indices),
-                             use_ddim=use_ddim, eta=0.7, guidance=guidance)
-
-    batch = run([5, 6, 7])
-    assert torch.equal(run([7, 5])[[1, 0]], batch[[0, 2]])
-    # A batch of one is padded on CPU: unpadded, its conv kernels differ in the last bits from a batch's.
-    assert torch.equal(run([6])[0], batch[1])
-
-
-def test_batches_and_the_single_row_padding():
-    from scripts.image_sample import batch_invariant_fit, batches
-
-    split = batches(np.arange(7), 3)
-    assert [b.tolist() for b in split] == [[0, 1, 2], [3, 4, 5], [6]]
-    assert batches(np.arange(0), 3) == []
-    row, pair = torch.randn(1, 2), torch.randn(2, 2)
-    assert torch.equal(batch_invariant_fit(1, "cpu")(row), torch.cat([row, row]))
-    assert torch.equal(batch_invariant_fit(1, torch.device("cpu"))(row), torch.cat([row, row]))
-    assert batch_invariant_fit(2, "cpu")(pair) is pair
-    assert batch_invariant_fit(1, "meta")(row) is row  # off the CPU a batch of one is left alone

@@ -25,6 +25,7 @@ def _step(diffusion, model, x, t, noise, guidance=None, **kw):
         return diffusion.p_sample(model, x, torch.full((2,), t), step_noise=noise, guidance=guidance, **kw)
 
 
+@pytest.mark.golden
 def test_batched_pag_equals_two_separate_passes(setup):
     model, diffusion, x, noise = setup
     t = torch.full((2,), 12)
@@ -39,6 +40,7 @@ def test_batched_pag_equals_two_separate_passes(setup):
     assert (guided["pred_xstart"] - diffusion.p_mean_variance(model, x, t)["pred_xstart"]).abs().max() > 1e-3
 
 
+@pytest.mark.golden
 def test_shared_prefix_runs_once_and_perturbed_blocks_skip_q_and_k(setup):
     """The cost claims, as row counts: B rows up to the first perturbed block, 2B after it, and the
     perturbed blocks' qkv projection sees only the B normal rows (the perturbed rows compute V alone)."""
@@ -63,6 +65,7 @@ def test_shared_prefix_runs_once_and_perturbed_blocks_skip_q_and_k(setup):
     assert rows == {name: [count] for name, count in expected.items()}  # and each ran once: one model call
 
 
+@pytest.mark.golden
 def test_guidances_combine_additively(setup):
     model, diffusion, x, noise = setup
     one = _step(diffusion, model, x, 10, noise, PerturbedAttentionGuidance(scale=3.0, layers=LAYERS))
@@ -77,6 +80,7 @@ def test_guidances_combine_additively(setup):
     assert (both["sample"] - one["sample"]).abs().max() > 1e-4
 
 
+@pytest.mark.golden
 def test_interval_is_in_base_timesteps(setup):
     model, diffusion, x, noise = setup
     t_index = 12
@@ -101,6 +105,7 @@ def test_scale_schedules():
         Guidance(1.0, schedule="exp")
 
 
+@pytest.mark.golden
 def test_unknown_layer_fails_before_any_model_call(setup):
     model, diffusion, _, noise = setup
     calls = []
@@ -117,6 +122,7 @@ def test_unknown_layer_fails_before_any_model_call(setup):
     assert calls == []
 
 
+@pytest.mark.golden
 def test_sag_block_heads_variant_differs_from_official(setup):
     model, diffusion, x, noise = setup
     official = _step(diffusion, model, x, 20, noise, SelfAttentionGuidance(scale=1.0, layer="output_blocks.8.1"))
@@ -125,6 +131,7 @@ def test_sag_block_heads_variant_differs_from_official(setup):
     assert (official["sample"] - block["sample"]).abs().max() > 1e-4
 
 
+@pytest.mark.golden
 def test_classifier_guidance_object_equals_cond_fn_and_combines_with_pag(setup):
     model, diffusion, x, noise = setup
     torch.manual_seed(0)

@@ -1,15 +1,18 @@
-"""A file that is not a checkpoint: the error says what the file is not, and never advises unsafe loading."""
+"""Checkpoints load strictly, a mismatch names the flag, and a file that is not a checkpoint says what it is
+not (never advising unsafe loading)."""
 
 import pickle
 
 import pytest
 import torch
 
-from console import run_script
-from guided_diffusion.checkpoints import NotACheckpointError, read_state_dict
+from conftest import TINY_ADM
+from golden import load_fixture, model_flags
+from guided_diffusion.checkpoints import CheckpointMismatchError, NotACheckpointError, load_checkpoint, read_state_dict
+from guided_diffusion.script_util import create_model_and_diffusion
+from programs import cli_flags, run_script
 
-TINY = ["--image_size", "16", "--num_channels", "32", "--channel_mult", "1,2", "--num_res_blocks", "1",
-        "--attention_resolutions", "8", "--num_head_channels", "16"]
+TINY = cli_flags(TINY_ADM)
 
 
 def write(path, kind):
@@ -48,6 +51,7 @@ def test_a_file_that_is_not_a_checkpoint_says_what_it_is_not(tmp_path, kind, mes
     assert "weights_only" not in str(error.value) and "trust" not in str(error.value)
 
 
+@pytest.mark.e2e
 def test_sampling_script_reports_a_file_that_is_not_a_checkpoint(tmp_path):
     path = write(tmp_path / "model.pt", "text")
     result = run_script("pag-image-sample", "--model_path", path, *TINY, "--num_samples", "2",
@@ -56,3 +60,37 @@ def test_sampling_script_reports_a_file_that_is_not_a_checkpoint(tmp_path):
     assert "is not a torch checkpoint" in result.stderr
     assert "weights_only" not in result.stderr and "unexpected error" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("overrides,flag", [
+    (dict(class_cond=True), "--class_cond False"),
+    (dict(learn_sigma=False), "--learn_sigma True"),
+    (dict(num_channels=64), "--num_channels 32"),
+    (dict(attention_resolutions="16,8"), "--attention_resolutions"),
+    (dict(use_scale_shift_norm=False), "--use_scale_shift_norm True"),
+    (dict(resblock_updown=False), "--resblock_updown True"),
+    (dict(num_res_blocks=1), "--num_res_blocks"),
+])
+def test_checkpoint_mismatch_names_the_flag(overrides, flag):
+    fx = load_fixture("model_adm32_uncond.pt")
+    model, _ = create_model_and_diffusion(**model_flags(fx, **overrides))
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_checkpoint(model, fx["state_dict"])
+    assert flag in str(err.value)
+    assert len(str(err.value)) < 2000  # a diagnosis, not a dump of every key
+
+
+@pytest.mark.golden
+def test_checkpoint_loads_strictly_from_file(tmp_path):
+    fx = load_fixture("model_newattn32_cond.pt")
+    path = tmp_path / "model.pt"
+    torch.save(fx["state_dict"], path)
+    model, _ = create_model_and_diffusion(**model_flags(fx))
+    load_checkpoint(model, str(path))
+    assert torch.equal(model.state_dict()["label_emb.weight"], fx["state_dict"]["label_emb.weight"])
+    torch.save({**fx["state_dict"], "extra.weight": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointMismatchError, match="unexpected keys"):
+        load_checkpoint(model, str(path))
+    with pytest.raises(FileNotFoundError, match="download"):
+        load_checkpoint(model, str(tmp_path / "missing.pt"))
