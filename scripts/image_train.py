@@ -9,7 +9,6 @@ flags on the command line override. Runs on one process, or under `mpiexec -n N`
 --nproc_per_node N` or `srun`; a run directory that already holds checkpoints is continued from its latest.
 """
 
-import argparse
 import os
 import sys
 import time
@@ -19,56 +18,52 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from guided_diffusion import config, dist_util, logger  # noqa: E402
-from guided_diffusion.config import add_flags  # noqa: E402
+from guided_diffusion import dist_util, logger  # noqa: E402
+from guided_diffusion.flags import Flag, FlagGroup, create_parser, parse  # noqa: E402
 from guided_diffusion.image_datasets import load_data  # noqa: E402
 from guided_diffusion.resample import SAMPLER_NAMES, create_named_schedule_sampler  # noqa: E402
-from guided_diffusion.script_util import (args_to_dict, create_model_and_diffusion,  # noqa: E402
-                                          model_and_diffusion_defaults)
+from guided_diffusion.sampling import MODEL_FLAGS  # noqa: E402
+from guided_diffusion.script_util import create_model_and_diffusion  # noqa: E402
 from guided_diffusion.train_util import MIXED_PRECISION_MODES, TrainLoop  # noqa: E402
 
-TRAIN_DEFAULTS = dict(
-    data_dir="", schedule_sampler="uniform", lr=1e-4, weight_decay=0.0, lr_anneal_steps=0, max_steps=0,
-    batch_size=1, microbatch=-1, ema_rate="0.9999", ema_warmup=False, log_interval=10, save_interval=10000, resume_checkpoint="",
-    fp16_scale_growth=1e-3, mixed_precision="none", seed=0, run_dir="", random_flip=True, random_crop=False,
-    progress=True,
-)
-
-HELP = {
-    "data_dir": "an image folder (class = file name before the first '_'), an .npz (arr_0 uint8 NHWC, "
-                "arr_1 labels) or 'digits' / 'digits:train' (the scikit-learn digits, see guided_diffusion.digits)",
-    "schedule_sampler": f"timestep sampler: {' or '.join(SAMPLER_NAMES)}",
-    "lr_anneal_steps": "decay the learning rate linearly to 0 over this many steps and stop there (0: constant)",
-    "max_steps": "stop after this many steps in all, counting resumed ones (0: no limit)",
-    "batch_size": "images per process and step",
-    "microbatch": "split each batch into chunks of this size, accumulating gradients (-1: no split)",
-    "ema_rate": "EMA decay rate(s), comma-separated",
-    "ema_warmup": "decay min(rate, (1 + n) / (10 + n)) after n steps, so a short run's EMA forgets the "
-                  "random initialisation",
-    "save_interval": "write a checkpoint every this many steps (and at the end)",
-    "resume_checkpoint": "a modelNNNNNN.pt to start from (ignored when run_dir already holds checkpoints)",
-    "use_fp16": "the release's float16 training: float16 U-Net, float32 master weights, dynamic loss scale",
-    "mixed_precision": f"autocast the forward pass: {', '.join(MIXED_PRECISION_MODES)} (fp16 uses a GradScaler)",
-    "seed": "seed of the model initialisation, the data order and all training noise",
-    "run_dir": "where logs and checkpoints go (default: $OPENAI_LOGDIR, else runs/train-<time>)",
-    "random_flip": "flip images horizontally at random (turn off for digits and text)",
-    "progress": "show a progress bar on rank 0",
-}
+TRAIN_FLAGS = FlagGroup("training", [
+    Flag("data_dir", "", "an image folder (class = file name before the first '_'), an .npz (arr_0 uint8 NHWC, "
+                         "arr_1 labels) or 'digits' / 'digits:train' (the scikit-learn digits, see "
+                         "guided_diffusion.digits)"),
+    Flag("schedule_sampler", "uniform", f"timestep sampler: {' or '.join(SAMPLER_NAMES)}"),
+    Flag("lr", 1e-4),
+    Flag("weight_decay", 0.0),
+    Flag("lr_anneal_steps", 0, "decay the learning rate linearly to 0 over this many steps and stop there "
+                               "(0: constant)"),
+    Flag("max_steps", 0, "stop after this many steps in all, counting resumed ones (0: no limit)"),
+    Flag("batch_size", 1, "images per process and step"),
+    Flag("microbatch", -1, "split each batch into chunks of this size, accumulating gradients (-1: no split)"),
+    Flag("ema_rate", "0.9999", "EMA decay rate(s), comma-separated"),
+    Flag("ema_warmup", False, "decay min(rate, (1 + n) / (10 + n)) after n steps, so a short run's EMA forgets the "
+                              "random initialisation"),
+    Flag("log_interval", 10),
+    Flag("save_interval", 10000, "write a checkpoint every this many steps (and at the end)"),
+    Flag("resume_checkpoint", "", "a modelNNNNNN.pt to start from (ignored when run_dir already holds "
+                                  "checkpoints)"),
+    Flag("fp16_scale_growth", 1e-3),
+    Flag("mixed_precision", "none", f"autocast the forward pass: {', '.join(MIXED_PRECISION_MODES)} (fp16 uses a "
+                                    "GradScaler)"),
+    Flag("seed", 0, "seed of the model initialisation, the data order and all training noise"),
+    Flag("run_dir", "", "where logs and checkpoints go (default: $OPENAI_LOGDIR, else runs/train-<time>)"),
+    Flag("random_flip", True, "flip images horizontally at random (turn off for digits and text)"),
+    Flag("random_crop", False),
+    Flag("progress", True, "show a progress bar on rank 0"),
+])
+MODEL_TRAIN_FLAGS = MODEL_FLAGS.replace(MODEL_FLAGS["use_fp16"].but(
+    help="the release's float16 training: float16 U-Net, float32 master weights, dynamic loss scale"))
 
 
 def create_argparser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", action="append", default=[],
-                        help="YAML file of flag values (repeatable; command-line flags win)")
-    defaults = dict(TRAIN_DEFAULTS)
-    defaults.update(model_and_diffusion_defaults())
-    add_flags(parser, defaults, HELP)
-    return parser
+    return create_parser(__doc__.split("\n\n")[0], [TRAIN_FLAGS, MODEL_TRAIN_FLAGS])
 
 
 def parse_args(argv=None):
-    return config.parse_args(create_argparser(), argv)
+    return parse(create_argparser(), argv)
 
 
 def main(argv=None):
@@ -85,7 +80,7 @@ def main(argv=None):
                f"run dir {run_dir}")
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
-    model, diffusion = create_model_and_diffusion(**args_to_dict(args, model_and_diffusion_defaults().keys()))
+    model, diffusion = create_model_and_diffusion(**MODEL_FLAGS.values(args))
     model.to(dist_util.dev())
     logger.log(f"model: {sum(p.numel() for p in model.parameters()):,} parameters")
     schedule_sampler = create_named_schedule_sampler(args.schedule_sampler, diffusion)
