@@ -142,13 +142,19 @@ def at_least(low):
     return check
 
 
-def finite(flag, value, args):
-    """A guidance scale or step size: any finite number (negative ones too)."""
-    try:
-        check_scale(value, flag)
-    except ValueError as error:
-        return str(error)
-    return None
+def raising(validate):
+    """A check from `validate(flag, value, args)`, which raises a ValueError naming the problem."""
+    def check(flag, value, args):
+        try:
+            validate(flag, value, args)
+        except ValueError as error:
+            return str(error)
+        return None
+    return check
+
+
+# a guidance scale or step size: any finite number (negative ones too)
+finite = raising(lambda flag, value, args: check_scale(value, flag))
 
 
 def all_of(*checks):

@@ -3,7 +3,8 @@
 Scales are the PAG paper's `s` (eps~ = eps + s * (eps - eps_perturbed)); the official PAG/SAG scripts'
 `--guide_scale g` is s = g - 1. A scale of 0 turns a guidance off; negative scales are allowed (they guide
 towards the perturbed prediction), NaN and infinity are refused before any model is loaded (the scale
-flags' check). Intervals are `lo,hi` in base-process timesteps (0 .. diffusion_steps - 1), so they mean the same for any respacing.
+flags' check). Intervals are `lo,hi` in base-process timesteps (0 .. diffusion_steps - 1), so they mean
+the same for any respacing.
 """
 
 import dataclasses

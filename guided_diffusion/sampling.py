@@ -10,10 +10,11 @@ import torch
 
 from .checkpoints import load_checkpoint
 from .denoiser import GuidedDenoiser
-from .flags import Flag, FlagGroup, at_least, required
+from .flags import Flag, FlagGroup, at_least, raising, required
 from .precision import PRECISIONS, apply_precision
 from .samplers import sample_loop, sampler_for
-from .script_util import classifier_defaults, create_classifier, create_model_and_diffusion, model_and_diffusion_defaults
+from .script_util import (classifier_defaults, create_classifier, create_model_and_diffusion,
+                          model_and_diffusion_defaults)
 from .seeding import ImageNoise
 
 MODEL_FLAGS = FlagGroup.from_defaults("model and diffusion (the ADM release's flags)", model_and_diffusion_defaults())
@@ -32,14 +33,6 @@ def precision(args):
     return args.precision or ("fp16" if args.use_fp16 else "fp32")
 
 
-def _precision_problem(flag, value, args):
-    try:
-        precision(args)
-    except ValueError as error:
-        return str(error)
-    return None
-
-
 def _eta_problem(flag, value, args):
     return f"{flag} is a DDIM setting: add --use_ddim True" if value and not args.use_ddim else None
 
@@ -52,7 +45,8 @@ USE_DDIM = Flag("use_ddim", False, "DDIM steps instead of ancestral DDPM steps (
 ETA = Flag("eta", 0.0, "DDIM eta (0 = deterministic DDIM)", _eta_problem)
 CLIP_DENOISED = Flag("clip_denoised", True, "clip the x0 prediction to [-1, 1]")
 PRECISION = Flag("precision", "", f"one of {', '.join(PRECISIONS)}; empty: fp16 with --use_fp16 True (the "
-                                  "release's conversion), else fp32", _precision_problem)
+                                  "release's conversion), else fp32",
+                 raising(lambda flag, value, args: precision(args)))
 
 
 def load_model(args, device):

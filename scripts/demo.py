@@ -18,7 +18,7 @@ import numpy as np
 from guided_diffusion import cpu_allocator
 from guided_diffusion.demo import CHECKPOINT, Scorer, load_demo_model, settings, side_by_side
 from guided_diffusion.digits import write_digits_npz
-from guided_diffusion.flags import Flag, FlagGroup, check_flags, create_parser, finite, parse
+from guided_diffusion.flags import Flag, FlagGroup, check_flags, create_parser, finite, parse, raising
 from guided_diffusion.guidance import PerturbedAttentionGuidance
 from guided_diffusion.image_io import to_uint8
 from guided_diffusion.sampling import batches, sample_images
@@ -27,19 +27,11 @@ from guided_diffusion.seeding import ImageNoise
 from guided_diffusion.visualize import guidance_snapshots, save_guidance_figure
 
 
-def _pag_scales_problem(flag, value, args):
-    try:
-        pag_scales(value)
-    except ValueError as error:
-        return str(error)
-    return None
-
-
 DEMO_FLAGS = FlagGroup("demo", [
     Flag("num_samples", 297, "images per setting (held-out set: 297)"),
     Flag("timestep_respacing", "ddim25", "sampler steps, e.g. ddim25 or 100"),
     Flag("pag_scales", "1,2,3,5", "comma-separated PAG scales s (finite; negative values guide the other way)",
-         _pag_scales_problem),
+         raising(lambda flag, value, args: pag_scales(value))),
     Flag("sag_scale", 1.0, "SAG scale s (finite; may be negative)", finite),
     Flag("batch_size", 100, "images per forward pass (does not change the samples)"),
     Flag("seed", 0, "base seed: image i's noise comes from (seed, i)"),

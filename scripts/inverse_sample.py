@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 from guided_diffusion import dist_util
-from guided_diffusion.flags import Flag, FlagGroup, at_least, check_flags, create_parser, parse as parse_flags, required
+from guided_diffusion.flags import Flag, FlagGroup, check_flags, create_parser, parse as parse_flags, required
 from guided_diffusion.guidance import validate as validate_guidance
 from guided_diffusion.guidance_flags import ATTENTION_GUIDANCE_FLAGS, attention_guidance
 from guided_diffusion.image_datasets import open_dataset
