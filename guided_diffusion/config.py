@@ -1,4 +1,4 @@
-"""Command-line flags with help, and `--config FILE.yaml` files whose keys are the flag names.
+"""`--config FILE.yaml` files whose keys are flag names (the flags themselves are declared in `flags`).
 
 Precedence: the flag defaults, then the YAML files (`--config` may be given several times; the files
 apply in order, so later files win), then flags given on the command line. A config file composes others
@@ -13,37 +13,6 @@ import difflib
 import os
 
 import yaml
-
-from .script_util import str2bool
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the description's line breaks and shows every flag's default, unless its help already says what
-    the default is (e.g. an empty default that means something computed)."""
-
-    def _get_help_string(self, action):
-        if "(default:" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
-def add_flags(parser, defaults, helps=None, default_help="release flag"):
-    """Add `--name` flags typed by their defaults (booleans parse as in the release: True/False, yes/no...).
-
-    A default of None gives a string flag; a list default gives a flag taking one or more values.
-    """
-    helps = helps or {}
-    for name, default in defaults.items():
-        kwargs = {"default": default, "help": helps.get(name, default_help)}
-        if isinstance(default, bool):
-            kwargs["type"] = str2bool
-        elif isinstance(default, (list, tuple)):
-            kwargs.update(type=str, nargs="+")
-        elif default is None:
-            kwargs["type"] = str
-        else:
-            kwargs["type"] = type(default)
-        parser.add_argument(f"--{name}", **kwargs)
 
 
 def load_yaml(path):

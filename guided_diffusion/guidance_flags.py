@@ -2,70 +2,45 @@
 
 Scales are the PAG paper's `s` (eps~ = eps + s * (eps - eps_perturbed)); the official PAG/SAG scripts'
 `--guide_scale g` is s = g - 1. A scale of 0 turns a guidance off; negative scales are allowed (they guide
-towards the perturbed prediction), NaN and infinity are refused before any model is loaded. Intervals are `lo,hi` in base-process
-timesteps (0 .. diffusion_steps - 1), so they mean the same for any respacing.
+towards the perturbed prediction), NaN and infinity are refused before any model is loaded (the scale
+flags' check). Intervals are `lo,hi` in base-process timesteps (0 .. diffusion_steps - 1), so they mean
+the same for any respacing.
 """
 
 import dataclasses
 
 from . import guidance as guidance_lib
+from .flags import Flag, FlagGroup, finite
 from .guidance import ClassifierGuidance, PerturbedAttentionGuidance, SelfAttentionGuidance
 from .scales import check_scale
 
 _SAG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SelfAttentionGuidance)}
 _SCHEDULES = "/".join(guidance_lib.SCHEDULES)
 
-GUIDANCE_DEFAULTS = dict(
-    pag_scale=0.0,
-    pag_layers=list(guidance_lib.OFFICIAL_PAG_LAYERS_256),
-    pag_interval="",
-    pag_schedule="constant",
-    sag_scale=0.0,
-    sag_blur_sigma=float(_SAG_DEFAULTS["blur_sigma"]),
-    sag_layer=_SAG_DEFAULTS["layer"],
-    sag_map_heads=_SAG_DEFAULTS["map_heads"],
-    sag_interval="",
-    sag_schedule="constant",
-    classifier_scale=1.0,
-    classifier_interval="",
-    classifier_schedule="constant",
-)
-
-GUIDANCE_HELP = dict(
-    pag_scale="PAG scale s (0 = off; negative values guide the other way; the official scripts' --guide_scale g "
-              "is s = g - 1)",
-    pag_layers="attention blocks whose map PAG replaces by the identity (space or comma separated); "
-               "default: the official ADM ImageNet-256 set",
-    pag_interval="apply PAG only at base timesteps lo<=t<=hi, given as 'lo,hi' (default: every step)",
-    pag_schedule=f"PAG scale schedule over the process: {_SCHEDULES}",
-    sag_scale="SAG scale s (0 = off; negative values guide the other way; the official SAG scripts' "
-              "--guide_scale g is s = g - 1)",
-    sag_blur_sigma="SAG Gaussian blur sigma",
-    sag_layer="attention block whose map SAG uses (official 'output, depth d' is output_blocks.d.1; "
-              "'middle' is middle_block.1)",
-    sag_map_heads="'official': the map as the official SAG code computes it; 'block': the block's own heads",
-    sag_interval="apply SAG only at base timesteps lo<=t<=hi, given as 'lo,hi' (default: every step)",
-    sag_schedule=f"SAG scale schedule: {_SCHEDULES}",
-    classifier_scale="classifier guidance scale (used only with --classifier_path, as in the release; negative "
-                     "values push away from the class)",
-    classifier_interval="apply classifier guidance only at base timesteps lo<=t<=hi ('lo,hi')",
-    classifier_schedule=f"classifier guidance scale schedule: {_SCHEDULES}",
-)
-
-
-SCALE_FLAGS = ("pag_scale", "sag_scale", "classifier_scale")
-
-
-def scale_flag_problems(args):
-    """Messages for every guidance scale flag of `args` that is not a finite number (each names its flag)."""
-    problems = []
-    for flag in SCALE_FLAGS:
-        if hasattr(args, flag):
-            try:
-                check_scale(getattr(args, flag), f"--{flag}")
-            except ValueError as error:
-                problems.append(str(error))
-    return problems
+GUIDANCE_FLAGS = FlagGroup("guidance (scales are the PAG paper's s = official g - 1)", [
+    Flag("pag_scale", 0.0, "PAG scale s (0 = off; negative values guide the other way; the official scripts' "
+                           "--guide_scale g is s = g - 1)", finite),
+    Flag("pag_layers", list(guidance_lib.OFFICIAL_PAG_LAYERS_256),
+         "attention blocks whose map PAG replaces by the identity (space or comma separated); "
+         "default: the official ADM ImageNet-256 set"),
+    Flag("pag_interval", "", "apply PAG only at base timesteps lo<=t<=hi, given as 'lo,hi' (default: every step)"),
+    Flag("pag_schedule", "constant", f"PAG scale schedule over the process: {_SCHEDULES}"),
+    Flag("sag_scale", 0.0, "SAG scale s (0 = off; negative values guide the other way; the official SAG scripts' "
+                           "--guide_scale g is s = g - 1)", finite),
+    Flag("sag_blur_sigma", float(_SAG_DEFAULTS["blur_sigma"]), "SAG Gaussian blur sigma"),
+    Flag("sag_layer", _SAG_DEFAULTS["layer"], "attention block whose map SAG uses (official 'output, depth d' is "
+                                              "output_blocks.d.1; 'middle' is middle_block.1)"),
+    Flag("sag_map_heads", _SAG_DEFAULTS["map_heads"], "'official': the map as the official SAG code computes it; "
+                                                      "'block': the block's own heads"),
+    Flag("sag_interval", "", "apply SAG only at base timesteps lo<=t<=hi, given as 'lo,hi' (default: every step)"),
+    Flag("sag_schedule", "constant", f"SAG scale schedule: {_SCHEDULES}"),
+    Flag("classifier_scale", 1.0, "classifier guidance scale (used only with --classifier_path, as in the release; "
+                                  "negative values push away from the class)", finite),
+    Flag("classifier_interval", "", "apply classifier guidance only at base timesteps lo<=t<=hi ('lo,hi')"),
+    Flag("classifier_schedule", "constant", f"classifier guidance scale schedule: {_SCHEDULES}"),
+])
+# PAG and SAG only, for scripts without a classifier
+ATTENTION_GUIDANCE_FLAGS = GUIDANCE_FLAGS.only([n for n in GUIDANCE_FLAGS.names if n.startswith(("pag_", "sag_"))])
 
 
 def parse_interval(text, flag):

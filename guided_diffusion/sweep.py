@@ -53,6 +53,7 @@ import yaml
 
 from .config import load_config
 from .file_io import append_line, atomic_write_text, file_identity
+from .sample_run import SAMPLE_FLAGS
 from .sample_store import batch_name
 from .script_util import model_and_diffusion_defaults
 
@@ -162,10 +163,8 @@ def point_commands(spec, overrides, point_dir):
     launch = shlex.split(spec.get("launch", ""))
     sample = launch + [sys.executable, "-m", "scripts.image_sample", "--config", str(config_path),
                        "--output_dir", str(point_dir / "samples")]
-    from scripts.image_sample import SAMPLE_DEFAULTS  # the sampler's defaults fix the file name
-
     size = config.get("image_size", model_and_diffusion_defaults()["image_size"])
-    num_samples = config.get("num_samples", SAMPLE_DEFAULTS["num_samples"])
+    num_samples = config.get("num_samples", SAMPLE_FLAGS.defaults()["num_samples"])  # fixes the file name
     samples = point_dir / "samples" / (batch_name(num_samples, (size, size, 3)) + ".npz")
     evaluate = [sys.executable, "-m", "evaluations.evaluator", spec["reference"], str(samples),
                 "--json", str(point_dir / "metrics.json")] + _statistics_args(spec, compare=False) + \

@@ -4,7 +4,6 @@
 classifier; both are this run with another network and objective (see `guided_diffusion.noisy_classifier`).
 """
 
-import argparse
 import logging
 import os
 import time
@@ -12,9 +11,9 @@ import time
 import torch
 import yaml
 
-from . import config, dist_util, logger
-from .config import add_flags
+from . import dist_util, logger
 from .file_io import atomic_write_text
+from .flags import Flag, FlagGroup, create_parser
 from .image_datasets import load_data
 from .log_setup import log_to_console, log_to_file, stop_logging
 from .resample import SAMPLER_NAMES, create_named_schedule_sampler
@@ -22,46 +21,40 @@ from .train_util import MIXED_PRECISION_MODES, TrainLoop
 
 log = logging.getLogger(__name__)
 
-TRAIN_DEFAULTS = dict(
-    data_dir="", schedule_sampler="uniform", lr=1e-4, weight_decay=0.0, lr_anneal_steps=0, max_steps=0,
-    batch_size=1, microbatch=-1, ema_rate="0.9999", ema_warmup=False, log_interval=10, save_interval=10000,
-    resume_checkpoint="", fp16_scale_growth=1e-3, mixed_precision="none", seed=0, run_dir="", random_flip=True,
-    random_crop=False, progress=True,
-)
-
-TRAIN_HELP = {
-    "data_dir": "an image folder (class = file name before the first '_'), an .npz (arr_0 uint8 NHWC, "
-                "arr_1 labels), 'digits' / 'digits:train' (the scikit-learn digits) or 'fashion:train' "
-                "(Fashion-MNIST, see guided_diffusion.fashion)",
-    "schedule_sampler": f"timestep sampler: {' or '.join(SAMPLER_NAMES)}",
-    "lr_anneal_steps": "decay the learning rate linearly to 0 over this many steps and stop there (0: constant)",
-    "max_steps": "stop after this many steps in all, counting resumed ones (0: no limit)",
-    "batch_size": "images per process and step",
-    "microbatch": "split each batch into chunks of this size, accumulating gradients (-1: no split)",
-    "ema_rate": "EMA decay rate(s), comma-separated",
-    "ema_warmup": "decay min(rate, (1 + n) / (10 + n)) after n steps, so a short run's EMA forgets the "
-                  "random initialisation",
-    "save_interval": "write a checkpoint every this many steps (and at the end)",
-    "resume_checkpoint": "a modelNNNNNN.pt to start from (ignored when run_dir already holds checkpoints)",
-    "use_fp16": "the release's float16 training: float16 U-Net, float32 master weights, dynamic loss scale",
-    "classifier_use_fp16": "the release's float16 training: float16 classifier, float32 master weights",
-    "mixed_precision": f"autocast the forward pass: {', '.join(MIXED_PRECISION_MODES)} (fp16 uses a GradScaler)",
-    "seed": "seed of the model initialisation, the data order and all training noise",
-    "run_dir": "where logs and checkpoints go (default: $OPENAI_LOGDIR, else runs/train-<time>)",
-    "random_flip": "flip images horizontally at random (turn off for digits and text)",
-    "progress": "show a progress bar on rank 0",
-    "num_classes": "classes of a class-conditional model or a classifier; the release's are ImageNet's 1000",
-}
+TRAIN_FLAGS = FlagGroup("training", [
+    Flag("data_dir", "", "an image folder (class = file name before the first '_'), an .npz (arr_0 uint8 NHWC, "
+                         "arr_1 labels), 'digits' / 'digits:train' (the scikit-learn digits) or 'fashion:train' "
+                         "(Fashion-MNIST, see guided_diffusion.fashion)"),
+    Flag("schedule_sampler", "uniform", f"timestep sampler: {' or '.join(SAMPLER_NAMES)}"),
+    Flag("lr", 1e-4),
+    Flag("weight_decay", 0.0),
+    Flag("lr_anneal_steps", 0, "decay the learning rate linearly to 0 over this many steps and stop there "
+                               "(0: constant)"),
+    Flag("max_steps", 0, "stop after this many steps in all, counting resumed ones (0: no limit)"),
+    Flag("batch_size", 1, "images per process and step"),
+    Flag("microbatch", -1, "split each batch into chunks of this size, accumulating gradients (-1: no split)"),
+    Flag("ema_rate", "0.9999", "EMA decay rate(s), comma-separated"),
+    Flag("ema_warmup", False, "decay min(rate, (1 + n) / (10 + n)) after n steps, so a short run's EMA forgets the "
+                              "random initialisation"),
+    Flag("log_interval", 10),
+    Flag("save_interval", 10000, "write a checkpoint every this many steps (and at the end)"),
+    Flag("resume_checkpoint", "", "a modelNNNNNN.pt to start from (ignored when run_dir already holds "
+                                  "checkpoints)"),
+    Flag("fp16_scale_growth", 1e-3),
+    Flag("mixed_precision", "none", f"autocast the forward pass: {', '.join(MIXED_PRECISION_MODES)} (fp16 uses a "
+                                    "GradScaler)"),
+    Flag("seed", 0, "seed of the model initialisation, the data order and all training noise"),
+    Flag("run_dir", "", "where logs and checkpoints go (default: $OPENAI_LOGDIR, else runs/train-<time>)"),
+    Flag("random_flip", True, "flip images horizontally at random (turn off for digits and text)"),
+    Flag("random_crop", False),
+    Flag("progress", True, "show a progress bar on rank 0"),
+])
 
 
-def train_argparser(description, network_defaults, network_help=None):
-    """The flags of a training script: the training flags above plus the network's (e.g. the release's
-    model and diffusion flags), each once, and a repeatable `--config FILE.yaml`."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=config.HelpFormatter)
-    parser.add_argument("--config", action="append", default=[],
-                        help="YAML file of flag values (repeatable; command-line flags win)")
-    add_flags(parser, {**TRAIN_DEFAULTS, **network_defaults}, {**TRAIN_HELP, **(network_help or {})})
-    return parser
+def train_parser(description, network_groups):
+    """The flags of a training script: the training flags above and the network's groups (e.g. the release's
+    model and diffusion flags), behind the one repeatable `--config FILE.yaml`."""
+    return create_parser(description, [TRAIN_FLAGS, *network_groups])
 
 
 def run_training(args, build, *, use_fp16, class_labels):

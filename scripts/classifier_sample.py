@@ -5,13 +5,13 @@ commands, e.g. `$MODEL_FLAGS --classifier_scale 1.0 --classifier_path models/256
 --model_path models/256x256_diffusion.pt $SAMPLE_FLAGS` plus its CLASSIFIER_FLAGS, run verbatim.
 """
 
-from guided_diffusion.config import parse_args
-from scripts.image_sample import create_argparser, run
+from guided_diffusion.flags import parse
+from guided_diffusion.sample_run import create_sampler_parser, run
 
 
 def main(argv=None):
-    parser = create_argparser(description=__doc__)
-    args = parse_args(parser, argv)
+    parser = create_sampler_parser(__doc__)
+    args = parse(parser, argv)
     if not args.classifier_path:
         parser.error("--classifier_path is required")
     run(args)

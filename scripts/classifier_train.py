@@ -7,20 +7,21 @@ The release's CLASSIFIER_FLAGS and DIFFUSION_FLAGS work as they are; training fl
 resuming are those of scripts/image_train.py. Sample with it through `--classifier_path` and the same flags.
 """
 
-from guided_diffusion import config
+from guided_diffusion.flags import FlagGroup, parse
 from guided_diffusion.noisy_classifier import NoisyClassifierObjective
-from guided_diffusion.script_util import (NUM_CLASSES, args_to_dict, classifier_and_diffusion_defaults,
-                                          create_classifier_and_diffusion)
-from guided_diffusion.training_run import run_training, train_argparser
+from guided_diffusion.sampling import MODEL_FLAGS
+from guided_diffusion.script_util import classifier_and_diffusion_defaults, create_classifier_and_diffusion
+from guided_diffusion.training_run import run_training, train_parser
 
-NETWORK_DEFAULTS = {**classifier_and_diffusion_defaults(), "num_classes": NUM_CLASSES}
+NETWORK_FLAGS = FlagGroup("classifier and diffusion (the ADM release's flags)", [
+    *FlagGroup.from_defaults("", classifier_and_diffusion_defaults()).flags, MODEL_FLAGS["num_classes"]])
 
 
 def main(argv=None):
-    args = config.parse_args(train_argparser(__doc__.split("\n\n")[0], NETWORK_DEFAULTS), argv)
+    args = parse(train_parser(__doc__.split("\n\n")[0], [NETWORK_FLAGS]), argv)
 
     def build():
-        classifier, diffusion = create_classifier_and_diffusion(**args_to_dict(args, NETWORK_DEFAULTS.keys()))
+        classifier, diffusion = create_classifier_and_diffusion(**NETWORK_FLAGS.values(args))
         return classifier, NoisyClassifierObjective(diffusion)
 
     return run_training(args, build, use_fp16=args.classifier_use_fp16, class_labels=True)

@@ -9,45 +9,41 @@ attention or SAG's blurred input), by the guided combination, and the size of th
         --timestep_respacing ddim25 --use_ddim True --out guidance.png
 """
 
-import argparse
 import logging
 
 import torch
 
 from guided_diffusion import dist_util
-from guided_diffusion.config import HelpFormatter, add_flags, parse_args
-from guided_diffusion.guidance_flags import GUIDANCE_DEFAULTS, GUIDANCE_HELP, attention_guidance
+from guided_diffusion.flags import Flag, FlagGroup, check_flags, create_parser, parse
+from guided_diffusion.guidance_flags import GUIDANCE_FLAGS, attention_guidance
 from guided_diffusion.image_io import save_image_grid, to_uint8
 from guided_diffusion.log_setup import log_to_console
-from guided_diffusion.script_util import model_and_diffusion_defaults
+from guided_diffusion.sampling import ETA, MODEL_FLAGS, MODEL_PATH, PRECISION, USE_DDIM, load_model
 from guided_diffusion.seeding import ImageNoise
 from guided_diffusion.visualize import guidance_snapshots, save_guidance_figure
-from scripts.image_sample import load_model
 
 log = logging.getLogger("scripts.guidance_maps")
 
-FIGURE_DEFAULTS = dict(model_path="", seed=0, image_index=0, num_images=4, steps="0.9,0.6,0.3,0.0", use_ddim=True,
-                       eta=0.0, precision="", out="guidance.png", class_label=-1)
-FIGURE_HELP = dict(
-    model_path="diffusion checkpoint",
-    seed="image i's noise comes from (seed, i), as in image_sample.py",
-    image_index="which of the sampled images the figure shows",
-    num_images="images sampled (a grid of all of them is written next to the figure)",
-    steps="comma-separated positions in the sampling run, 1.0 = first step (pure noise), 0.0 = last",
-    use_ddim="DDIM steps (else DDPM)", eta="DDIM eta",
-    precision="fp32, fp16, autocast-bf16 or autocast-fp16 (empty: from --use_fp16)",
-    out="PNG to write", class_label="class label for conditional models (-1: image index mod 1000)",
-)
+FIGURE_FLAGS = FlagGroup("figure", [
+    MODEL_PATH.but(help="diffusion checkpoint"),
+    Flag("seed", 0, "image i's noise comes from (seed, i), as in image_sample.py"),
+    Flag("image_index", 0, "which of the sampled images the figure shows"),
+    Flag("num_images", 4, "images sampled (a grid of all of them is written next to the figure)"),
+    Flag("steps", "0.9,0.6,0.3,0.0", "comma-separated positions in the sampling run, 1.0 = first step (pure "
+                                     "noise), 0.0 = last"),
+    USE_DDIM.but(default=True, help="DDIM steps (else DDPM)"),
+    ETA.but(help="DDIM eta"),
+    PRECISION,
+    Flag("out", "guidance.png", "PNG to write"),
+    Flag("class_label", -1, "class label for conditional models (-1: image index mod --num_classes)"),
+])
+
+
+FLAG_GROUPS = (FIGURE_FLAGS, GUIDANCE_FLAGS, MODEL_FLAGS)
 
 
 def create_argparser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML file of flag values")
-    add_flags(parser.add_argument_group("figure"), FIGURE_DEFAULTS, FIGURE_HELP)
-    add_flags(parser.add_argument_group("guidance"), GUIDANCE_DEFAULTS, GUIDANCE_HELP)
-    add_flags(parser.add_argument_group("model and diffusion (the ADM release's flags)"),
-              model_and_diffusion_defaults())
-    return parser
+    return create_parser(__doc__, FLAG_GROUPS)
 
 
 def step_indices(fractions, num_steps):
@@ -63,7 +59,7 @@ def step_indices(fractions, num_steps):
 
 def main(argv=None):
     """Console entry point: exit status 0, or SystemExit with the problem (status 1)."""
-    args = parse_args(create_argparser(), argv)
+    args = parse(create_argparser(), argv)
     log_to_console()
     try:
         draw(args)
@@ -74,6 +70,7 @@ def main(argv=None):
 
 def draw(args):
     """Sample, draw the figure and the grid of samples; returns the figure's path."""
+    check_flags(args, FLAG_GROUPS)
     guidance = attention_guidance(args)
     if not guidance:
         raise SystemExit("nothing to draw: set --pag_scale and/or --sag_scale")
@@ -83,7 +80,7 @@ def draw(args):
     noise = ImageNoise(args.seed, indices, (3, args.image_size, args.image_size), device=device)
     model_kwargs = {}
     if args.class_cond:
-        labels = [args.class_label if args.class_label >= 0 else i % 1000 for i in indices]
+        labels = [args.class_label if args.class_label >= 0 else i % args.num_classes for i in indices]
         model_kwargs["y"] = torch.tensor(labels, device=device)
     steps = step_indices(args.steps, diffusion.num_timesteps)
     final, snapshots = guidance_snapshots(diffusion, model, noise.initial(), guidance, steps,

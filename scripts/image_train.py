@@ -9,20 +9,23 @@ flags on the command line override. Runs on one process, or under `mpiexec -n N`
 --nproc_per_node N` or `srun`; a run directory that already holds checkpoints is continued from its latest.
 """
 
-from guided_diffusion import config
-from guided_diffusion.script_util import args_to_dict, create_model_and_diffusion, model_and_diffusion_defaults
-from guided_diffusion.training_run import run_training, train_argparser
+from guided_diffusion.flags import parse
+from guided_diffusion.sampling import MODEL_FLAGS
+from guided_diffusion.script_util import create_model_and_diffusion
+from guided_diffusion.training_run import run_training, train_parser
+
+MODEL_TRAIN_FLAGS = MODEL_FLAGS.replace(MODEL_FLAGS["use_fp16"].but(
+    help="the release's float16 training: float16 U-Net, float32 master weights, dynamic loss scale"))
 
 
 def create_argparser():
-    return train_argparser(__doc__.split("\n\n")[0], model_and_diffusion_defaults())
+    return train_parser(__doc__.split("\n\n")[0], [MODEL_TRAIN_FLAGS])
 
 
 def main(argv=None):
-    args = config.parse_args(create_argparser(), argv)
-    return run_training(
-        args, lambda: create_model_and_diffusion(**args_to_dict(args, model_and_diffusion_defaults().keys())),
-        use_fp16=args.use_fp16, class_labels=args.class_cond)
+    args = parse(create_argparser(), argv)
+    return run_training(args, lambda: create_model_and_diffusion(**MODEL_FLAGS.values(args)),
+                        use_fp16=args.use_fp16, class_labels=args.class_cond)
 
 
 if __name__ == "__main__":

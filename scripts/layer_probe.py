@@ -11,7 +11,6 @@ Markdown table, a JSON file and (with matplotlib) a PNG to --output_dir; see gui
 Without --config the digits model's config (configs/digits/model.yaml) is read first.
 """
 
-import argparse
 import json
 import sys
 import time
@@ -20,37 +19,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from guided_diffusion.config import HelpFormatter, add_flags, parse_args
 from guided_diffusion.cpu_allocator import reuse_freed_memory
+from guided_diffusion.flags import Flag, FlagGroup, create_parser, parse
 from guided_diffusion.image_datasets import open_dataset, to_model_range
 from guided_diffusion.layer_probe import DEFAULT_TIMESTEPS, markdown_table, plot, probe_layers
-from guided_diffusion.script_util import model_and_diffusion_defaults
+from guided_diffusion.sampling import BATCH_SIZE, MODEL_FLAGS, MODEL_PATH, PRECISION, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_CONFIG = ROOT / "configs" / "digits" / "model.yaml"
 
-PROBE_DEFAULTS = dict(model_path=str(ROOT / "checkpoints" / "digits_adm16_ema.pt"), data="digits:heldout",
-                      num_images=100, timesteps=",".join(map(str, DEFAULT_TIMESTEPS)), layers=[], seed=0,
-                      batch_size=300, precision="", output_dir="outputs/layer_probe")
-PROBE_HELP = dict(
-    model_path="diffusion checkpoint",
-    data="held-out images: an .npz (arr_0 uint8 NHWC), an image folder, or digits:heldout",
-    num_images="images to probe, the first of --data (0: all; 100 keeps the digits probe under a minute on 2 cores)",
-    timesteps="comma-separated base-process timesteps (0 = clean, T-1 = pure noise)",
-    layers="attention blocks to probe (default: all)",
-    seed="seed of the noise (timestep t uses seed + t)",
-    batch_size="images per forward pass",
-    precision="fp32, fp16, autocast-bf16 or autocast-fp16 (empty: from --use_fp16)",
-    output_dir="folder for layer_probe.md, layer_probe.json and layer_probe.png",
-)
+PROBE_FLAGS = FlagGroup("probe", [
+    MODEL_PATH.but(default=str(ROOT / "checkpoints" / "digits_adm16_ema.pt"), help="diffusion checkpoint"),
+    Flag("data", "digits:heldout", "held-out images: an .npz (arr_0 uint8 NHWC), an image folder, or digits:heldout"),
+    Flag("num_images", 100, "images to probe, the first of --data (0: all; 100 keeps the digits probe under a "
+                            "minute on 2 cores)"),
+    Flag("timesteps", ",".join(map(str, DEFAULT_TIMESTEPS)),
+         "comma-separated base-process timesteps (0 = clean, T-1 = pure noise)"),
+    Flag("layers", [], "attention blocks to probe (default: all)"),
+    Flag("seed", 0, "seed of the noise (timestep t uses seed + t)"),
+    BATCH_SIZE.but(default=300, help="images per forward pass"),
+    PRECISION,
+    Flag("output_dir", "outputs/layer_probe", "folder for layer_probe.md, layer_probe.json and layer_probe.png"),
+])
 
 
 def create_argparser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--config", action="append", default=[], metavar="FILE.yaml", help="YAML file of flag values")
-    add_flags(parser.add_argument_group("probe"), PROBE_DEFAULTS, PROBE_HELP)
-    add_flags(parser.add_argument_group("model (the ADM release's flags)"), model_and_diffusion_defaults())
-    return parser
+    return create_parser(__doc__, [PROBE_FLAGS, MODEL_FLAGS])
 
 
 def parse_timesteps(text):
@@ -78,11 +72,9 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a == "--config" or a.startswith("--config=") for a in argv):
         argv = ["--config", str(DIGITS_CONFIG)] + argv
-    args = parse_args(create_argparser(), argv)
+    args = parse(create_argparser(), argv)
     timesteps = parse_timesteps(args.timesteps)
     args.timestep_respacing = ""  # the probe works on the base process: t is a step of all diffusion_steps
-
-    from scripts.image_sample import load_model  # the sampler's loader: precision flags and strict checks
 
     reuse_freed_memory()
     start = time.time()

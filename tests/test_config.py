@@ -7,20 +7,27 @@ import pytest
 import torch
 
 from guided_diffusion import guidance as guidance_lib
-from guided_diffusion.config import add_flags, load_yaml, parse_args
+from guided_diffusion.config import load_yaml, parse_args
+from guided_diffusion.flags import FlagGroup
 from guided_diffusion.guidance_flags import attention_guidance, describe, parse_interval
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
-from scripts.image_sample import create_argparser
+from guided_diffusion.sample_run import create_sampler_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+def sampler_parser():
+    return create_sampler_parser(None)
+
+
+SMALL_FLAGS = FlagGroup.from_defaults("", dict(steps="", use_fp16=False, scale=0.0, size=64, layers=["a", "b"],
+                                               path=None))
 
 
 def small_parser():
     parser = argparse.ArgumentParser()
     parser.add_argument("--config")
-    add_flags(parser, dict(steps="", use_fp16=False, scale=0.0, size=64, layers=["a", "b"], path=None))
+    SMALL_FLAGS.add_to(parser)
     return parser
 
 
@@ -48,7 +55,7 @@ def test_several_config_files_apply_in_order_and_the_command_line_wins(tmp_path,
     second.write_text("scale: 2\nsize: 48\n")
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", **(dict(action="append", default=[]) if repeatable else {}))
-    add_flags(parser, dict(steps="", use_fp16=False, scale=0.0, size=64, layers=["a", "b"], path=None))
+    SMALL_FLAGS.add_to(parser)
     args = parse_args(parser, ["--config", str(first), "--size", "256", "--config", str(second)])
     assert (args.steps, args.scale, args.size, args.layers) == ("100", 2.0, 256, ["p", "q"])
     # the order of the files decides, not their contents
@@ -68,7 +75,7 @@ def test_yaml_lists_and_strings_for_multi_value_flags(tmp_path):
 
 
 def test_yaml_list_for_a_comma_separated_flag(tmp_path):
-    args = parse_args(create_argparser(), ["--config", write(tmp_path, "attention_resolutions: [32, 16, 8]\n")])
+    args = parse_args(sampler_parser(), ["--config", write(tmp_path, "attention_resolutions: [32, 16, 8]\n")])
     assert args.attention_resolutions == "32,16,8"
 
 
@@ -100,7 +107,7 @@ def test_release_flags_parse_verbatim():
                    "--num_res_blocks 2 --resblock_updown True --use_fp16 True --use_scale_shift_norm True")
     sample_flags = "--batch_size 4 --num_samples 100 --timestep_respacing 250"
     ddim_flags = "--use_ddim True --timestep_respacing ddim25 --clip_denoised True"
-    args = parse_args(create_argparser(), (model_flags + " " + sample_flags + " " + ddim_flags).split()
+    args = parse_args(sampler_parser(), (model_flags + " " + sample_flags + " " + ddim_flags).split()
                       + ["--model_path", "m.pt", "--classifier_scale", "10.0", "--classifier_path", "c.pt"])
     assert args.use_fp16 is True and args.class_cond is False and args.num_head_channels == 64
     assert args.timestep_respacing == "ddim25" and args.use_ddim is True and args.classifier_scale == 10.0
@@ -108,7 +115,7 @@ def test_release_flags_parse_verbatim():
 
 
 def test_guidance_flags_to_objects():
-    args = parse_args(create_argparser(), ["--pag_scale", "3", "--pag_layers", "input_blocks.14.1,input_blocks.16.1",
+    args = parse_args(sampler_parser(), ["--pag_scale", "3", "--pag_layers", "input_blocks.14.1,input_blocks.16.1",
                                            "middle_block.1", "--pag_interval", "100,999", "--pag_schedule", "linear",
                                            "--sag_scale", "0.5", "--sag_layer", "output_blocks.2.1"])
     pag, sag = attention_guidance(args)
@@ -116,9 +123,9 @@ def test_guidance_flags_to_objects():
     assert pag.interval == (100, 999) and pag.schedule == "linear" and pag.scale == 3.0
     assert sag.layer == "output_blocks.2.1" and sag.blur_sigma == 9.0 and sag.map_heads == "official"
     assert describe([pag])["pag_interval"] == [100, 999]
-    assert attention_guidance(parse_args(create_argparser(), [])) == []
+    assert attention_guidance(parse_args(sampler_parser(), [])) == []
     with pytest.raises(ValueError, match="schedule"):
-        attention_guidance(parse_args(create_argparser(), ["--sag_scale", "1", "--sag_schedule", "square"]))
+        attention_guidance(parse_args(sampler_parser(), ["--sag_scale", "1", "--sag_schedule", "square"]))
     assert parse_interval("", "x") is None
     with pytest.raises(ValueError, match="--pag_interval must be 'lo,hi'"):
         parse_interval("1,2,3", "pag_interval")
@@ -162,7 +169,7 @@ def test_adm256_model_flags_stand_in_one_file():
 
 @pytest.mark.parametrize("group, kind, guide", ROWS)
 def test_config_rows_have_the_official_settings(adm256_blocks, group, kind, guide):
-    args = parse_args(create_argparser(), ["--config", str(CONFIGS / group / f"adm256_{kind}_{guide}.yaml")])
+    args = parse_args(sampler_parser(), ["--config", str(CONFIGS / group / f"adm256_{kind}_{guide}.yaml")])
     for key, value in ADM256.items():
         assert getattr(args, key) == value, key
     assert args.class_cond is (kind == "cond")
@@ -215,5 +222,25 @@ def test_unknown_key_names_the_included_file(tmp_path, capsys):
     (tmp_path / "model.yaml").write_text("num_chanels: 64\n")
     (tmp_path / "row.yaml").write_text("include: model.yaml\n")
     with pytest.raises(SystemExit):
-        parse_args(create_argparser(), ["--config", str(tmp_path / "row.yaml")])
+        parse_args(sampler_parser(), ["--config", str(tmp_path / "row.yaml")])
     assert "model.yaml: 'num_chanels' is not a flag" in capsys.readouterr().err
+
+
+def test_flag_groups_parse_check_and_report_their_values(tmp_path):
+    from guided_diffusion.flags import Flag, at_least, check_flags, create_parser, finite, parse
+
+    group = FlagGroup("g", [Flag("count", 1, "how many", at_least(1)), Flag("scale", 0.0, "s", finite),
+                            Flag("name", None, "optional", type=str), Flag("fast", False)])
+    parser = create_parser("test", [group])
+    (tmp_path / "a.yaml").write_text("count: 3\nfast: yes\n")
+    (tmp_path / "b.yaml").write_text("scale: 2\n")
+    args = parse(parser, ["--config", str(tmp_path / "a.yaml"), "--config", str(tmp_path / "b.yaml")])
+    assert group.values(args) == {"count": 3, "scale": 2.0, "name": None, "fast": True}
+    assert group.values(args, exclude=("name",)) == {"count": 3, "scale": 2.0, "fast": True}
+    check_flags(args, [group])  # no problems
+    bad = parse(parser, ["--count", "0", "--scale", "nan"])
+    with pytest.raises(ValueError, match=r"^--count must be at least 1; --scale must be a finite number"):
+        check_flags(bad, [group])
+    stricter = group.replace(group["fast"].but(check=lambda flag, value, args: f"{flag} is off" if not value else None))
+    fresh = create_parser("test", [group])  # parse() leaves a --config file's values as the parser's defaults
+    assert stricter.names == group.names and stricter.problems(parse(fresh, [])) == ["--fast is off"]

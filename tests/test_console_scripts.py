@@ -85,7 +85,7 @@ def test_output_folders_of_readme_commands_are_ignored_by_git():
     readme = (REPO / "README.md").read_text()
     folders = {p.split("/")[0] for p in re.findall(r"--output_dir (\S+)", readme)}
     from scripts import inverse_sample
-    folders.add(inverse_sample.RUN_DEFAULTS["output_dir"].split("/")[0])  # where it writes by default
+    folders.add(inverse_sample.RUN_FLAGS.defaults()["output_dir"].split("/")[0])  # where it writes by default
     ignored = {line.strip().strip("/") for line in (REPO / ".gitignore").read_text().splitlines()}
     assert folders and folders <= ignored, sorted(folders - ignored)
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from guided_diffusion.visualize import COLOUR_BAR, COLUMNS
 from programs import assert_ok, run_script
-from scripts import demo
+from guided_diffusion.demo import settings
 
 
 @pytest.mark.e2e
@@ -18,7 +18,7 @@ def test_demo_runs_and_reports_every_setting(tmp_path):
     assert_ok(run_script("pag-demo", "--num_samples", "12", "--timestep_respacing", "ddim4", "--pag_scales", "1,3",
                          "--batch_size", "6", "--output_dir", tmp_path, "--intervals", "30", "--seed_sets", "3"))
     table = (tmp_path / "table.md").read_text()
-    names = [name for name, _ in demo.settings([1.0, 3.0], 1.0)]
+    names = [name for name, _ in settings([1.0, 3.0], 1.0)]
     blocks = table.strip().split("\n\n")  # values, the caption, the differences from unguided
     values, differences = blocks[0], blocks[-1]
     lines = values.splitlines()
@@ -54,7 +54,7 @@ def test_demo_runs_and_reports_every_setting(tmp_path):
     assert all(r["max"] > 0 for r in ranges)
 
 
-# demo.side_by_side's layout: 8 samples a row, 2 rows (12 samples), drawn 3x under a 14-pixel header, 6 apart.
+# guided_diffusion.demo.side_by_side's layout: 8 samples a row, 2 rows (12 samples), drawn 3x under a 14-pixel header, 6 apart.
 SCALE, HEADER, GAP = 3, 14, 6
 
 

@@ -13,7 +13,7 @@ from guided_diffusion.image_datasets import to_model_range
 from guided_diffusion.layer_probe import _pearson, _ranks, markdown_table, probe_layers
 from programs import assert_ok, run_script
 from scripts import layer_probe as script
-from scripts.demo import load_demo_model
+from guided_diffusion.demo import load_demo_model
 
 
 @pytest.fixture(scope="module")

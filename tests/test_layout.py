@@ -82,3 +82,30 @@ def test_no_library_module_over_the_limit():
     too_long = {str(path.relative_to(ROOT)): n for path in _modules().values()
                 if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert too_long == {}, f"split these by job (at most {MAX_LINES} lines each)"
+
+
+def _imported_names(path):
+    """Every module name `path` imports (absolute imports), anywhere in the file."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.update([node.module] + [f"{node.module}.{alias.name}" for alias in node.names])
+    return names
+
+
+def _imports_scripts(path):
+    return sorted(n for n in _imported_names(path) if n == "scripts" or n.startswith("scripts."))
+
+
+def test_library_never_imports_scripts_and_scripts_never_import_each_other(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os\nfrom scripts import demo\ndef f():\n    from scripts.image_sample import run\n")
+    assert _imports_scripts(probe) == ["scripts", "scripts.demo", "scripts.image_sample",
+                                       "scripts.image_sample.run"]  # the scan sees them, inside functions too
+    offenders = {str(path.relative_to(ROOT)): found for path in _modules().values()
+                 if (found := _imports_scripts(path))}
+    offenders.update({str(path.relative_to(ROOT)): found for path in sorted((ROOT / "scripts").glob("*.py"))
+                      if (found := _imports_scripts(path))})
+    assert offenders == {}, "move what they share into the library"

@@ -20,7 +20,7 @@ def tiny_model():
 @pytest.mark.parametrize("use_ddim", [False, True])
 def test_a_row_is_bit_identical_in_any_batch_even_alone(tiny_model, use_ddim):
     from guided_diffusion.guidance import PerturbedAttentionGuidance, SelfAttentionGuidance
-    from scripts.image_sample import sample_images
+    from guided_diffusion.sampling import sample_images
 
     model, diffusion = tiny_model
     guidance = [PerturbedAttentionGuidance(scale=2.0, layers=["middle_block.1"]),
@@ -38,7 +38,7 @@ def test_a_row_is_bit_identical_in_any_batch_even_alone(tiny_model, use_ddim):
 
 
 def test_batches_and_the_single_row_padding():
-    from scripts.image_sample import batch_invariant_fit, batches
+    from guided_diffusion.sampling import batch_invariant_fit, batches
 
     split = batches(np.arange(7), 3)
     assert [b.tolist() for b in split] == [[0, 1, 2], [3, 4, 5], [6]]
