@@ -9,6 +9,8 @@ import zipfile
 import blobfile as bf
 import torch
 
+from .file_io import atomic_write
+
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint does not fit the model built from the flags."""
@@ -179,3 +181,12 @@ def _count_blocks(state, prefix):
 
 def _uses_conv_downsampling(state):
     return any(k.endswith(".op.weight") for k in state)
+
+
+def write_weights(source, destination, dtype=torch.float16):
+    """Write the state_dict of checkpoint `source` to `destination` with its floating-point tensors in `dtype`
+    (float16 halves a shipped EMA checkpoint; `load_checkpoint` casts back to the model's float32).
+    Returns the number of parameters."""
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in read_state_dict(source).items()}
+    atomic_write(destination, lambda f: torch.save(state, f))
+    return sum(v.numel() for v in state.values())
