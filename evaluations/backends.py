@@ -21,8 +21,6 @@ from typing import Callable, Dict, Union
 
 import numpy as np
 
-from guided_diffusion.file_io import file_sha256
-
 from .backend_base import FeatureBackend
 
 FEATURE_KEYS = ("pool", "spatial", "probs")
@@ -114,24 +112,6 @@ def _inception_factory(graph_path=None) -> FeatureBackend:
     return InceptionGraphBackend(graph_path)
 
 
-class _DigitsBackend:
-    """The digits network of :mod:`evaluations.digits_features`, keyed in caches by its weights."""
-
-    name = "digits"
-
-    def __init__(self):
-        from .digits_features import DEFAULT_CHECKPOINT, digits_feature_backend
-
-        self._inner = digits_feature_backend()
-        self._fingerprint = f"digits:{file_sha256(DEFAULT_CHECKPOINT)[:16]}"
-
-    def compute(self, batch):
-        return self._inner.compute(batch)
-
-    def fingerprint(self) -> str:
-        return self._fingerprint
-
-
 register_backend("inception", _inception_factory)
-register_backend("digits", _DigitsBackend)
+register_backend("digits", "evaluations.digits_features:DigitsFeatureBackend")
 register_backend("fashion", "evaluations.fashion_features:FashionFeatureBackend")
