@@ -3,10 +3,7 @@ nearest-neighbour radii of feature manifolds and membership in them, from float1
 (recomputed in float32 per reference block when a float16 value is not finite; see
 :mod:`evaluations.metrics`), in torch, in bounded memory."""
 
-from __future__ import annotations
-
 import contextlib
-from typing import Optional, Tuple
 
 import numpy as np
 
@@ -56,7 +53,7 @@ def _ieee_fp32_matmul():
 class _Features:
     """Features on the compute device with the squared norms both code paths need."""
 
-    def __init__(self, feats, device, norms: str = "tf_cpu"):
+    def __init__(self, feats, device, norms="tf_cpu"):
         torch = _torch()
         if hasattr(feats, "detach"):
             x = feats.detach().to(device=device, dtype=torch.float32)
@@ -73,7 +70,7 @@ class _Features:
         self._x16 = None
         self._mkldnn = {}
 
-    def x16_mkldnn(self, rows: slice):
+    def x16_mkldnn(self, rows):
         """``x16[rows]`` in oneDNN layout, converted once per row range (CPU only, else ``None``)."""
         if not _use_mkldnn(self.x):
             return None
@@ -96,10 +93,10 @@ class _Features:
         return self.x.shape[0]
 
 
-_MKLDNN_USABLE: Optional[bool] = None
+_MKLDNN_USABLE = None
 
 
-def _use_mkldnn(t) -> bool:
+def _use_mkldnn(t):
     torch = _torch()
     return t.device.type == "cpu" and _MKLDNN_USABLE is not False and torch.backends.mkldnn.is_available()
 
@@ -122,7 +119,7 @@ def _matmul_nt(a, b, a_mk=None, b_mk=None):
     return torch.matmul(a, b.T)
 
 
-def _dot16(u: _Features, v: _Features, rows: slice, cols: slice):
+def _dot16(u, v, rows, cols):
     """``u[rows] . v[cols]^T`` as a float16 GEMM computes it: float16 inputs, float32 accumulation,
     result rounded to float16.  It runs as a float32 GEMM on the float16-rounded inputs, which gives the
     same values and is much faster on CPUs without native float16 arithmetic."""
@@ -136,32 +133,32 @@ def _combine16(norm_rows, dot16, norm_cols):
     return torch.clamp_min((norm_rows[:, None] - 2 * dot16) + norm_cols[None, :], 0)
 
 
-def _distances_fp16(u: _Features, v: _Features, rows: slice, cols: slice):
+def _distances_fp16(u, v, rows, cols):
     """Squared distances with the reference's float16 semantics (see the module docstring)."""
     return _combine16(u.norm16[rows], _dot16(u, v, rows, cols), v.norm16[cols])
 
 
-def _distances_fp32(u: _Features, v: _Features, rows: slice, cols: slice):
+def _distances_fp32(u, v, rows, cols):
     torch = _torch()
     dot = _matmul_nt(u.x[rows], v.x[cols])
     return torch.clamp_min((u.norm32[rows, None] - 2 * dot) + v.norm32[None, cols], 0)
 
 
-def _all_finite(d) -> bool:
+def _all_finite(d):
     # distances are >= 0 after the clamp, so the maximum is finite iff every value is (NaN propagates)
     torch = _torch()
     return bool(torch.isfinite(d.amax()))
 
 
-def _row_chunk(num_cols: int, max_elements: int) -> int:
+def _row_chunk(num_cols, max_elements):
     return max(1, min(REFERENCE_BLOCK, max_elements // max(1, num_cols)))
 
 
-def _default_max_elements(device) -> int:
+def _default_max_elements(device):
     return 1 << 27 if device.type == "cuda" else 1 << 23
 
 
-def _reduce_block(u, v, rows: slice, cols: slice, reduce_fn, chunk_rows: int, fp16: bool = True):
+def _reduce_block(u, v, rows, cols, reduce_fn, chunk_rows, fp16=True):
     """Apply ``reduce_fn(dist, row_slice)`` to row chunks of the ``rows x cols`` distance block.
 
     The block is first computed in float16; if any of its values is not finite, the whole block is
@@ -199,7 +196,7 @@ def _reduce_blocks(u, v, row_batch_size, col_batch_size, max_block_elements, red
                 yield sub, cols, result
 
 
-def _smallest_in_rows(f, rows: slice, cols: slice, keep: int, chunk: int, fp16: bool = True):
+def _smallest_in_rows(f, rows, cols, keep, chunk, fp16=True):
     """The ``keep`` smallest distances of each row of the ``rows x cols`` block (unsorted)."""
     torch = _torch()
     keep = min(keep, cols.stop - cols.start)
@@ -210,7 +207,7 @@ def _smallest_in_rows(f, rows: slice, cols: slice, keep: int, chunk: int, fp16: 
     return torch.cat([p for _, p in _reduce_block(f, f, rows, cols, smallest, chunk, fp16)], dim=0)
 
 
-def _merge_smallest(best, new, keep: int):
+def _merge_smallest(best, new, keep):
     """Keep the ``keep`` smallest of ``best`` and ``new`` along dim 1 (both ``[rows, *]``)."""
     torch = _torch()
     both = torch.cat([best, new], dim=1)
@@ -219,15 +216,15 @@ def _merge_smallest(best, new, keep: int):
 
 def manifold_radii(
     feats,
-    k: int = 3,
+    k=3,
     *,
     device=None,
-    row_batch_size: int = REFERENCE_BLOCK,
-    col_batch_size: int = REFERENCE_BLOCK,
-    max_block_elements: Optional[int] = None,
-    norms: str = "tf_cpu",
-    _prepared: Optional[_Features] = None,
-) -> np.ndarray:
+    row_batch_size=REFERENCE_BLOCK,
+    col_batch_size=REFERENCE_BLOCK,
+    max_block_elements=None,
+    norms="tf_cpu",
+    _prepared=None,
+):
     """Squared distance from each row of ``feats`` to its k-th nearest neighbour in ``feats``.
 
     The row itself (distance 0, or its float16 rounding) counts as a neighbour, as in the reference's
@@ -387,16 +384,16 @@ def manifold_membership(ref_feats, ref_radii, sample_feats, sample_radii, **opti
 def precision_recall(
     ref_feats,
     sample_feats,
-    k: int = 3,
+    k=3,
     *,
     device=None,
-    ref_radii: Optional[np.ndarray] = None,
-    sample_radii: Optional[np.ndarray] = None,
-    row_batch_size: int = REFERENCE_BLOCK,
-    col_batch_size: int = REFERENCE_BLOCK,
-    max_block_elements: Optional[int] = None,
-    norms: str = "tf_cpu",
-) -> Tuple[float, float]:
+    ref_radii=None,
+    sample_radii=None,
+    row_batch_size=REFERENCE_BLOCK,
+    col_batch_size=REFERENCE_BLOCK,
+    max_block_elements=None,
+    norms="tf_cpu",
+):
     """Improved precision and recall of ``sample_feats`` against ``ref_feats`` (k-NN manifolds).
 
     precision = fraction of samples inside the reference manifold; recall = fraction of reference points

@@ -5,9 +5,6 @@ a difference to the baseline is set in bold only when its paired interval exclud
 marked as "best" (a ranking of values inside each other's noise says nothing).
 """
 
-from __future__ import annotations
-
-from typing import Dict, List, Optional, Sequence
 
 from .bootstrap import DIRECTIONS
 
@@ -36,21 +33,21 @@ __all__ = [
 ]
 
 
-def header(metric: str) -> str:
+def header(metric):
     """``FID↓`` / ``Precision↑``: the name and which way is better."""
     return LABELS[metric] + ("↓" if DIRECTIONS[metric] == "lower" else "↑")
 
 
-def _number(metric: str, value: float, signed: bool = False) -> str:
+def _number(metric, value, signed=False):
     text = f"{value * SCALES.get(metric, 1.0):{'+' if signed else ''}.{DECIMALS.get(metric, 2)}f}"
     return "+0." + text[3:] if signed and text.startswith("-0.") and float(text) == 0 else text
 
 
-def excludes_zero(interval: Optional[Sequence[float]]) -> bool:
+def excludes_zero(interval):
     return interval is not None and (interval[0] > 0 or interval[1] < 0)
 
 
-def value_cell(metric: str, value, interval=None) -> str:
+def value_cell(metric, value, interval=None):
     """``57.69 [53.10, 62.40]`` (the interval only when there is one)."""
     if value is None:
         return "n/a"
@@ -60,7 +57,7 @@ def value_cell(metric: str, value, interval=None) -> str:
     return text
 
 
-def difference_cell(metric: str, difference, interval=None, wins=None, sets=None) -> str:
+def difference_cell(metric, difference, interval=None, wins=None, sets=None):
     """``**+3.52** [+0.40, +6.90] (4/5)``: bold when the interval excludes zero; ``(w/K)``: seed sets won."""
     if difference is None:
         return "n/a"
@@ -73,7 +70,7 @@ def difference_cell(metric: str, difference, interval=None, wins=None, sets=None
     return text
 
 
-def _present(records: Sequence[Optional[Dict]], metrics: Optional[Sequence[str]]) -> List[str]:
+def _present(records, metrics):
     names = metrics or ORDER
     return [m for m in names if any(r and r.get(m) is not None for r in records)]
 
@@ -95,10 +92,10 @@ def _metric_table(label_headers, rows, present, metric_header, cell):
 
 
 def values_table(
-    label_headers: Sequence[str],
-    rows: Sequence[tuple],
-    metrics: Optional[Sequence[str]] = None,
-) -> str:
+    label_headers,
+    rows,
+    metrics=None,
+):
     """Rows ``(label_cells, record_or_None, status)``; a record holds metric values and ``"intervals"``."""
     present = _present([r for _, r, _ in rows], metrics)
 
@@ -109,10 +106,10 @@ def values_table(
 
 
 def differences_table(
-    label_headers: Sequence[str],
-    rows: Sequence[tuple],
-    metrics: Optional[Sequence[str]] = None,
-) -> str:
+    label_headers,
+    rows,
+    metrics=None,
+):
     """Rows ``(label_cells, comparison_or_None, status)`` with comparisons from
     :func:`evaluations.bootstrap.compare` (the row is B, the baseline A)."""
     present = _present([c and c.get("difference") for _, c, _ in rows], metrics)
@@ -128,7 +125,7 @@ def differences_table(
     return _metric_table(label_headers, rows, present, lambda m: "Δ" + header(m), cell)
 
 
-def comparison_table(comparison: Dict, name_a: str = "A", name_b: str = "B") -> str:
+def comparison_table(comparison, name_a="A", name_b="B"):
     """One comparison as a table: a row per metric with A, B, B - A and the seed-set tally."""
     sets = comparison["seed_sets"]
     head = ["metric", name_a, name_b, f"{name_b} − {name_a} [paired]",
