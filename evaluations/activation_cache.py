@@ -50,6 +50,7 @@ def cache_path_for(batch_path, backend_name):
 
 
 def _cache_key(batch_path, fingerprint, resize_to=None):
+    """The dict a cache file must hold to stand for the batch at `batch_path` under these weights."""
     key = {"format": CACHE_FORMAT, "backend": fingerprint, "source": file_fingerprint(batch_path)}
     if resize_to is not None:  # resized images give other activations (absent: as before, old caches hold)
         key["resize_to"] = [int(v) for v in resize_to]
@@ -57,6 +58,7 @@ def _cache_key(batch_path, fingerprint, resize_to=None):
 
 
 def _load_cache(cache, key):
+    """The `BatchFeatures` cached in file `cache` under `key`, or None (missing, stale or unreadable)."""
     if not cache.is_file():
         return None
     try:

@@ -52,6 +52,7 @@ def available_backends():
 
 
 def _resolve_factory(factory):
+    """The callable `factory` stands for (a "module:function" string is imported)."""
     if isinstance(factory, str):
         module_name, _, attr = factory.partition(":")
         return getattr(importlib.import_module(module_name), attr)
@@ -59,6 +60,7 @@ def _resolve_factory(factory):
 
 
 def _accepted_options(factory, options):
+    """The entries of dict `options` that `factory` takes as keywords (all where it takes **kwargs)."""
     try:
         params = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):

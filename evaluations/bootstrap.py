@@ -115,12 +115,11 @@ def _tensor(x, device):
 class Reference:
     """The reference batch, prepared once for any number of sample batches.
 
-    :param acts: ``{"pool", "spatial", ...}`` activations, or ``None`` for a statistics-only reference
-        (then KID, precision and recall are not available).
-    :param stats: ``{"pool": (mu, sigma), "spatial": (mu, sigma)}``; computed from ``acts`` where missing
-        (the evaluator passes the statistics stored in the reference ``.npz``, which take precedence).
-    :param kid_normalisation: see :mod:`evaluations.kid` (``"none"`` for Inception, ``"reference_rms"``
-        for other backends).
+    `acts` are its `{"pool", "spatial", ...}` activations, or None for a statistics-only reference (then KID,
+    precision and recall are not available). `stats` are `{"pool": (mu, sigma), "spatial": (mu, sigma)}`,
+    computed from `acts` where missing (the evaluator passes the statistics stored in the reference .npz,
+    which take precedence). For `kid_normalisation` see `evaluations.kid` ("none" for Inception,
+    "reference_rms" for other backends).
     """
 
     def __init__(
@@ -196,7 +195,8 @@ class Reference:
 
 
 def point_metrics(reference, acts):
-    """Every metric of the sample activations ``acts`` against ``reference``, with the evaluator's functions."""
+    """Every metric of the sample activations ``acts`` against ``reference``, with the evaluator's functions:
+    a dict of floats, precision, recall and KID None for a statistics-only reference."""
     out = {"inception_score": metrics.inception_score(acts["probs"])}
     for kind, name in (("pool", "fid"), ("spatial", "sfid")):
         mu, sigma = metrics.statistics(acts[kind])
@@ -529,6 +529,7 @@ def compare(
 
 
 def _manifest_sampling(path):
+    """The sampling config (a dict) of the manifest beside batch `path`, or None where there is none."""
     manifest = path.parent / "manifest.json"
     if not manifest.is_file():
         return None

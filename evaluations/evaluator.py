@@ -54,23 +54,19 @@ __all__ = ["BatchFeatures", "Evaluator", "cache_path_for", "main", "METRIC_KEYS"
 class Evaluator:
     """Computes the ADM metrics of a sample batch against a reference batch.
 
-    :param backend: a registered backend name (default ``"inception"``) or a backend object (anything
-        with ``name`` and ``compute(batch_uint8_nhwc) -> {"pool", "spatial", "probs"}``).  A named
-        backend is only built when some activations actually have to be computed.
-    :param batch_size: images per backend call.
-    :param use_cache: read/write ``<batch>.<backend>.acts.npz`` next to each batch.
-    :param device: torch device for precision/recall (default: CUDA when available, else CPU).
-    :param k: neighbourhood size of precision/recall (the ADM evaluator uses 3).
-    :param inception_graph: graph file for the Inception backend (default: ``$ADM_INCEPTION_GRAPH`` or
-        ``~/.cache/pag_adm/classify_image_graph_def.pb``).
-    :param norms: how float16 squared norms are summed in precision/recall (see
-        :data:`evaluations.metrics.NORM_MODES`; ``"tf_cpu"`` reproduces the reference on CPU).
-    :param resize: resize samples whose resolution differs from the reference images' to theirs
-        (bicubic); without it such a pair is refused.
-    :param kid_normalisation: feature scaling for KID (see :mod:`evaluations.kid`): ``"auto"`` (the
-        published kernel for the Inception backend, reference RMS scaling for every other backend),
-        ``"none"`` or ``"reference_rms"``.
-    :param kid_subsets, kid_subset_size, kid_seed: KID's subset average (torch-fidelity's defaults).
+    `backend` is a registered backend name (default "inception") or a backend object (anything with `name`
+    and `compute(batch_uint8_nhwc) -> {"pool", "spatial", "probs"}`); a named backend is only built when some
+    activations actually have to be computed. It is called on `batch_size` images at a time; with
+    `use_cache`, activations are read from and written to `<batch>.<backend>.acts.npz` next to each batch.
+    Precision and recall run on `device` (default: CUDA when available, else CPU) with neighbourhood size `k`
+    (the ADM evaluator uses 3), summing float16 squared norms as `norms` says (see
+    `evaluations.metrics.NORM_MODES`; "tf_cpu" reproduces the reference on CPU). `inception_graph` is the
+    Inception backend's graph file (default: `$ADM_INCEPTION_GRAPH` or
+    `~/.cache/pag_adm/classify_image_graph_def.pb`). With `resize`, samples whose resolution differs from the
+    reference images' are resized to theirs (bicubic); without it such a pair is refused.
+    `kid_normalisation` scales the features for KID (see `evaluations.kid`): "auto" (the published kernel for
+    the Inception backend, reference RMS scaling for every other backend), "none" or "reference_rms";
+    `kid_subsets`, `kid_subset_size` and `kid_seed` set KID's subset average (torch-fidelity's defaults).
     """
 
     def __init__(

@@ -85,7 +85,8 @@ _FINGERPRINTS = {}
 
 
 def graph_fingerprint(path, data=None):
-    """``"inception:<first 16 hex digits of the graph's SHA-256>"`` (memoised per file version)."""
+    """``"inception:<first 16 hex digits of the graph's SHA-256>"`` (memoised per file version); `data`, the
+    file's bytes if already read."""
     path = Path(path)
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
@@ -108,7 +109,8 @@ def import_tensorflow():
 
 
 def load_graph_def(path, data=None):
-    """Parse a frozen GraphDef and check that it has the tensors the evaluator reads."""
+    """Parse a frozen GraphDef (from `data`, the file's bytes, if given) and check that it has the tensors the
+    evaluator reads."""
     tf1 = import_tensorflow()
     path = Path(path)
     if data is None:

@@ -397,7 +397,8 @@ def precision_recall(
     """Improved precision and recall of ``sample_feats`` against ``ref_feats`` (k-NN manifolds).
 
     precision = fraction of samples inside the reference manifold; recall = fraction of reference points
-    inside the sample manifold.  Radii are computed with :func:`manifold_radii` unless given.
+    inside the sample manifold; returns the pair ``(precision, recall)``.  Radii are computed with
+    :func:`manifold_radii` unless given.
     """
     device = resolve_device(device)
     u, v = _paired_features(ref_feats, sample_feats, device, norms)

@@ -119,6 +119,8 @@ def _read_member_array(zf, member):
 
 
 def _read_header(fp):
+    """(shape, fortran order, dtype, format version) of the .npy member open as `fp`; the first three are
+    None for format versions other than 1.0 and 2.0."""
     version = np.lib.format.read_magic(fp)
     if version == (1, 0):
         shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)

@@ -14,6 +14,7 @@ __all__ = ["resize_images", "sample_resize_target"]
 
 
 def _size(info):
+    """(H, W) of the images an `NpzInfo` describes."""
     return int(info.image_shape[1]), int(info.image_shape[2])
 
 

@@ -44,6 +44,7 @@ def _number(metric, value, signed=False):
 
 
 def excludes_zero(interval):
+    """Whether `interval` ([low, high], or None) lies wholly on one side of zero."""
     return interval is not None and (interval[0] > 0 or interval[1] < 0)
 
 
@@ -71,6 +72,7 @@ def difference_cell(metric, difference, interval=None, wins=None, sets=None):
 
 
 def _present(records, metrics):
+    """The names of `metrics` (default: all, in table order) that some record (a dict or None) has a value for."""
     names = metrics or ORDER
     return [m for m in names if any(r and r.get(m) is not None for r in records)]
 
