@@ -32,7 +32,7 @@ class BatchFeatures:
     stats: Dict[str, Stats] = field(default_factory=dict)
 
     @property
-    def num_images(self) -> int:
+    def num_images(self):
         return 0 if self.acts is None else int(self.acts["pool"].shape[0])
 
 
@@ -41,7 +41,7 @@ class BatchFeatures:
 # ----------------------------------------------------------------------------------------------------
 
 
-def cache_path_for(batch_path, backend_name: str) -> Path:
+def cache_path_for(batch_path, backend_name):
     """``dir/SAMPLE.npz`` -> ``dir/SAMPLE.<backend>.acts.npz``."""
     batch_path = Path(batch_path)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backend_name)
@@ -49,14 +49,16 @@ def cache_path_for(batch_path, backend_name: str) -> Path:
     return batch_path.with_name(f"{stem}.{safe}.acts.npz")
 
 
-def _cache_key(batch_path: Path, fingerprint: str, resize_to=None) -> Dict:
+def _cache_key(batch_path, fingerprint, resize_to=None):
+    """The dict a cache file must hold to stand for the batch at `batch_path` under these weights."""
     key = {"format": CACHE_FORMAT, "backend": fingerprint, "source": file_fingerprint(batch_path)}
     if resize_to is not None:  # resized images give other activations (absent: as before, old caches hold)
         key["resize_to"] = [int(v) for v in resize_to]
     return key
 
 
-def _load_cache(cache: Path, key: Dict) -> Optional[BatchFeatures]:
+def _load_cache(cache, key):
+    """The `BatchFeatures` cached in file `cache` under `key`, or None (missing, stale or unreadable)."""
     if not cache.is_file():
         return None
     try:
@@ -73,7 +75,7 @@ def _load_cache(cache: Path, key: Dict) -> Optional[BatchFeatures]:
     return BatchFeatures(acts=acts, stats=stats)
 
 
-def _save_cache(cache: Path, key: Dict, feats: BatchFeatures) -> None:
+def _save_cache(cache, key, feats):
     arrays = dict(feats.acts)
     arrays.update(
         mu=feats.stats["pool"][0],

@@ -13,15 +13,10 @@ Register a factory under a name with :func:`register_backend`; :func:`create_bac
 name, and the evaluator also accepts a backend object directly.
 """
 
-from __future__ import annotations
-
 import importlib
 import inspect
-from typing import Callable, Dict, Union
 
 import numpy as np
-
-from guided_diffusion.file_io import file_sha256
 
 from .backend_base import FeatureBackend
 
@@ -38,11 +33,10 @@ __all__ = [
 ]
 
 
-BackendFactory = Callable[..., FeatureBackend]
-_REGISTRY: Dict[str, BackendFactory] = {}
+_REGISTRY = {}  # name -> factory: a callable returning a backend, or its "module:function" path
 
 
-def register_backend(name: str, factory: Union[BackendFactory, str]) -> None:
+def register_backend(name, factory):
     """Make ``factory`` available as ``--backend name`` (re-registering a name replaces it).
 
     ``factory`` is a callable returning a backend, or a ``"package.module:function"`` string that is
@@ -57,14 +51,16 @@ def available_backends():
     return sorted(_REGISTRY)
 
 
-def _resolve_factory(factory: Union[BackendFactory, str]) -> BackendFactory:
+def _resolve_factory(factory):
+    """The callable `factory` stands for (a "module:function" string is imported)."""
     if isinstance(factory, str):
         module_name, _, attr = factory.partition(":")
         return getattr(importlib.import_module(module_name), attr)
     return factory
 
 
-def _accepted_options(factory: Callable, options: Dict) -> Dict:
+def _accepted_options(factory, options):
+    """The entries of dict `options` that `factory` takes as keywords (all where it takes **kwargs)."""
     try:
         params = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):
@@ -75,7 +71,7 @@ def _accepted_options(factory: Callable, options: Dict) -> Dict:
     return {k: v for k, v in options.items() if k in names}
 
 
-def create_backend(name: str, **options) -> FeatureBackend:
+def create_backend(name, **options):
     """Build the backend registered as ``name``."""
     if name not in _REGISTRY:
         raise ValueError(
@@ -85,12 +81,12 @@ def create_backend(name: str, **options) -> FeatureBackend:
     return factory(**_accepted_options(factory, options))
 
 
-def backend_fingerprint(backend) -> str:
+def backend_fingerprint(backend):
     fp = getattr(backend, "fingerprint", None)
     return str(fp()) if callable(fp) else str(backend.name)
 
 
-def check_features(backend_name: str, feats, batch_len: int) -> Dict[str, np.ndarray]:
+def check_features(backend_name, feats, batch_len):
     """Validate a backend's output for one batch and return it as float32 2-D arrays."""
     if not isinstance(feats, dict):
         raise TypeError(f"backend {backend_name!r} must return a dict, got {type(feats).__name__}")
@@ -108,30 +104,12 @@ def check_features(backend_name: str, feats, batch_len: int) -> Dict[str, np.nda
     return out
 
 
-def _inception_factory(graph_path=None) -> FeatureBackend:
+def _inception_factory(graph_path=None):
     from .inception import InceptionGraphBackend
 
     return InceptionGraphBackend(graph_path)
 
 
-class _DigitsBackend:
-    """The digits network of :mod:`evaluations.digits_features`, keyed in caches by its weights."""
-
-    name = "digits"
-
-    def __init__(self):
-        from .digits_features import DEFAULT_CHECKPOINT, digits_feature_backend
-
-        self._inner = digits_feature_backend()
-        self._fingerprint = f"digits:{file_sha256(DEFAULT_CHECKPOINT)[:16]}"
-
-    def compute(self, batch):
-        return self._inner.compute(batch)
-
-    def fingerprint(self) -> str:
-        return self._fingerprint
-
-
 register_backend("inception", _inception_factory)
-register_backend("digits", _DigitsBackend)
+register_backend("digits", "evaluations.digits_features:DigitsFeatureBackend")
 register_backend("fashion", "evaluations.fashion_features:FashionFeatureBackend")

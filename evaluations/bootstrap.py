@@ -31,13 +31,10 @@ each metric is computed on every set for both batches (KID there as the full unb
 whole reference, without subsets), and the sets each side wins are counted.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import warnings
 from pathlib import Path
-from typing import Dict, Optional
 
 import numpy as np
 
@@ -90,7 +87,7 @@ def _torch():
 
 
 @contextlib.contextmanager
-def _few_threads_for_small_matrices(device, dim: int):
+def _few_threads_for_small_matrices(device, dim):
     """One CPU thread for the many small eigenvalue problems of a low-dimensional feature space: threads
     cost more than they save there (4x slower per call on a busy 2-core machine)."""
     torch = _torch()
@@ -118,12 +115,11 @@ def _tensor(x, device):
 class Reference:
     """The reference batch, prepared once for any number of sample batches.
 
-    :param acts: ``{"pool", "spatial", ...}`` activations, or ``None`` for a statistics-only reference
-        (then KID, precision and recall are not available).
-    :param stats: ``{"pool": (mu, sigma), "spatial": (mu, sigma)}``; computed from ``acts`` where missing
-        (the evaluator passes the statistics stored in the reference ``.npz``, which take precedence).
-    :param kid_normalisation: see :mod:`evaluations.kid` (``"none"`` for Inception, ``"reference_rms"``
-        for other backends).
+    `acts` are its `{"pool", "spatial", ...}` activations, or None for a statistics-only reference (then KID,
+    precision and recall are not available). `stats` are `{"pool": (mu, sigma), "spatial": (mu, sigma)}`,
+    computed from `acts` where missing (the evaluator passes the statistics stored in the reference .npz,
+    which take precedence). For `kid_normalisation` see `evaluations.kid` ("none" for Inception,
+    "reference_rms" for other backends).
     """
 
     def __init__(
@@ -131,13 +127,13 @@ class Reference:
         acts=None,
         stats=None,
         *,
-        k: int = 3,
+        k=3,
         device=None,
-        norms: str = "tf_cpu",
-        kid_normalisation: str = "none",
-        kid_subsets: int = kid_module.DEFAULT_SUBSETS,
-        kid_subset_size: int = kid_module.DEFAULT_SUBSET_SIZE,
-        kid_seed: int = kid_module.DEFAULT_SEED,
+        norms="tf_cpu",
+        kid_normalisation="none",
+        kid_subsets=kid_module.DEFAULT_SUBSETS,
+        kid_subset_size=kid_module.DEFAULT_SUBSET_SIZE,
+        kid_seed=kid_module.DEFAULT_SEED,
     ):
         self.acts = acts
         self.stats = dict(stats or {})
@@ -155,11 +151,11 @@ class Reference:
         self._kid_ref_term = None
 
     @property
-    def has_acts(self) -> bool:
+    def has_acts(self):
         return self.acts is not None
 
     @property
-    def radii(self) -> np.ndarray:
+    def radii(self):
         """k-NN radii of the reference pool features (computed once)."""
         if self._radii is None:
             self._radii = metrics.manifold_radii(
@@ -167,7 +163,7 @@ class Reference:
             )
         return self._radii
 
-    def sqrt_sigma(self, kind: str):
+    def sqrt_sigma(self, kind):
         """The symmetric square root of the reference covariance (torch float64), for per-replicate FIDs."""
         torch = _torch()
         if kind not in self._sqrt_sigma:
@@ -179,7 +175,7 @@ class Reference:
     def kid_features(self):
         return _tensor(self.acts["pool"], self.device) / self.kid_scale
 
-    def kid_ref_term(self) -> float:
+    def kid_ref_term(self):
         """mean_{a != b} k(y_a, y_b) over the whole reference."""
         if self._kid_ref_term is None:
             y = self.kid_features()
@@ -198,9 +194,10 @@ class Reference:
 # ----------------------------------------------------------------------------------------------------
 
 
-def point_metrics(reference: Reference, acts) -> Dict[str, Optional[float]]:
-    """Every metric of the sample activations ``acts`` against ``reference``, with the evaluator's functions."""
-    out: Dict[str, Optional[float]] = {"inception_score": metrics.inception_score(acts["probs"])}
+def point_metrics(reference, acts):
+    """Every metric of the sample activations ``acts`` against ``reference``, with the evaluator's functions:
+    a dict of floats, precision, recall and KID None for a statistics-only reference."""
+    out = {"inception_score": metrics.inception_score(acts["probs"])}
     for kind, name in (("pool", "fid"), ("spatial", "sfid")):
         mu, sigma = metrics.statistics(acts[kind])
         r_mu, r_sigma = reference.stats[kind]
@@ -226,7 +223,7 @@ def point_metrics(reference: Reference, acts) -> Dict[str, Optional[float]]:
 # ----------------------------------------------------------------------------------------------------
 
 
-def resample_indices(n: int, n_boot: int, seed: int):
+def resample_indices(n, n_boot, seed):
     """Yield arrays ``[chunk, n]`` of resampled row indices, ``n_boot`` rows in all, reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
     chunk = max(1, min(n_boot, _ELEMENTS_PER_CHUNK // max(n, 1)))
@@ -237,7 +234,7 @@ def resample_indices(n: int, n_boot: int, seed: int):
 class SampleBootstrap:
     """Bootstrap replicates of every metric of one sample batch against a fixed :class:`Reference`."""
 
-    def __init__(self, reference: Reference, acts):
+    def __init__(self, reference, acts):
         self.reference = reference
         self.acts = acts
         self.n = int(acts["pool"].shape[0])
@@ -294,7 +291,7 @@ class SampleBootstrap:
 
     # -- per-replicate metrics ----------------------------------------------------------------------
 
-    def _frechet(self, kind: str, counts: np.ndarray) -> float:
+    def _frechet(self, kind, counts):
         torch = _torch()
         f = self._fid[kind]
         rows = np.flatnonzero(counts)
@@ -312,7 +309,7 @@ class SampleBootstrap:
         diff = mu - f["r_mu"]
         return float(diff @ diff) + trace_sigma + f["r_trace"] - 2 * trace_sqrt
 
-    def _inception_score(self, index: np.ndarray, split_size: int = 5000) -> float:
+    def _inception_score(self, index, split_size=5000):
         scores = []
         for start in range(0, len(index), split_size):
             part = index[start : start + split_size]
@@ -322,7 +319,7 @@ class SampleBootstrap:
             scores.append(np.exp(counts @ self._negentropy / len(part) - marginal @ log_marginal))
         return float(np.mean(scores))
 
-    def _kid(self, counts: np.ndarray) -> np.ndarray:
+    def _kid(self, counts):
         """Unbiased MMD^2 of each resample (rows of ``counts``) against the whole reference."""
         torch = _torch()
         x = self._kid_x
@@ -336,13 +333,13 @@ class SampleBootstrap:
         cross = (w @ self._kid_cross) / n
         return (sample_term + self.reference.kid_ref_term() - 2 * cross).cpu().numpy()
 
-    def replicate_metrics(self, index: np.ndarray) -> Dict[str, np.ndarray]:
+    def replicate_metrics(self, index):
         """Every metric for each resample ``index[b]`` (rows of sample indices, ``[B, n]``)."""
         self._prepare()
         with _few_threads_for_small_matrices(self.reference.device, max(self.acts[k].shape[1] for k in self._fid)):
             return self._replicate_metrics(index)
 
-    def _replicate_metrics(self, index: np.ndarray) -> Dict[str, np.ndarray]:
+    def _replicate_metrics(self, index):
         index = np.atleast_2d(np.asarray(index, dtype=np.int64))
         counts = np.stack([np.bincount(row, minlength=self.n) for row in index])
         out = {
@@ -359,7 +356,7 @@ class SampleBootstrap:
             out["kid"] = self._kid(counts)
         return out
 
-    def seed_set_metrics(self, count: int):
+    def seed_set_metrics(self, count):
         """The metrics of each of ``count`` seed sets, i.e. of that set's images against the whole reference
         (cached: a baseline is compared many times).  FID, sFID, IS and precision are the evaluator's
         numbers (up to float64 rounding); recall recomputes the k-NN radii within the set; KID is the full
@@ -380,7 +377,7 @@ class SampleBootstrap:
             self._cache[key] = values
         return self._cache[key]
 
-    def replicates(self, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> Dict[str, np.ndarray]:
+    def replicates(self, n_boot=DEFAULT_BOOTSTRAP, seed=0):
         """``n_boot`` replicates of every available metric (cached per ``(n_boot, seed)``)."""
         if n_boot < 2:
             raise ValueError(f"a bootstrap needs at least 2 replicates; got {n_boot}")
@@ -396,7 +393,7 @@ class SampleBootstrap:
 # ----------------------------------------------------------------------------------------------------
 
 
-def bootstrap_interval(estimate: float, replicates, level: float = DEFAULT_LEVEL, recentre: bool = True):
+def bootstrap_interval(estimate, replicates, level=DEFAULT_LEVEL, recentre=True):
     """The ``level`` percentile interval of ``replicates``; with ``recentre``, shifted by their bias
     (``estimate - mean(replicates)``)."""
     if not 0 < level < 1:
@@ -410,7 +407,7 @@ def bootstrap_interval(estimate: float, replicates, level: float = DEFAULT_LEVEL
     return [float(low + shift), float(high + shift)]
 
 
-def intervals(estimates: Dict, replicates: Dict, level: float = DEFAULT_LEVEL) -> Dict[str, Optional[list]]:
+def intervals(estimates, replicates, level=DEFAULT_LEVEL):
     """``{metric: [low, high]}`` for every metric with both an estimate and replicates (a re-centred bound
     that leaves the metric's range, e.g. recall above 1, is clipped to it)."""
     out = {}
@@ -424,7 +421,7 @@ def intervals(estimates: Dict, replicates: Dict, level: float = DEFAULT_LEVEL) -
     return out
 
 
-def bootstrap_description(n_boot: int, seed: int, level: float = DEFAULT_LEVEL) -> Dict:
+def bootstrap_description(n_boot, seed, level=DEFAULT_LEVEL):
     """What the intervals are, for the JSON output."""
     return {
         "replicates": int(n_boot),
@@ -441,14 +438,14 @@ def bootstrap_description(n_boot: int, seed: int, level: float = DEFAULT_LEVEL) 
 # ----------------------------------------------------------------------------------------------------
 
 
-def seed_sets(n: int, count: int):
+def seed_sets(n, count):
     """``count`` disjoint sets of consecutive indices covering ``0 .. n - 1`` (sizes differ by at most 1)."""
     if count < 1:
         raise ValueError(f"the number of seed sets must be at least 1; got {count}")
     return np.array_split(np.arange(n), count)
 
 
-def check_seed_sets(n: int, count: int, need: int, k: int = 3) -> None:
+def check_seed_sets(n, count, need, k=3):
     """Raise ``ValueError`` unless ``count`` seed sets of ``n`` images each hold ``need`` images."""
     smallest = min(len(s) for s in seed_sets(n, count))
     if smallest < need:
@@ -458,7 +455,7 @@ def check_seed_sets(n: int, count: int, need: int, k: int = 3) -> None:
         )
 
 
-def _better(name: str, difference: float) -> int:
+def _better(name, difference):
     """+1 when a difference ``B - A`` favours B, -1 when it favours A, 0 for a tie."""
     if difference == 0:
         return 0
@@ -466,16 +463,16 @@ def _better(name: str, difference: float) -> int:
 
 
 def compare(
-    a: SampleBootstrap,
-    b: SampleBootstrap,
+    a,
+    b,
     *,
-    n_boot: int = DEFAULT_BOOTSTRAP,
-    seed: int = 0,
-    num_seed_sets: int = DEFAULT_SEED_SETS,
-    level: float = DEFAULT_LEVEL,
-    a_metrics: Optional[Dict] = None,
-    b_metrics: Optional[Dict] = None,
-) -> Dict:
+    n_boot=DEFAULT_BOOTSTRAP,
+    seed=0,
+    num_seed_sets=DEFAULT_SEED_SETS,
+    level=DEFAULT_LEVEL,
+    a_metrics=None,
+    b_metrics=None,
+):
     """Batch B against batch A (same seeds, same reference): ``B - A`` per metric with a paired interval,
     per-seed-set differences and how many sets each side wins.
 
@@ -531,7 +528,8 @@ def compare(
 # ----------------------------------------------------------------------------------------------------
 
 
-def _manifest_sampling(path: Path) -> Optional[Dict]:
+def _manifest_sampling(path):
+    """The sampling config (a dict) of the manifest beside batch `path`, or None where there is none."""
     manifest = path.parent / "manifest.json"
     if not manifest.is_file():
         return None
@@ -541,7 +539,7 @@ def _manifest_sampling(path: Path) -> Optional[Dict]:
         return None
 
 
-def check_paired_batches(path_a, path_b) -> int:
+def check_paired_batches(path_a, path_b):
     """Raise ``ValueError`` unless the two ``.npz`` batches can hold the same image indices; return the count.
 
     Checked: the image count; the ``indices`` arrays and the ``arr_1`` labels when both files have them;

@@ -8,13 +8,10 @@ and when TensorFlow is installed, that it parses and has the tensors the evaluat
 then moved into place.
 """
 
-from __future__ import annotations
-
 import argparse
 import sys
 import urllib.request
 from pathlib import Path
-from typing import Optional
 
 from guided_diffusion.file_io import atomic_write
 
@@ -28,7 +25,7 @@ from .inception import (
 __all__ = ["download_inception_graph", "verify_graph_file", "main"]
 
 
-def verify_graph_file(path, *, check_size: bool = True) -> None:
+def verify_graph_file(path, *, check_size=True):
     """Raise ``ValueError`` if ``path`` is not the expected Inception graph."""
     path = Path(path)
     size = path.stat().st_size
@@ -44,8 +41,8 @@ def verify_graph_file(path, *, check_size: bool = True) -> None:
 
 
 def download_inception_graph(
-    dest=None, *, url: str = INCEPTION_GRAPH_URL, force: bool = False, progress: bool = True
-) -> Path:
+    dest=None, *, url=INCEPTION_GRAPH_URL, force=False, progress=True
+):
     """Fetch the graph to ``dest`` (default: :func:`evaluations.inception.default_graph_path`)."""
     dest = Path(dest).expanduser() if dest else default_graph_path()
     if dest.is_file() and not force:
@@ -56,7 +53,7 @@ def download_inception_graph(
     return dest
 
 
-def _download(url: str, out, name: str, progress: bool) -> None:
+def _download(url, out, name, progress):
     with urllib.request.urlopen(url, timeout=60) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
         bar = None
@@ -75,7 +72,7 @@ def _download(url: str, out, name: str, progress: bool) -> None:
             bar.close()
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv=None):
     parser = argparse.ArgumentParser(description="Download the ADM reference Inception graph.")
     parser.add_argument("--dest", default=None, help=f"target file (default: {default_graph_path()})")
     parser.add_argument("--url", default=INCEPTION_GRAPH_URL)

@@ -17,15 +17,12 @@ precision/recall runs in torch.  Per-batch activations and statistics are cached
 weights are unchanged.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Dict, Optional
 
 import numpy as np
 
@@ -38,7 +35,6 @@ from .backends import backend_fingerprint, check_features, create_backend
 from .npz import (
     IMAGES_KEY,
     NpzImageReader,
-    NpzInfo,
     inspect_npz,
     read_npz_statistics,
     validate_image_header,
@@ -58,41 +54,37 @@ __all__ = ["BatchFeatures", "Evaluator", "cache_path_for", "main", "METRIC_KEYS"
 class Evaluator:
     """Computes the ADM metrics of a sample batch against a reference batch.
 
-    :param backend: a registered backend name (default ``"inception"``) or a backend object (anything
-        with ``name`` and ``compute(batch_uint8_nhwc) -> {"pool", "spatial", "probs"}``).  A named
-        backend is only built when some activations actually have to be computed.
-    :param batch_size: images per backend call.
-    :param use_cache: read/write ``<batch>.<backend>.acts.npz`` next to each batch.
-    :param device: torch device for precision/recall (default: CUDA when available, else CPU).
-    :param k: neighbourhood size of precision/recall (the ADM evaluator uses 3).
-    :param inception_graph: graph file for the Inception backend (default: ``$ADM_INCEPTION_GRAPH`` or
-        ``~/.cache/pag_adm/classify_image_graph_def.pb``).
-    :param norms: how float16 squared norms are summed in precision/recall (see
-        :data:`evaluations.metrics.NORM_MODES`; ``"tf_cpu"`` reproduces the reference on CPU).
-    :param resize: resize samples whose resolution differs from the reference images' to theirs
-        (bicubic); without it such a pair is refused.
-    :param kid_normalisation: feature scaling for KID (see :mod:`evaluations.kid`): ``"auto"`` (the
-        published kernel for the Inception backend, reference RMS scaling for every other backend),
-        ``"none"`` or ``"reference_rms"``.
-    :param kid_subsets, kid_subset_size, kid_seed: KID's subset average (torch-fidelity's defaults).
+    `backend` is a registered backend name (default "inception") or a backend object (anything with `name`
+    and `compute(batch_uint8_nhwc) -> {"pool", "spatial", "probs"}`); a named backend is only built when some
+    activations actually have to be computed. It is called on `batch_size` images at a time; with
+    `use_cache`, activations are read from and written to `<batch>.<backend>.acts.npz` next to each batch.
+    Precision and recall run on `device` (default: CUDA when available, else CPU) with neighbourhood size `k`
+    (the ADM evaluator uses 3), summing float16 squared norms as `norms` says (see
+    `evaluations.metrics.NORM_MODES`; "tf_cpu" reproduces the reference on CPU). `inception_graph` is the
+    Inception backend's graph file (default: `$ADM_INCEPTION_GRAPH` or
+    `~/.cache/pag_adm/classify_image_graph_def.pb`). With `resize`, samples whose resolution differs from the
+    reference images' are resized to theirs (bicubic); without it such a pair is refused.
+    `kid_normalisation` scales the features for KID (see `evaluations.kid`): "auto" (the published kernel for
+    the Inception backend, reference RMS scaling for every other backend), "none" or "reference_rms";
+    `kid_subsets`, `kid_subset_size` and `kid_seed` set KID's subset average (torch-fidelity's defaults).
     """
 
     def __init__(
         self,
         backend="inception",
         *,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        use_cache: bool = True,
+        batch_size=DEFAULT_BATCH_SIZE,
+        use_cache=True,
         device=None,
-        k: int = 3,
+        k=3,
         inception_graph=None,
-        progress: bool = True,
-        norms: str = "tf_cpu",
-        resize: bool = False,
-        kid_normalisation: str = "auto",
-        kid_subsets: int = kid_module.DEFAULT_SUBSETS,
-        kid_subset_size: int = kid_module.DEFAULT_SUBSET_SIZE,
-        kid_seed: int = kid_module.DEFAULT_SEED,
+        progress=True,
+        norms="tf_cpu",
+        resize=False,
+        kid_normalisation="auto",
+        kid_subsets=kid_module.DEFAULT_SUBSETS,
+        kid_subset_size=kid_module.DEFAULT_SUBSET_SIZE,
+        kid_seed=kid_module.DEFAULT_SEED,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive; got {batch_size}")
@@ -124,11 +116,11 @@ class Evaluator:
     # -- backend --------------------------------------------------------------------------------
 
     @property
-    def backend_name(self) -> str:
+    def backend_name(self):
         return self._backend_name
 
     @property
-    def kid_normalisation(self) -> str:
+    def kid_normalisation(self):
         """The KID feature scaling in use (``"auto"`` resolved for this backend)."""
         if self._kid_normalisation == "auto":
             return kid_module.default_normalisation(self._backend_name)
@@ -140,7 +132,7 @@ class Evaluator:
             self._backend = create_backend(self._backend_name, graph_path=self.inception_graph)
         return self._backend
 
-    def _fingerprint(self) -> str:
+    def _fingerprint(self):
         """Identifies the backend and its weights, for the activation cache."""
         if self._backend is None and self._backend_name == "inception":
             # Keyed by the graph file's content, so that a cache hit needs no TensorFlow at all.
@@ -149,13 +141,13 @@ class Evaluator:
             return graph_fingerprint(resolve_graph_path(self.inception_graph))
         return backend_fingerprint(self.backend)
 
-    def close(self) -> None:
+    def close(self):
         if self._backend is not None and hasattr(self._backend, "close"):
             self._backend.close()
 
     # -- activations ----------------------------------------------------------------------------
 
-    def compute_activations(self, path, resize_to=None) -> Dict[str, np.ndarray]:
+    def compute_activations(self, path, resize_to=None):
         """Run the backend over every image of ``path`` (streamed in batches); no cache involved.
 
         ``resize_to`` (``(H, W)``) resizes each batch before the backend sees it.
@@ -165,7 +157,7 @@ class Evaluator:
         path = Path(path)
         validate_image_header(inspect_npz(path))
         backend = self.backend
-        out: Dict[str, np.ndarray] = {}
+        out = {}
         with NpzImageReader(path, IMAGES_KEY) as reader:
             n = len(reader)
             done = 0
@@ -192,7 +184,7 @@ class Evaluator:
                     bar.update(len(batch))
         return out
 
-    def batch_features(self, path, resize_to=None) -> BatchFeatures:
+    def batch_features(self, path, resize_to=None):
         """Activations and their statistics for the images of ``path``, from the cache when valid."""
         path = Path(path)
         cache = cache_path_for(path, self._backend_name)
@@ -212,7 +204,7 @@ class Evaluator:
 
     # -- evaluation -----------------------------------------------------------------------------
 
-    def _check_inputs(self, ref: NpzInfo, sample: NpzInfo) -> None:
+    def _check_inputs(self, ref, sample):
         need = max(self.k + 1, 2)
         validate_image_header(sample, min_images=1)
         if sample.num_images < need:
@@ -237,7 +229,7 @@ class Evaluator:
         for info in (ref, sample):
             _check_stored_statistics(info)
 
-    def _load_batch(self, info: NpzInfo, resize_to=None) -> BatchFeatures:
+    def _load_batch(self, info, resize_to=None):
         feats = self.batch_features(info.path, resize_to) if info.has_images else BatchFeatures()
         # As in the ADM evaluator, statistics stored in the .npz take precedence over the activations.
         for kind in ("pool", "spatial"):
@@ -246,7 +238,7 @@ class Evaluator:
                 feats.stats[kind] = stored
         return feats
 
-    def evaluate(self, ref_path, sample_path) -> Dict[str, Optional[float]]:
+    def evaluate(self, ref_path, sample_path):
         """All five metrics of ``sample_path`` against ``ref_path`` (both ``.npz`` batches)."""
         ref_info, sample_info = inspect_npz(ref_path), inspect_npz(sample_path)
         self._check_inputs(ref_info, sample_info)
@@ -256,12 +248,12 @@ class Evaluator:
         return self.compute_metrics(ref, sample, ref_name=str(ref_path))
 
     def compute_metrics(
-        self, ref: BatchFeatures, sample: BatchFeatures, *, ref_name: str = "reference"
-    ) -> Dict[str, Optional[float]]:
+        self, ref, sample, *, ref_name="reference"
+    ):
         """Metrics from already computed features (``ref.acts`` may be ``None`` if it has statistics)."""
         if sample.acts is None:
             raise ValueError("the sample batch needs activations (images)")
-        results: Dict[str, Optional[float]] = {
+        results = {
             "inception_score": metrics.inception_score(sample.acts["probs"])
         }
         for kind, metric in (("pool", "fid"), ("spatial", "sfid")):
@@ -293,7 +285,7 @@ class Evaluator:
         results["kid"] = self._kid(ref, sample)
         return results
 
-    def _kid(self, ref: BatchFeatures, sample: BatchFeatures) -> Optional[float]:
+    def _kid(self, ref, sample):
         """KID against the reference images (``None`` for a statistics-only reference, like precision)."""
         if ref.acts is None:
             return None
@@ -312,7 +304,7 @@ class Evaluator:
             self._check_inputs(ref_info, info)
         return self._load_batch(ref_info), [self._load_batch(info) for info in infos]
 
-    def reference(self, ref: BatchFeatures) -> "bootstrap.Reference":
+    def reference(self, ref):
         """The reference prepared for bootstrap replicates, with this evaluator's settings."""
         return bootstrap.Reference(
             ref.acts, ref.stats, k=self.k, device=self.device, norms=self.norms,
@@ -321,9 +313,9 @@ class Evaluator:
         )
 
     def evaluate_with_intervals(
-        self, ref_path, sample_path, n_boot: int = bootstrap.DEFAULT_BOOTSTRAP, seed: int = 0,
-        level: float = bootstrap.DEFAULT_LEVEL,
-    ) -> Dict:
+        self, ref_path, sample_path, n_boot=bootstrap.DEFAULT_BOOTSTRAP, seed=0,
+        level=bootstrap.DEFAULT_LEVEL,
+    ):
         """:meth:`evaluate`'s metrics plus ``"intervals"`` (bootstrap over the sample batch, reference fixed)."""
         ref, (sample,) = self.load(ref_path, sample_path)
         results = self.compute_metrics(ref, sample, ref_name=str(ref_path))
@@ -332,9 +324,9 @@ class Evaluator:
         return results
 
     def compare(
-        self, ref_path, a_path, b_path, n_boot: int = bootstrap.DEFAULT_BOOTSTRAP, seed: int = 0,
-        num_seed_sets: int = bootstrap.DEFAULT_SEED_SETS, level: float = bootstrap.DEFAULT_LEVEL,
-    ) -> Dict:
+        self, ref_path, a_path, b_path, n_boot=bootstrap.DEFAULT_BOOTSTRAP, seed=0,
+        num_seed_sets=bootstrap.DEFAULT_SEED_SETS, level=bootstrap.DEFAULT_LEVEL,
+    ):
         """Batch B against batch A, both made from the same seeds: see :func:`evaluations.bootstrap.compare`."""
         count = bootstrap.check_paired_batches(a_path, b_path)
         bootstrap.check_seed_sets(count, num_seed_sets, max(self.k + 1, 2), self.k)  # before any features
@@ -348,7 +340,7 @@ class Evaluator:
         )
 
 
-def _check_stored_statistics(info: NpzInfo) -> None:
+def _check_stored_statistics(info):
     """Read (and so validate: pairs, shapes, finite values) a batch's stored statistics up front."""
     for kind in ("pool", "spatial"):
         read_npz_statistics(info.path, kind)
@@ -359,7 +351,7 @@ def _check_stored_statistics(info: NpzInfo) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser():
     from .backends import available_backends
 
     p = argparse.ArgumentParser(
@@ -416,7 +408,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_finite_results(results: Dict[str, Optional[float]]) -> None:
+def _check_finite_results(results):
     """A NaN or infinite score is a failure, not a result to print and exit 0 with."""
     bad = [
         name
@@ -430,7 +422,7 @@ def _check_finite_results(results: Dict[str, Optional[float]]) -> None:
         )
 
 
-def _check_statistics_args(args) -> None:
+def _check_statistics_args(args):
     if args.intervals is not None and args.intervals < 2:
         raise ValueError(f"--intervals needs at least 2 resamples (1000 is usual); got {args.intervals}")
     if args.seed_sets < 1:
@@ -439,7 +431,7 @@ def _check_statistics_args(args) -> None:
         raise ValueError("--kid_subsets must be >= 1 and --kid_subset_size >= 2")
 
 
-def _make_evaluator(args) -> "Evaluator":
+def _make_evaluator(args):
     if args.download and args.backend == "inception":
         from .download_inception import download_inception_graph
 
@@ -458,21 +450,21 @@ def _make_evaluator(args) -> "Evaluator":
     )
 
 
-def _kid_json(evaluator: "Evaluator", ref_images: bool) -> Dict:
+def _kid_json(evaluator, ref_images):
     return {"normalisation": evaluator.kid_normalisation, **evaluator.kid_options,
             "available": ref_images}
 
 
-def _write_json(path, payload) -> None:
+def _write_json(path, payload):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
-def _fmt(value) -> str:
+def _fmt(value):
     return "n/a" if value is None else repr(float(value))
 
 
-def main(argv=None) -> int:
+def main(argv=None):
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
@@ -526,7 +518,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _main_compare(args) -> int:
+def _main_compare(args):
     from .tables import comparison_table
 
     n_boot = args.intervals or bootstrap.DEFAULT_BOOTSTRAP

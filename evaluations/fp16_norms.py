@@ -1,8 +1,6 @@
 """float16 squared row norms exactly as the ADM evaluator's TensorFlow computes them on CPU (the norms
 that decide, to the last float16 step, which samples fall inside a k-NN ball)."""
 
-from __future__ import annotations
-
 import numpy as np
 
 __all__ = ["NORM_MODES", "fp16_squared_norms"]
@@ -30,18 +28,18 @@ _EIGEN_HALF_LEAF = 200
 NORM_MODES = ("tf_cpu", "rounded")
 
 
-def _ceil_div(a: int, b: int) -> int:
+def _ceil_div(a, b):
     return -(-a // b)
 
 
-def _to_half_grid(a: np.ndarray) -> np.ndarray:
+def _to_half_grid(a):
     """Round float32 values to float16 (round-to-nearest-even, subnormals included), kept as float32.
 
     A float16 addition in Eigen (and numpy, and torch on CPU) is a float32 addition rounded this way."""
     return a.astype(np.float16).astype(np.float32)
 
 
-def _eigen_half_leaf(s: np.ndarray) -> np.ndarray:
+def _eigen_half_leaf(s):
     P = _EIGEN_PACKET
     rows, n = s.shape
     start = 0
@@ -74,7 +72,7 @@ def _eigen_half_leaf(s: np.ndarray) -> np.ndarray:
     return _to_half_grid(tail + _to_half_grid(total))
 
 
-def _eigen_half_sum(s: np.ndarray, first: int) -> np.ndarray:
+def _eigen_half_sum(s, first):
     """Row sums of float16 values ``s`` (held as float32) in the order of Eigen's tree reduction;
     ``first`` is the flat index of the rows' first element (only its value modulo 8 matters)."""
     P = _EIGEN_PACKET
@@ -89,7 +87,7 @@ def _eigen_half_sum(s: np.ndarray, first: int) -> np.ndarray:
     return _eigen_half_leaf(s)
 
 
-def fp16_squared_norms(x, mode: str = "tf_cpu", chunk_rows: int = 8192):
+def fp16_squared_norms(x, mode="tf_cpu", chunk_rows=8192):
     """float16 squared row norms of ``x`` (a torch tensor ``[N, D]``) as the reference computes them.
 
     Each square is rounded to float16; the row sums follow ``mode`` (see ``NORM_MODES``).  Row ``r`` is
@@ -111,7 +109,7 @@ def fp16_squared_norms(x, mode: str = "tf_cpu", chunk_rows: int = 8192):
     return torch.from_numpy(out.astype(np.float16)).to(x.device)
 
 
-def _replay_norms(xs: np.ndarray, out: np.ndarray, chunk_rows: int) -> None:
+def _replay_norms(xs, out, chunk_rows):
     n, d = xs.shape
     for r0 in range(0, n, chunk_rows):
         r1 = min(r0 + chunk_rows, n)

@@ -15,12 +15,9 @@ values 0..255; the graph itself resizes to 299x299 and normalises.  It reads
 Only ``tf.compat.v1`` graph import and a session are used, which TensorFlow 2 still supports.
 """
 
-from __future__ import annotations
-
 import hashlib
 import os
 from pathlib import Path
-from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -63,7 +60,7 @@ class MissingInceptionGraphError(FileNotFoundError, ValueError):
     """The Inception graph file is not where it was looked for."""
 
 
-def default_graph_path() -> Path:
+def default_graph_path():
     """``$ADM_INCEPTION_GRAPH`` if set, else ``~/.cache/pag_adm/classify_image_graph_def.pb``
     (under ``$XDG_CACHE_HOME`` when that is set)."""
     env = os.environ.get(GRAPH_ENV_VAR)
@@ -73,7 +70,7 @@ def default_graph_path() -> Path:
     return cache_root / "pag_adm" / INCEPTION_GRAPH_FILENAME
 
 
-def resolve_graph_path(graph_path=None) -> Path:
+def resolve_graph_path(graph_path=None):
     path = Path(graph_path).expanduser() if graph_path else default_graph_path()
     if not path.is_file():
         raise MissingInceptionGraphError(
@@ -84,11 +81,12 @@ def resolve_graph_path(graph_path=None) -> Path:
     return path
 
 
-_FINGERPRINTS: Dict[Tuple[str, int, int], str] = {}
+_FINGERPRINTS = {}
 
 
-def graph_fingerprint(path, data: Optional[bytes] = None) -> str:
-    """``"inception:<first 16 hex digits of the graph's SHA-256>"`` (memoised per file version)."""
+def graph_fingerprint(path, data=None):
+    """``"inception:<first 16 hex digits of the graph's SHA-256>"`` (memoised per file version); `data`, the
+    file's bytes if already read."""
     path = Path(path)
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
@@ -110,8 +108,9 @@ def import_tensorflow():
     return tf.compat.v1
 
 
-def load_graph_def(path, data: Optional[bytes] = None):
-    """Parse a frozen GraphDef and check that it has the tensors the evaluator reads."""
+def load_graph_def(path, data=None):
+    """Parse a frozen GraphDef (from `data`, the file's bytes, if given) and check that it has the tensors the
+    evaluator reads."""
     tf1 = import_tensorflow()
     path = Path(path)
     if data is None:
@@ -165,17 +164,17 @@ class InceptionGraphBackend(FeatureBackend):
             session_config.gpu_options.allow_growth = True
         self.session = tf1.Session(graph=self.graph, config=session_config)
 
-    def fingerprint(self) -> str:
+    def fingerprint(self):
         return self._fingerprint
 
-    def compute(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+    def compute(self, batch):
         images = np.asarray(batch).astype(np.float32)
         pool, spatial, probs = self.session.run(
             [self._pool, self._spatial, self._probs], feed_dict={self._images: images}
         )
         return {"pool": pool, "spatial": spatial, "probs": probs}
 
-    def close(self) -> None:
+    def close(self):
         if getattr(self, "session", None) is not None:
             self.session.close()
             self.session = None

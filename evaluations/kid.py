@@ -18,9 +18,6 @@ scale depends on the reference alone, so KIDs against one reference stay compara
 published kernel (use it for Inception features, to compare with torch-fidelity and papers).
 """
 
-from __future__ import annotations
-
-from typing import Optional, Tuple
 
 import numpy as np
 
@@ -57,12 +54,12 @@ def _as_tensor(x, device):
     return torch.from_numpy(arr).to(device)
 
 
-def default_normalisation(backend_name: str) -> str:
+def default_normalisation(backend_name):
     """The published kernel for Inception (comparable with torch-fidelity), reference RMS scaling otherwise."""
     return "none" if backend_name == "inception" else "reference_rms"
 
 
-def feature_scale(ref_feats, normalisation: str) -> float:
+def feature_scale(ref_feats, normalisation):
     """The number every feature vector is divided by before the kernel is applied."""
     if normalisation not in NORMALISATIONS:
         raise ValueError(f"unknown KID normalisation {normalisation!r}; use one of {', '.join(NORMALISATIONS)}")
@@ -80,12 +77,12 @@ def polynomial_kernel(x, y):
     return (x @ y.T / x.shape[1] + 1.0) ** 3
 
 
-def _offdiag_mean(k) -> float:
+def _offdiag_mean(k):
     n = k.shape[0]
     return float((k.sum() - k.diagonal().sum()) / (n * (n - 1)))
 
 
-def mmd2_unbiased(x, y, *, device="cpu") -> float:
+def mmd2_unbiased(x, y, *, device="cpu"):
     """The unbiased MMD^2 estimate between the rows of ``x`` and ``y`` (each at least 2 rows)."""
     x, y = _as_tensor(x, device), _as_tensor(y, device)
     if x.shape[0] < 2 or y.shape[0] < 2:
@@ -100,13 +97,13 @@ def kid(
     ref_feats,
     sample_feats,
     *,
-    normalisation: str = "none",
-    subsets: int = DEFAULT_SUBSETS,
-    subset_size: int = DEFAULT_SUBSET_SIZE,
-    seed: int = DEFAULT_SEED,
+    normalisation="none",
+    subsets=DEFAULT_SUBSETS,
+    subset_size=DEFAULT_SUBSET_SIZE,
+    seed=DEFAULT_SEED,
     device=None,
-    scale: Optional[float] = None,
-) -> Tuple[float, float]:
+    scale=None,
+):
     """KID of ``sample_feats`` against ``ref_feats``: (mean, standard deviation) over the subsets.
 
     ``scale`` overrides the one ``normalisation`` derives from the reference.  Subsets come from

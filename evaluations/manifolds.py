@@ -3,10 +3,7 @@ nearest-neighbour radii of feature manifolds and membership in them, from float1
 (recomputed in float32 per reference block when a float16 value is not finite; see
 :mod:`evaluations.metrics`), in torch, in bounded memory."""
 
-from __future__ import annotations
-
 import contextlib
-from typing import Optional, Tuple
 
 import numpy as np
 
@@ -56,7 +53,7 @@ def _ieee_fp32_matmul():
 class _Features:
     """Features on the compute device with the squared norms both code paths need."""
 
-    def __init__(self, feats, device, norms: str = "tf_cpu"):
+    def __init__(self, feats, device, norms="tf_cpu"):
         torch = _torch()
         if hasattr(feats, "detach"):
             x = feats.detach().to(device=device, dtype=torch.float32)
@@ -73,7 +70,7 @@ class _Features:
         self._x16 = None
         self._mkldnn = {}
 
-    def x16_mkldnn(self, rows: slice):
+    def x16_mkldnn(self, rows):
         """``x16[rows]`` in oneDNN layout, converted once per row range (CPU only, else ``None``)."""
         if not _use_mkldnn(self.x):
             return None
@@ -96,10 +93,10 @@ class _Features:
         return self.x.shape[0]
 
 
-_MKLDNN_USABLE: Optional[bool] = None
+_MKLDNN_USABLE = None
 
 
-def _use_mkldnn(t) -> bool:
+def _use_mkldnn(t):
     torch = _torch()
     return t.device.type == "cpu" and _MKLDNN_USABLE is not False and torch.backends.mkldnn.is_available()
 
@@ -122,7 +119,7 @@ def _matmul_nt(a, b, a_mk=None, b_mk=None):
     return torch.matmul(a, b.T)
 
 
-def _dot16(u: _Features, v: _Features, rows: slice, cols: slice):
+def _dot16(u, v, rows, cols):
     """``u[rows] . v[cols]^T`` as a float16 GEMM computes it: float16 inputs, float32 accumulation,
     result rounded to float16.  It runs as a float32 GEMM on the float16-rounded inputs, which gives the
     same values and is much faster on CPUs without native float16 arithmetic."""
@@ -136,32 +133,32 @@ def _combine16(norm_rows, dot16, norm_cols):
     return torch.clamp_min((norm_rows[:, None] - 2 * dot16) + norm_cols[None, :], 0)
 
 
-def _distances_fp16(u: _Features, v: _Features, rows: slice, cols: slice):
+def _distances_fp16(u, v, rows, cols):
     """Squared distances with the reference's float16 semantics (see the module docstring)."""
     return _combine16(u.norm16[rows], _dot16(u, v, rows, cols), v.norm16[cols])
 
 
-def _distances_fp32(u: _Features, v: _Features, rows: slice, cols: slice):
+def _distances_fp32(u, v, rows, cols):
     torch = _torch()
     dot = _matmul_nt(u.x[rows], v.x[cols])
     return torch.clamp_min((u.norm32[rows, None] - 2 * dot) + v.norm32[None, cols], 0)
 
 
-def _all_finite(d) -> bool:
+def _all_finite(d):
     # distances are >= 0 after the clamp, so the maximum is finite iff every value is (NaN propagates)
     torch = _torch()
     return bool(torch.isfinite(d.amax()))
 
 
-def _row_chunk(num_cols: int, max_elements: int) -> int:
+def _row_chunk(num_cols, max_elements):
     return max(1, min(REFERENCE_BLOCK, max_elements // max(1, num_cols)))
 
 
-def _default_max_elements(device) -> int:
+def _default_max_elements(device):
     return 1 << 27 if device.type == "cuda" else 1 << 23
 
 
-def _reduce_block(u, v, rows: slice, cols: slice, reduce_fn, chunk_rows: int, fp16: bool = True):
+def _reduce_block(u, v, rows, cols, reduce_fn, chunk_rows, fp16=True):
     """Apply ``reduce_fn(dist, row_slice)`` to row chunks of the ``rows x cols`` distance block.
 
     The block is first computed in float16; if any of its values is not finite, the whole block is
@@ -185,7 +182,21 @@ def _reduce_block(u, v, rows: slice, cols: slice, reduce_fn, chunk_rows: int, fp
     return results
 
 
-def _smallest_in_rows(f, rows: slice, cols: slice, keep: int, chunk: int, fp16: bool = True):
+def _reduce_blocks(u, v, row_batch_size, col_batch_size, max_block_elements, reduce_fn):
+    """Apply ``reduce_fn(dist, row_slice, col_slice)`` to the whole ``u x v`` distance matrix, block by block
+    (row blocks outermost) and in row chunks of at most ``max_block_elements`` distances, each block as
+    :func:`_reduce_block` computes it.  Yields ``(row_slice, col_slice, result)`` per chunk."""
+    max_elements = max_block_elements or _default_max_elements(u.x.device)
+    for r0 in range(0, len(u), row_batch_size):
+        rows = slice(r0, min(r0 + row_batch_size, len(u)))
+        for c0 in range(0, len(v), col_batch_size):
+            cols = slice(c0, min(c0 + col_batch_size, len(v)))
+            chunk = _row_chunk(cols.stop - cols.start, max_elements)
+            for sub, result in _reduce_block(u, v, rows, cols, lambda d, sub: reduce_fn(d, sub, cols), chunk):
+                yield sub, cols, result
+
+
+def _smallest_in_rows(f, rows, cols, keep, chunk, fp16=True):
     """The ``keep`` smallest distances of each row of the ``rows x cols`` block (unsorted)."""
     torch = _torch()
     keep = min(keep, cols.stop - cols.start)
@@ -196,7 +207,7 @@ def _smallest_in_rows(f, rows: slice, cols: slice, keep: int, chunk: int, fp16: 
     return torch.cat([p for _, p in _reduce_block(f, f, rows, cols, smallest, chunk, fp16)], dim=0)
 
 
-def _merge_smallest(best, new, keep: int):
+def _merge_smallest(best, new, keep):
     """Keep the ``keep`` smallest of ``best`` and ``new`` along dim 1 (both ``[rows, *]``)."""
     torch = _torch()
     both = torch.cat([best, new], dim=1)
@@ -205,15 +216,15 @@ def _merge_smallest(best, new, keep: int):
 
 def manifold_radii(
     feats,
-    k: int = 3,
+    k=3,
     *,
     device=None,
-    row_batch_size: int = REFERENCE_BLOCK,
-    col_batch_size: int = REFERENCE_BLOCK,
-    max_block_elements: Optional[int] = None,
-    norms: str = "tf_cpu",
-    _prepared: Optional[_Features] = None,
-) -> np.ndarray:
+    row_batch_size=REFERENCE_BLOCK,
+    col_batch_size=REFERENCE_BLOCK,
+    max_block_elements=None,
+    norms="tf_cpu",
+    _prepared=None,
+):
     """Squared distance from each row of ``feats`` to its k-th nearest neighbour in ``feats``.
 
     The row itself (distance 0, or its float16 rounding) counts as a neighbour, as in the reference's
@@ -302,91 +313,95 @@ def manifold_radii(
     return radii.cpu().numpy()
 
 
-def _membership_inputs(ref_feats, ref_radii, sample_feats, sample_radii, device, norms, prepared=None):
-    """Features and radii on `device`, checked to pair up: (ref, sample, ref radii, sample radii)."""
-    torch = _torch()
-    u, v = prepared if prepared is not None else (_Features(ref_feats, device, norms),
-                                                  _Features(sample_feats, device, norms))
+def _paired_features(ref_feats, sample_feats, device, norms):
+    """The reference and sample features on `device`, checked to have one dimension."""
+    u, v = _Features(ref_feats, device, norms), _Features(sample_feats, device, norms)
     if u.x.shape[1] != v.x.shape[1]:
         raise ValueError(
             f"reference and sample features differ in dimension: {u.x.shape[1]} vs {v.x.shape[1]}"
         )
-    r_ref = torch.as_tensor(np.asarray(ref_radii, dtype=np.float32).reshape(-1), device=device)
-    r_smp = torch.as_tensor(np.asarray(sample_radii, dtype=np.float32).reshape(-1), device=device)
-    if r_ref.shape[0] != len(u) or r_smp.shape[0] != len(v):
-        raise ValueError("radii must have one entry per feature row")
-    return u, v, r_ref, r_smp
+    return u, v
 
 
-def manifold_membership(
-    ref_feats,
-    ref_radii,
-    sample_feats,
-    sample_radii,
-    *,
-    device=None,
-    row_batch_size: int = REFERENCE_BLOCK,
-    col_batch_size: int = REFERENCE_BLOCK,
-    max_block_elements: Optional[int] = None,
-    norms: str = "tf_cpu",
-    _prepared: Optional[Tuple[_Features, _Features]] = None,
-) -> Tuple[np.ndarray, np.ndarray]:
+class _MembershipScan:
+    """The comparisons behind manifold membership, block by block, with the options of
+    :func:`manifold_membership`: features and radii on the device, checked to pair up."""
+
+    def __init__(self, ref_feats, ref_radii, sample_feats, sample_radii, *, device=None,
+                 row_batch_size=REFERENCE_BLOCK, col_batch_size=REFERENCE_BLOCK, max_block_elements=None,
+                 norms="tf_cpu", _prepared=None):
+        torch = _torch()
+        self.device = resolve_device(device)
+        if _prepared is None:
+            _prepared = _paired_features(ref_feats, sample_feats, self.device, norms)
+        self.ref, self.sample = _prepared
+        self.ref_radii, self.sample_radii = (
+            torch.as_tensor(np.asarray(r, dtype=np.float32).reshape(-1), device=self.device)
+            for r in (ref_radii, sample_radii))
+        if self.ref_radii.shape[0] != len(self.ref) or self.sample_radii.shape[0] != len(self.sample):
+            raise ValueError("radii must have one entry per feature row")
+        self.block_options = (row_batch_size, col_batch_size, max_block_elements)
+
+    def none_inside(self, n):
+        """`n` False values on the device, for results to be or-ed into."""
+        torch = _torch()
+        return torch.zeros(n, dtype=torch.bool, device=self.device)
+
+    def blocks(self, reduce_inside):
+        """Yields ``(sub, cols, reduce_inside(inside), covered)`` per row chunk ``sub`` of the reference and
+        column block ``cols`` of the samples: ``inside[i, j]`` says whether reference point ``sub[i]`` is in
+        the ball of sample ``cols[j]``, ``covered[j]`` whether sample ``cols[j]`` is in the ball of some
+        reference point of the chunk."""
+        torch = _torch()
+
+        def compare(d, sub, cols):
+            return reduce_inside(d <= self.sample_radii[None, cols]), (d <= self.ref_radii[sub, None]).any(dim=0)
+
+        with torch.no_grad(), _ieee_fp32_matmul():
+            for sub, cols, (inside, covered) in _reduce_blocks(self.ref, self.sample, *self.block_options, compare):
+                yield sub, cols, inside, covered
+
+
+def manifold_membership(ref_feats, ref_radii, sample_feats, sample_radii, **options):
     """Which samples fall inside some reference ball, and which reference points inside some sample ball.
 
     Returns boolean arrays ``(sample_in_ref_manifold [N_sample], ref_in_sample_manifold [N_ref])``;
     their means are precision and recall.  A point is inside a ball when its squared distance to the
-    centre is ``<=`` the centre's radius.
+    centre is ``<=`` the centre's radius.  The keyword options are ``device`` (default: CUDA when
+    available), ``row_batch_size`` and ``col_batch_size`` (the block the reference decides between float16
+    and float32 for), ``max_block_elements`` (distances computed at once; default by device) and ``norms``
+    (see :mod:`evaluations.fp16_norms`).
     """
-    torch = _torch()
-    device = resolve_device(device)
-    u, v, r_ref, r_smp = _membership_inputs(ref_feats, ref_radii, sample_feats, sample_radii, device, norms,
-                                            _prepared)
-    max_elements = max_block_elements or _default_max_elements(device)
-    ref_in = torch.zeros(len(u), dtype=torch.bool, device=device)
-    smp_in = torch.zeros(len(v), dtype=torch.bool, device=device)
-    with torch.no_grad(), _ieee_fp32_matmul():
-        for r0 in range(0, len(u), row_batch_size):
-            rows = slice(r0, min(r0 + row_batch_size, len(u)))
-            for c0 in range(0, len(v), col_batch_size):
-                cols = slice(c0, min(c0 + col_batch_size, len(v)))
-                chunk = _row_chunk(cols.stop - cols.start, max_elements)
-
-                def both(d, sub, cols=cols):
-                    # ref row i is covered when some sample j has d_ij <= radius_j, and vice versa.
-                    ref_hit = (d <= r_smp[None, cols]).any(dim=1)
-                    smp_hit = (d <= r_ref[sub, None]).any(dim=0)
-                    return ref_hit, smp_hit
-
-                for sub, (ref_hit, smp_hit) in _reduce_block(u, v, rows, cols, both, chunk):
-                    ref_in[sub] |= ref_hit
-                    smp_in[cols] |= smp_hit
+    scan = _MembershipScan(ref_feats, ref_radii, sample_feats, sample_radii, **options)
+    ref_in, smp_in = scan.none_inside(len(scan.ref)), scan.none_inside(len(scan.sample))
+    # ref row i is covered when some sample j has d_ij <= radius_j, and vice versa.
+    for sub, cols, ref_hit, smp_hit in scan.blocks(lambda inside: inside.any(dim=1)):
+        ref_in[sub] |= ref_hit
+        smp_in[cols] |= smp_hit
     return smp_in.cpu().numpy(), ref_in.cpu().numpy()
 
 
 def precision_recall(
     ref_feats,
     sample_feats,
-    k: int = 3,
+    k=3,
     *,
     device=None,
-    ref_radii: Optional[np.ndarray] = None,
-    sample_radii: Optional[np.ndarray] = None,
-    row_batch_size: int = REFERENCE_BLOCK,
-    col_batch_size: int = REFERENCE_BLOCK,
-    max_block_elements: Optional[int] = None,
-    norms: str = "tf_cpu",
-) -> Tuple[float, float]:
+    ref_radii=None,
+    sample_radii=None,
+    row_batch_size=REFERENCE_BLOCK,
+    col_batch_size=REFERENCE_BLOCK,
+    max_block_elements=None,
+    norms="tf_cpu",
+):
     """Improved precision and recall of ``sample_feats`` against ``ref_feats`` (k-NN manifolds).
 
     precision = fraction of samples inside the reference manifold; recall = fraction of reference points
-    inside the sample manifold.  Radii are computed with :func:`manifold_radii` unless given.
+    inside the sample manifold; returns the pair ``(precision, recall)``.  Radii are computed with
+    :func:`manifold_radii` unless given.
     """
     device = resolve_device(device)
-    u, v = _Features(ref_feats, device, norms), _Features(sample_feats, device, norms)
-    if u.x.shape[1] != v.x.shape[1]:
-        raise ValueError(
-            f"reference and sample features differ in dimension: {u.x.shape[1]} vs {v.x.shape[1]}"
-        )
+    u, v = _paired_features(ref_feats, sample_feats, device, norms)
     for name, f in (("reference", u), ("sample", v)):
         if len(f) < k + 1:
             raise ValueError(
@@ -411,19 +426,7 @@ def precision_recall(
     return precision, recall
 
 
-def manifold_coverage(
-    ref_feats,
-    ref_radii,
-    sample_feats,
-    sample_radii,
-    *,
-    device=None,
-    row_batch_size: int = REFERENCE_BLOCK,
-    col_batch_size: int = REFERENCE_BLOCK,
-    max_block_elements: Optional[int] = None,
-    norms: str = "tf_cpu",
-    max_pairs: int = 1 << 27,
-) -> Tuple[np.ndarray, Optional[Tuple[np.ndarray, np.ndarray]]]:
+def manifold_coverage(ref_feats, ref_radii, sample_feats, sample_radii, *, max_pairs=1 << 27, **options):
     """Which samples fall inside the reference manifold, and which sample balls hold each reference point.
 
     Returns ``(sample_in_ref_manifold [N_sample], (ref_index, sample_index))``: the pairs with the reference
@@ -433,32 +436,19 @@ def manifold_coverage(
     resample) of the samples with their radii kept, without computing a distance again.
     """
     torch = _torch()
-    device = resolve_device(device)
-    u, v, r_ref, r_smp = _membership_inputs(ref_feats, ref_radii, sample_feats, sample_radii, device, norms)
-    max_elements = max_block_elements or _default_max_elements(device)
-    smp_in = torch.zeros(len(v), dtype=torch.bool, device=device)
+    scan = _MembershipScan(ref_feats, ref_radii, sample_feats, sample_radii, **options)
+    smp_in = scan.none_inside(len(scan.sample))
     ref_idx, smp_idx, count = [], [], 0
-    with torch.no_grad(), _ieee_fp32_matmul():
-        for r0 in range(0, len(u), row_batch_size):
-            rows = slice(r0, min(r0 + row_batch_size, len(u)))
-            for c0 in range(0, len(v), col_batch_size):
-                cols = slice(c0, min(c0 + col_batch_size, len(v)))
-                chunk = _row_chunk(cols.stop - cols.start, max_elements)
-
-                def pairs(d, sub, cols=cols):
-                    hits = torch.nonzero(d <= r_smp[None, cols])
-                    return hits, (d <= r_ref[sub, None]).any(dim=0)
-
-                for sub, (hits, smp_hit) in _reduce_block(u, v, rows, cols, pairs, chunk):
-                    smp_in[cols] |= smp_hit
-                    if ref_idx is None:
-                        continue
-                    count += hits.shape[0]
-                    if count > max_pairs:
-                        ref_idx = smp_idx = None
-                        continue
-                    ref_idx.append((hits[:, 0] + sub.start).cpu().numpy())
-                    smp_idx.append((hits[:, 1] + cols.start).cpu().numpy())
+    for sub, cols, hits, smp_hit in scan.blocks(torch.nonzero):
+        smp_in[cols] |= smp_hit
+        if ref_idx is None:
+            continue
+        count += hits.shape[0]
+        if count > max_pairs:
+            ref_idx = smp_idx = None
+            continue
+        ref_idx.append((hits[:, 0] + sub.start).cpu().numpy())
+        smp_idx.append((hits[:, 1] + cols.start).cpu().numpy())
     if ref_idx is None:
         return smp_in.cpu().numpy(), None
     empty = np.zeros(0, np.int64)

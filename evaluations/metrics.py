@@ -15,10 +15,7 @@ The numbers follow OpenAI's ADM evaluator (``guided-diffusion/evaluations/evalua
   not finite.  We do the same with torch, on the GPU when there is one, in chunks of bounded size.
 """
 
-from __future__ import annotations
-
 import warnings
-from typing import Tuple
 
 import numpy as np
 import scipy.linalg
@@ -46,13 +43,13 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------
 
 
-def _as_numpy(x) -> np.ndarray:
+def _as_numpy(x):
     if hasattr(x, "detach"):  # torch tensor
         x = x.detach().cpu().numpy()
     return np.asarray(x)
 
 
-def statistics(acts) -> Tuple[np.ndarray, np.ndarray]:
+def statistics(acts):
     """Mean and covariance of activations ``[N, D]``, exactly as the ADM evaluator makes them.
 
     ``mu`` is the float32 mean of the float32 activations; ``sigma`` is ``np.cov(rowvar=False)`` (float64).
@@ -70,7 +67,7 @@ def statistics(acts) -> Tuple[np.ndarray, np.ndarray]:
     return mu, sigma
 
 
-def _sqrtm(mat: np.ndarray) -> np.ndarray:
+def _sqrtm(mat):
     # scipy warns (LinAlgWarning) for the singular products that FID routinely meets (N < D); the
     # finiteness / imaginary-part checks below are what decide whether the result is usable.
     with warnings.catch_warnings():
@@ -78,7 +75,7 @@ def _sqrtm(mat: np.ndarray) -> np.ndarray:
         return scipy.linalg.sqrtm(mat)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     """Frechet distance between the Gaussians ``N(mu1, sigma1)`` and ``N(mu2, sigma2)``.
 
     ``d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrtm(sigma1 @ sigma2))``.  The ADM evaluator
@@ -128,7 +125,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 # ----------------------------------------------------------------------------------------------------
 
 
-def inception_score(probs, split_size: int = 5000) -> float:
+def inception_score(probs, split_size=5000):
     """Inception Score of class probabilities ``[N, C]`` (rows are softmax outputs).
 
     The rows are cut into consecutive splits of ``split_size``; each split scores

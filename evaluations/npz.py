@@ -16,7 +16,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -48,7 +48,7 @@ _DAMAGE_ERRORS = (
 )
 
 
-def _damaged(path: Path, member: str, detail) -> ValueError:
+def _damaged(path, member, detail):
     if isinstance(detail, BaseException):
         detail = str(detail) or type(detail).__name__
     return ValueError(
@@ -58,7 +58,7 @@ def _damaged(path: Path, member: str, detail) -> ValueError:
 
 
 @contextmanager
-def _reading_member(path: Path, member: str):
+def _reading_member(path, member):
     """Turn the low-level errors of reading ``member`` into one clear error naming file and member."""
     try:
         yield
@@ -76,22 +76,22 @@ class NpzInfo:
     image_dtype: Optional[np.dtype]
 
     @property
-    def has_images(self) -> bool:
+    def has_images(self):
         return self.image_shape is not None
 
     @property
-    def num_images(self) -> int:
+    def num_images(self):
         return int(self.image_shape[0]) if self.image_shape is not None else 0
 
-    def has_statistics(self, kind: str) -> bool:
+    def has_statistics(self, kind):
         return all(k in self.keys for k in STAT_KEYS[kind])
 
 
-def _member_name(key: str) -> str:
+def _member_name(key):
     return f"{key}.npy"
 
 
-def _open_zip(path: Path) -> zipfile.ZipFile:
+def _open_zip(path):
     if not path.exists():
         raise FileNotFoundError(f"no such batch file: {path}")
     try:
@@ -107,18 +107,20 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         ) from None
 
 
-def _starts_like_a_zip(path: Path) -> bool:
+def _starts_like_a_zip(path):
     with open(path, "rb") as f:
         return f.read(4) == b"PK\x03\x04"
 
 
-def _read_member_array(zf: zipfile.ZipFile, member: str) -> np.ndarray:
+def _read_member_array(zf, member):
     # Read from the zip member itself: np.load guesses the format from the file's first bytes.
     with zf.open(member) as fp:
         return np.lib.format.read_array(fp, allow_pickle=False)
 
 
-def _read_header(fp) -> Tuple[Tuple[int, ...], bool, np.dtype, Tuple[int, int]]:
+def _read_header(fp):
+    """(shape, fortran order, dtype, format version) of the .npy member open as `fp`; the first three are
+    None for format versions other than 1.0 and 2.0."""
     version = np.lib.format.read_magic(fp)
     if version == (1, 0):
         shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
@@ -130,7 +132,7 @@ def _read_header(fp) -> Tuple[Tuple[int, ...], bool, np.dtype, Tuple[int, int]]:
     return shape, fortran, dtype, version
 
 
-def inspect_npz(path) -> NpzInfo:
+def inspect_npz(path):
     """List an ``.npz`` file's members and read the header of its image array, if any (cheap)."""
     path = Path(path)
     with _open_zip(path) as zf:
@@ -151,7 +153,7 @@ def inspect_npz(path) -> NpzInfo:
     return NpzInfo(path=path, keys=keys, image_shape=shape, image_dtype=dtype)
 
 
-def _check_member_size(path: Path, info: zipfile.ZipInfo, header_bytes: int, shape, dtype) -> None:
+def _check_member_size(path, info, header_bytes, shape, dtype):
     """A damaged header (shape or dtype) no longer matches the member's size: refuse before reading."""
     data_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     if header_bytes + data_bytes != info.file_size:
@@ -163,7 +165,7 @@ def _check_member_size(path: Path, info: zipfile.ZipInfo, header_bytes: int, sha
         )
 
 
-def validate_image_header(info: NpzInfo, *, min_images: int = 1) -> None:
+def validate_image_header(info, *, min_images=1):
     """Raise ``ValueError`` unless ``info`` describes uint8 NHWC RGB images (at least ``min_images``)."""
     path = info.path
     if not info.has_images:
@@ -213,16 +215,16 @@ class NpzImageReader:
     ``np.savez`` for C-contiguous images) are loaded whole instead.
     """
 
-    def __init__(self, path, key: str = IMAGES_KEY):
+    def __init__(self, path, key=IMAGES_KEY):
         self.path = Path(path)
         self.key = key
-        self._zip: Optional[zipfile.ZipFile] = None
+        self._zip = None
         self._fp = None
-        self._array: Optional[np.ndarray] = None
-        self.shape: Tuple[int, ...] = ()
-        self.dtype: Optional[np.dtype] = None
+        self._array = None
+        self.shape = ()
+        self.dtype = None
 
-    def __enter__(self) -> "NpzImageReader":
+    def __enter__(self):
         self._zip = _open_zip(self.path)
         member = _member_name(self.key)
         if member not in self._zip.namelist():
@@ -243,10 +245,10 @@ class NpzImageReader:
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc):
         self.close()
 
-    def close(self) -> None:
+    def close(self):
         if self._fp is not None:
             self._fp.close()
             self._fp = None
@@ -254,11 +256,11 @@ class NpzImageReader:
             self._zip.close()
             self._zip = None
 
-    def __len__(self) -> int:
+    def __len__(self):
         return int(self.shape[0]) if self.shape else 0
 
-    def _read_exact(self, size: int) -> bytes:
-        chunks: List[bytes] = []
+    def _read_exact(self, size):
+        chunks = []
         remaining = size
         while remaining > 0:
             # zipfile checks the member's CRC when the last byte is read: a flipped byte in the
@@ -276,7 +278,7 @@ class NpzImageReader:
             )
         return data
 
-    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+    def batches(self, batch_size):
         """Yield consecutive ``[b, ...]`` arrays (``b <= batch_size``) covering all rows once."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive; got {batch_size}")
@@ -293,7 +295,7 @@ class NpzImageReader:
             yield np.frombuffer(data, dtype=self.dtype).reshape((count, *row_shape))
 
 
-def read_npz_statistics(path, kind: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+def read_npz_statistics(path, kind):
     """The precomputed ``(mu, sigma)`` of ``kind`` (``"pool"`` or ``"spatial"``) stored in ``path``.
 
     Returns ``None`` when neither key is present; raises ``ValueError`` for half a pair.
@@ -324,7 +326,7 @@ def read_npz_statistics(path, kind: str) -> Optional[Tuple[np.ndarray, np.ndarra
     return mu, sigma
 
 
-def _check_finite_statistic(path: Path, key: str, value: np.ndarray) -> None:
+def _check_finite_statistic(path, key, value):
     """NaN or inf in stored statistics would turn every FID computed from them into nan."""
     if not np.issubdtype(value.dtype, np.number):
         raise ValueError(f"{path}: statistic '{key}' must be numeric, got dtype {value.dtype}")

@@ -6,23 +6,19 @@ measure the resizing as much as the samples. The evaluator therefore refuses a m
 ``--resize`` brings the samples to the reference's resolution before the feature network sees them.
 """
 
-from __future__ import annotations
-
-from typing import Optional, Tuple
 
 import numpy as np
 from PIL import Image
 
-from .npz import NpzInfo
-
 __all__ = ["resize_images", "sample_resize_target"]
 
 
-def _size(info: NpzInfo) -> Tuple[int, int]:
+def _size(info):
+    """(H, W) of the images an `NpzInfo` describes."""
     return int(info.image_shape[1]), int(info.image_shape[2])
 
 
-def sample_resize_target(ref: NpzInfo, sample: NpzInfo, resize: bool) -> Optional[Tuple[int, int]]:
+def sample_resize_target(ref, sample, resize):
     """``(H, W)`` to resize the samples to, ``None`` to leave them; ``ValueError`` for a refused mismatch."""
     if not ref.has_images:
         if resize:
@@ -44,7 +40,7 @@ def sample_resize_target(ref: NpzInfo, sample: NpzInfo, resize: bool) -> Optiona
     return ref_size
 
 
-def resize_images(batch: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+def resize_images(batch, size):
     """uint8 ``[B, H, W, 3]`` -> uint8 ``[B, *size, 3]`` with PIL's bicubic filter (antialiased when shrinking)."""
     height, width = size
     out = np.empty((len(batch), height, width, batch.shape[-1]), np.uint8)

@@ -5,9 +5,6 @@ a difference to the baseline is set in bold only when its paired interval exclud
 marked as "best" (a ranking of values inside each other's noise says nothing).
 """
 
-from __future__ import annotations
-
-from typing import Dict, List, Optional, Sequence
 
 from .bootstrap import DIRECTIONS
 
@@ -36,21 +33,22 @@ __all__ = [
 ]
 
 
-def header(metric: str) -> str:
+def header(metric):
     """``FID↓`` / ``Precision↑``: the name and which way is better."""
     return LABELS[metric] + ("↓" if DIRECTIONS[metric] == "lower" else "↑")
 
 
-def _number(metric: str, value: float, signed: bool = False) -> str:
+def _number(metric, value, signed=False):
     text = f"{value * SCALES.get(metric, 1.0):{'+' if signed else ''}.{DECIMALS.get(metric, 2)}f}"
     return "+0." + text[3:] if signed and text.startswith("-0.") and float(text) == 0 else text
 
 
-def excludes_zero(interval: Optional[Sequence[float]]) -> bool:
+def excludes_zero(interval):
+    """Whether `interval` ([low, high], or None) lies wholly on one side of zero."""
     return interval is not None and (interval[0] > 0 or interval[1] < 0)
 
 
-def value_cell(metric: str, value, interval=None) -> str:
+def value_cell(metric, value, interval=None):
     """``57.69 [53.10, 62.40]`` (the interval only when there is one)."""
     if value is None:
         return "n/a"
@@ -60,7 +58,7 @@ def value_cell(metric: str, value, interval=None) -> str:
     return text
 
 
-def difference_cell(metric: str, difference, interval=None, wins=None, sets=None) -> str:
+def difference_cell(metric, difference, interval=None, wins=None, sets=None):
     """``**+3.52** [+0.40, +6.90] (4/5)``: bold when the interval excludes zero; ``(w/K)``: seed sets won."""
     if difference is None:
         return "n/a"
@@ -73,73 +71,77 @@ def difference_cell(metric: str, difference, interval=None, wins=None, sets=None
     return text
 
 
-def _present(records: Sequence[Optional[Dict]], metrics: Optional[Sequence[str]]) -> List[str]:
+def _present(records, metrics):
+    """The names of `metrics` (default: all, in table order) that some record (a dict or None) has a value for."""
     names = metrics or ORDER
     return [m for m in names if any(r and r.get(m) is not None for r in records)]
 
 
+def _markdown(head, body):
+    """A markdown table of header cells `head` and rows of cells `body`."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines) + "\n"
+
+
+def _metric_table(label_headers, rows, present, metric_header, cell):
+    """Rows `(label_cells, record_or_None, status)` with a column per metric in `present`, headed
+    `metric_header(m)`; a cell is `cell(m, record)`, or `status` in a row without a record."""
+    head = list(label_headers) + [metric_header(m) for m in present]
+    body = [list(labels) + [cell(m, record) if record else status for m in present]
+            for labels, record, status in rows]
+    return _markdown(head, body)
+
+
 def values_table(
-    label_headers: Sequence[str],
-    rows: Sequence[tuple],
-    metrics: Optional[Sequence[str]] = None,
-) -> str:
+    label_headers,
+    rows,
+    metrics=None,
+):
     """Rows ``(label_cells, record_or_None, status)``; a record holds metric values and ``"intervals"``."""
     present = _present([r for _, r, _ in rows], metrics)
-    head = list(label_headers) + [header(m) for m in present]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for labels, record, status in rows:
-        cells = list(labels)
-        for m in present:
-            if not record:
-                cells.append(status)
-            else:
-                cells.append(value_cell(m, record.get(m), (record.get("intervals") or {}).get(m)))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+
+    def cell(m, record):
+        return value_cell(m, record.get(m), (record.get("intervals") or {}).get(m))
+
+    return _metric_table(label_headers, rows, present, header, cell)
 
 
 def differences_table(
-    label_headers: Sequence[str],
-    rows: Sequence[tuple],
-    metrics: Optional[Sequence[str]] = None,
-) -> str:
+    label_headers,
+    rows,
+    metrics=None,
+):
     """Rows ``(label_cells, comparison_or_None, status)`` with comparisons from
     :func:`evaluations.bootstrap.compare` (the row is B, the baseline A)."""
-    comparisons = [c for _, c, _ in rows]
-    present = _present([c and c.get("difference") for c in comparisons], metrics)
-    head = list(label_headers) + ["Δ" + header(m) for m in present]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for labels, comparison, status in rows:
-        cells = list(labels)
-        for m in present:
-            if not comparison:
-                cells.append(status)
-                continue
-            sets = comparison.get("seed_sets") or {}
-            wins = (sets.get("wins") or {}).get(m, {})
-            cells.append(difference_cell(
-                m, comparison["difference"].get(m), comparison["difference_intervals"].get(m),
-                wins.get("b_better"), sets.get("count"),
-            ))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    present = _present([c and c.get("difference") for _, c, _ in rows], metrics)
+
+    def cell(m, comparison):
+        sets = comparison.get("seed_sets") or {}
+        wins = (sets.get("wins") or {}).get(m, {})
+        return difference_cell(
+            m, comparison["difference"].get(m), comparison["difference_intervals"].get(m),
+            wins.get("b_better"), sets.get("count"),
+        )
+
+    return _metric_table(label_headers, rows, present, lambda m: "Δ" + header(m), cell)
 
 
-def comparison_table(comparison: Dict, name_a: str = "A", name_b: str = "B") -> str:
+def comparison_table(comparison, name_a="A", name_b="B"):
     """One comparison as a table: a row per metric with A, B, B - A and the seed-set tally."""
     sets = comparison["seed_sets"]
     head = ["metric", name_a, name_b, f"{name_b} − {name_a} [paired]",
             f"seed sets: {name_b} better / {name_a} better / tie"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for m in ORDER:
         if m not in comparison["difference"]:
             continue
         a, b, wins = comparison["a"], comparison["b"], sets["wins"][m]
-        lines.append("| " + " | ".join([
+        body.append([
             header(m),
             value_cell(m, a[m], a["intervals"].get(m)),
             value_cell(m, b[m], b["intervals"].get(m)),
             difference_cell(m, comparison["difference"][m], comparison["difference_intervals"][m]),
             f"{wins['b_better']} / {wins['a_better']} / {wins['ties']}",
-        ]) + " |")
-    return "\n".join(lines) + "\n"
+        ])
+    return _markdown(head, body)

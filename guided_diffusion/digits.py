@@ -10,17 +10,12 @@ are the training set and the remaining 297 the held-out set, each sorted by the 
 """
 
 import argparse
-import logging
-import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .file_io import atomic_write
-from .log_setup import log_to_console
-
-log = logging.getLogger("guided_diffusion.digits")  # also when run as __main__
+from .labelled_npz import write_labelled_npz, write_split_main
 
 NUM_DIGITS = 1797
 TRAIN_SIZE = 1500
@@ -73,23 +68,15 @@ def load_digits_split(image_size=16, split="train"):
 
 def write_digits_npz(path, image_size=16, split="train"):
     """Write a split in the evaluator's batch format (`arr_0` uint8 NHWC, `arr_1` labels)."""
-    images, labels = load_digits_split(image_size, split)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    atomic_write(path, lambda f: np.savez(f, arr_0=images, arr_1=labels))
-    return path
+    return write_labelled_npz(path, *load_digits_split(image_size, split))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Write the scikit-learn digits split as an .npz batch")
     parser.add_argument("--image_size", type=int, default=16)
     parser.add_argument("--split", choices=SPLITS, default="train")
-    parser.add_argument("--out", default=None, help="default: digits{image_size}_{split}.npz")
-    args = parser.parse_args(argv)
-    log_to_console()
-    out = args.out or f"digits{args.image_size}_{args.split}.npz"
-    write_digits_npz(out, args.image_size, args.split)
-    log.info("wrote %s", out)
+    write_split_main(parser, argv, "digits{image_size}_{split}.npz",
+                     lambda out, args: write_digits_npz(out, args.image_size, args.split))
 
 
 if __name__ == "__main__":

@@ -10,16 +10,12 @@ uint8 RGB (`arr_0` NHWC, `arr_1` labels), the layout the evaluator and `image_da
 """
 
 import argparse
-import logging
 import gzip
 import os
 
 import numpy as np
 
-from .file_io import atomic_write
-from .log_setup import log_to_console
-
-log = logging.getLogger("guided_diffusion.fashion")  # also when run as __main__
+from .labelled_npz import write_labelled_npz, write_split_main
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -87,23 +83,15 @@ def load_fashion_split(split="train", data_dir=None, image_size=IMAGE_SIZE):
 
 def write_fashion_npz(path, split="train", data_dir=None, image_size=IMAGE_SIZE):
     """Write a split in the evaluator's batch format (`arr_0` uint8 NHWC, `arr_1` labels)."""
-    images, labels = load_fashion_split(split, data_dir, image_size)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    # compressed: the padded grey images shrink 4x (the shipped test reference is 7 MB)
-    atomic_write(path, lambda f: np.savez_compressed(f, arr_0=images, arr_1=labels))
-    return path
+    return write_labelled_npz(path, *load_fashion_split(split, data_dir, image_size))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Write a Fashion-MNIST split as a 32x32 RGB .npz batch")
     parser.add_argument("--split", choices=tuple(SPLITS), default="test", help="which split")
     parser.add_argument("--data_dir", default=None, help=f"folder of the idx files (default: {DEBIAN_DIR})")
-    parser.add_argument("--out", default=None, help="output file (default: fashion32_{split}.npz)")
-    args = parser.parse_args(argv)
-    log_to_console()
-    out = args.out or f"fashion32_{args.split}.npz"
-    write_fashion_npz(out, args.split, args.data_dir)
-    log.info("wrote %s", out)
+    write_split_main(parser, argv, "fashion32_{split}.npz",
+                     lambda out, args: write_fashion_npz(out, args.split, args.data_dir))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ scale.  A sample sweep still decides; the probe says which layers are worth swee
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -40,11 +40,11 @@ class LayerProbe:
     resolutions: Dict[str, str] = field(default_factory=dict)
 
     @property
-    def mean_movement(self) -> np.ndarray:
+    def mean_movement(self):
         return self.movement.mean(axis=2)
 
     @property
-    def correlation(self) -> np.ndarray:
+    def correlation(self):
         """Spearman's rho between movement and error over the images, per (layer, timestep)."""
         rho = np.full(self.movement.shape[:2], np.nan)
         err_ranks = [_ranks(e) for e in self.error]
@@ -53,7 +53,7 @@ class LayerProbe:
                 rho[l, t] = _pearson(_ranks(self.movement[l, t]), err_ranks[t])
         return rho
 
-    def to_dict(self) -> Dict:
+    def to_dict(self):
         return {
             "layers": self.layers,
             "timesteps": self.timesteps,
@@ -66,7 +66,7 @@ class LayerProbe:
         }
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
+def _ranks(values):
     """Ranks with ties averaged (what Spearman's rho correlates)."""
     order = np.argsort(values, kind="stable")
     ranks = np.empty(len(values))
@@ -80,13 +80,13 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+def _pearson(a, b):
     a, b = a - a.mean(), b - b.mean()
     denominator = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
 
 
-def _resolutions(model, images: torch.Tensor, layers: Sequence[str]) -> Dict[str, str]:
+def _resolutions(model, images, layers):
     """Spatial size at each block ("8x8"), read from one forward pass with hooks."""
     sizes, hooks = {}, []
     blocks = attention_blocks(unwrap(model))
@@ -111,14 +111,14 @@ def _resolutions(model, images: torch.Tensor, layers: Sequence[str]) -> Dict[str
 def probe_layers(
     model,
     diffusion,
-    images: torch.Tensor,
-    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
-    layers: Optional[Sequence[str]] = None,
+    images,
+    timesteps=DEFAULT_TIMESTEPS,
+    layers=None,
     *,
-    seed: int = 0,
-    batch_size: int = 256,
-    model_kwargs: Optional[Dict[str, torch.Tensor]] = None,
-) -> LayerProbe:
+    seed=0,
+    batch_size=256,
+    model_kwargs=None,
+):
     """Probe ``layers`` (default: every attention block) of ``model`` on ``images`` ([N, 3, H, W] in [-1, 1]).
 
     ``diffusion`` is the model's base (unrespaced) process and ``timesteps`` are its steps ``0 .. T-1``.
@@ -159,7 +159,7 @@ def probe_layers(
                       _resolutions(model, images, layers))
 
 
-def markdown_table(probe: LayerProbe) -> str:
+def markdown_table(probe):
     """One row per block: mean movement and Spearman rho (movement vs error) at each noise level."""
     move, rho = probe.mean_movement, probe.correlation
     head = ["block", "size"] + [f"t={t}" for t in probe.timesteps] + ["mean movement", "mean ρ"]
@@ -172,7 +172,7 @@ def markdown_table(probe: LayerProbe) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(probe: LayerProbe, path) -> Optional[str]:
+def plot(probe, path):
     """PNG: a heat map of the mean movement (log colour scale) and rho against t per block.
 
     Returns the path, or ``None`` when matplotlib is not installed."""

@@ -60,16 +60,7 @@ def create_model_and_diffusion(image_size, class_cond, learn_sigma, num_channels
                                diffusion_steps, noise_schedule, timestep_respacing, use_kl, predict_xstart,
                                rescale_timesteps, rescale_learned_sigmas, use_checkpoint, use_scale_shift_norm,
                                resblock_updown, use_fp16, use_new_attention_order, num_classes=NUM_CLASSES):
-    model = create_model(image_size, num_channels, num_res_blocks, channel_mult=channel_mult,
-                         learn_sigma=learn_sigma, class_cond=class_cond, use_checkpoint=use_checkpoint,
-                         attention_resolutions=attention_resolutions, num_heads=num_heads,
-                         num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
-                         use_scale_shift_norm=use_scale_shift_norm, dropout=dropout,
-                         resblock_updown=resblock_updown, use_fp16=use_fp16,
-                         use_new_attention_order=use_new_attention_order, num_classes=num_classes)
-    diffusion = _diffusion_from_flags(diffusion_steps, learn_sigma, noise_schedule, use_kl, predict_xstart,
-                                      rescale_timesteps, rescale_learned_sigmas, timestep_respacing)
-    return model, diffusion
+    return _built_from_flags(create_model, locals())
 
 
 def create_model(image_size, num_channels, num_res_blocks, channel_mult="", learn_sigma=False, class_cond=False,
@@ -105,12 +96,7 @@ def create_classifier_and_diffusion(image_size, classifier_use_fp16, classifier_
                                     classifier_resblock_updown, classifier_pool, learn_sigma, diffusion_steps,
                                     noise_schedule, timestep_respacing, use_kl, predict_xstart, rescale_timesteps,
                                     rescale_learned_sigmas, num_classes=NUM_CLASSES):
-    classifier = create_classifier(image_size, classifier_use_fp16, classifier_width, classifier_depth,
-                                   classifier_attention_resolutions, classifier_use_scale_shift_norm,
-                                   classifier_resblock_updown, classifier_pool, num_classes=num_classes)
-    diffusion = _diffusion_from_flags(diffusion_steps, learn_sigma, noise_schedule, use_kl, predict_xstart,
-                                      rescale_timesteps, rescale_learned_sigmas, timestep_respacing)
-    return classifier, diffusion
+    return _built_from_flags(create_classifier, locals())
 
 
 def sr_model_and_diffusion_defaults():
@@ -125,15 +111,7 @@ def sr_create_model_and_diffusion(large_size, small_size, class_cond, learn_sigm
                                   diffusion_steps, noise_schedule, timestep_respacing, use_kl, predict_xstart,
                                   rescale_timesteps, rescale_learned_sigmas, use_checkpoint, use_scale_shift_norm,
                                   resblock_updown, use_fp16):
-    model = sr_create_model(large_size, small_size, num_channels, num_res_blocks, learn_sigma=learn_sigma,
-                            class_cond=class_cond, use_checkpoint=use_checkpoint,
-                            attention_resolutions=attention_resolutions, num_heads=num_heads,
-                            num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
-                            use_scale_shift_norm=use_scale_shift_norm, dropout=dropout,
-                            resblock_updown=resblock_updown, use_fp16=use_fp16)
-    diffusion = _diffusion_from_flags(diffusion_steps, learn_sigma, noise_schedule, use_kl, predict_xstart,
-                                      rescale_timesteps, rescale_learned_sigmas, timestep_respacing)
-    return model, diffusion
+    return _built_from_flags(sr_create_model, locals())
 
 
 def sr_create_model(large_size, small_size, num_channels, num_res_blocks, learn_sigma, class_cond,
@@ -150,14 +128,16 @@ def sr_create_model(large_size, small_size, num_channels, num_res_blocks, learn_
     )
 
 
-def _diffusion_from_flags(diffusion_steps, learn_sigma, noise_schedule, use_kl, predict_xstart, rescale_timesteps,
-                          rescale_learned_sigmas, timestep_respacing):
-    """The diffusion that the release's flag names describe."""
-    return create_gaussian_diffusion(steps=diffusion_steps, learn_sigma=learn_sigma, noise_schedule=noise_schedule,
-                                     use_kl=use_kl, predict_xstart=predict_xstart,
-                                     rescale_timesteps=rescale_timesteps,
-                                     rescale_learned_sigmas=rescale_learned_sigmas,
-                                     timestep_respacing=timestep_respacing)
+def _built_from_flags(create_network, flags):
+    """The release's `*_and_diffusion` factories in one place: `flags` are a factory's arguments (its
+    `locals()`); returns the network `create_network` builds from those it takes, and the diffusion that
+    the diffusion flags (`diffusion_defaults`) describe."""
+    network = create_network(**{name: flags[name] for name in inspect.signature(create_network).parameters})
+    diffusion = create_gaussian_diffusion(
+        steps=flags["diffusion_steps"], learn_sigma=flags["learn_sigma"], noise_schedule=flags["noise_schedule"],
+        use_kl=flags["use_kl"], predict_xstart=flags["predict_xstart"], rescale_timesteps=flags["rescale_timesteps"],
+        rescale_learned_sigmas=flags["rescale_learned_sigmas"], timestep_respacing=flags["timestep_respacing"])
+    return network, diffusion
 
 
 def create_gaussian_diffusion(*, steps=1000, learn_sigma=False, sigma_small=False, noise_schedule="linear",

@@ -109,3 +109,33 @@ def test_library_never_imports_scripts_and_scripts_never_import_each_other(tmp_p
     offenders.update({str(path.relative_to(ROOT)): found for path in sorted((ROOT / "scripts").glob("*.py"))
                       if (found := _imports_scripts(path))})
     assert offenders == {}, "move what they share into the library"
+
+
+def _style_breaks(source):
+    """Where `source` leaves the house style (the ADM release's): annotated defs and Sphinx `:param` docstrings.
+
+    Dataclass fields keep their annotations (a dataclass needs them); function signatures carry none, and
+    what they would say that is not obvious (shapes, dtypes, None) goes in the docstring's prose.
+    """
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            every = args.posonlyargs + args.args + args.kwonlyargs + [a for a in (args.vararg, args.kwarg) if a]
+            if node.returns is not None or any(a.annotation is not None for a in every):
+                found.append(f"{node.lineno}: {node.name} is annotated")
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            if ":param" in (ast.get_docstring(node) or ""):
+                found.append(f"{getattr(node, 'lineno', 1)}: {getattr(node, 'name', 'module')} has :param fields")
+    return found
+
+
+def test_one_docstring_and_signature_style():
+    probe = ('def f(x: int, *, y=1):\n    pass\n\ndef g(x) -> str:\n    """Say.\n\n    :param x: what.\n    """\n'
+             '\nclass C:\n    def h(self, *args: int):\n        pass\n')
+    assert _style_breaks(probe) == ["1: f is annotated", "4: g is annotated", "4: g has :param fields",
+                                    "11: h is annotated"]  # the scan sees them, in classes too
+    assert _style_breaks("from dataclasses import dataclass\n\n@dataclass\nclass D:\n    x: int = 0\n") == []
+    offenders = {str(path.relative_to(ROOT)): found for path in _modules().values()
+                 if (found := _style_breaks(path.read_text()))}
+    assert offenders == {}, "no type hints in signatures, prose docstrings (see guided_diffusion/)"
