@@ -65,7 +65,7 @@ def run_training(args, build, *, use_fp16, class_labels):
     stream yields `{"y": labels}`. Returns the exit status 0.
     """
     launch = dist_util.setup_dist()
-    rank, world_size = dist_util.rank(), dist_util.world_size()  # the process group's, however it was set up
+    rank = dist_util.rank()  # the process group's, however it was set up
     run_dir = args.run_dir or os.environ.get("OPENAI_LOGDIR") or time.strftime("runs/train-%Y%m%d-%H%M%S")
     run_dir = dist_util.broadcast_object(run_dir)
     logger.configure(run_dir, rank=rank)  # the metrics record: progress.csv, log.jsonl

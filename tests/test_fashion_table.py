@@ -1,6 +1,5 @@
 """The Fashion-MNIST testbed's Table 1: its row configs, shipped checkpoints and reference."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
