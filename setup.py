@@ -38,6 +38,7 @@ setup(
         "pag-image-train=scripts.image_train:main",
         "pag-classifier-train=scripts.classifier_train:main",
         "pag-export-weights=scripts.export_weights:main",
+        "pag-checkpoint-quality=scripts.checkpoint_quality:main",
         "pag-train-digits-features=scripts.train_digits_features:main",
         "pag-inverse-sample=scripts.inverse_sample:main",
         "pag-demo=scripts.demo:main",

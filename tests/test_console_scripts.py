@@ -14,6 +14,7 @@ TESTED_ELSEWHERE = {
     "pag-image-sample": "test_sampling.py", "pag-classifier-sample": "test_sampling.py",
     "pag-guidance-maps": "test_guidance_maps.py", "pag-inverse-sample": "test_inverse_dps.py",
     "pag-demo": "test_demo.py", "pag-layer-probe": "test_layer_probe.py",
+    "pag-classifier-train": "test_noisy_classifier.py",
 }
 TRAIN_FLAGS = ["--image_size", "8", "--num_channels", "32", "--channel_mult", "1,2", "--num_res_blocks", "1",
                "--attention_resolutions", "4", "--num_head_channels", "16", "--diffusion_steps", "20",
@@ -38,6 +39,11 @@ SUCCESS = {
     "adm-evaluate": (["{tmp}/heldout.npz", "{tmp}/heldout.npz", "--backend", "digits", "--no_cache", "--quiet"],
                      prepare_digits),
     "adm-download-inception": (["--dest", "{tmp}/graph.pb"], prepare_graph),
+    "pag-export-weights": ([REPO / "checkpoints/digits_adm16_ema.pt", "{tmp}/weights.pt"], None),
+    "pag-checkpoint-quality": (["--config", REPO / "configs/digits/model.yaml", "--model_path",
+                                REPO / "checkpoints/digits_adm16_ema.pt", "--backend", "digits", "--reference",
+                                "{tmp}/heldout.npz", "--num_samples", "12", "--respacing", "ddim3",
+                                "--output_dir", "{tmp}/quality"], prepare_digits),
 }
 
 

@@ -1,0 +1,91 @@
+"""Score a training run's checkpoints on unguided samples alone, to choose how long to train.
+
+    python scripts/checkpoint_quality.py --config configs/fashion32/uncond.yaml --backend fashion \
+        --reference checkpoints/fashion32_test_ref.npz ../runs/fashion32_uncond/ema_0.999_00{0500,1000,1500}.pt
+
+Every checkpoint samples the same seeds (DDIM, unguided); the table gives FID and precision/recall against
+the reference and the feature network's view of the samples: its mean confidence (top class probability)
+and the share of samples it is unsure of (top probability below 0.5), the signature of collapsed structure.
+"""
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from evaluations.evaluator import Evaluator
+from guided_diffusion.checkpoints import load_checkpoint
+from guided_diffusion.flags import Flag, FlagGroup, check_flags, create_parser, parse
+from guided_diffusion.image_io import to_uint8
+from guided_diffusion.log_setup import log_to_console
+from guided_diffusion.sampling import MODEL_FLAGS, MODEL_PATH, batches, sample_images
+from guided_diffusion.script_util import create_model_and_diffusion
+from guided_diffusion.seeding import LabelSource
+
+log = logging.getLogger("scripts.checkpoint_quality")
+
+QUALITY_FLAGS = FlagGroup("quality", [
+    MODEL_PATH.but(help="checkpoint scored when none is given as an argument (a sampling config sets it)",
+                   check=None),
+    Flag("backend", "fashion", "evaluator feature backend"),
+    Flag("reference", "", "reference batch (.npz)", lambda flag, value, args: None if value else f"{flag} is required"),
+    Flag("num_samples", 200, "samples per checkpoint (the same seeds for all)"),
+    Flag("seed", 200000, "base seed (keep it apart from tuning and table seeds)"),
+    Flag("respacing", "ddim25", "DDIM steps"),
+    Flag("batch_size", 100, "images per forward pass"),
+    Flag("output_dir", "outputs/checkpoint_quality", "where the sample batches and table.md go"),
+])
+
+
+def main(argv=None):
+    parser = create_parser(__doc__, [QUALITY_FLAGS, MODEL_FLAGS.only(set(MODEL_FLAGS.names) - {"timestep_respacing"})])
+    parser.add_argument("checkpoints", nargs="*", help="checkpoints of one run (e.g. its ema_RATE_STEP.pt files; "
+                                                       "default: --model_path)")
+    args = parse(parser, argv)
+    log_to_console()
+    try:
+        check_flags(args, [QUALITY_FLAGS])
+        table = score(args)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(table)
+    return 0
+
+
+def score(args):
+    """Sample and score every checkpoint; returns the Markdown table (also written to output_dir)."""
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    flags = dict(MODEL_FLAGS.values(args, exclude=("timestep_respacing",)), timestep_respacing=args.respacing)
+    model, diffusion = create_model_and_diffusion(**flags)
+    labels = LabelSource(args.seed, args.num_samples, args.num_classes if args.class_cond else None)
+    evaluator = Evaluator(args.backend, progress=False, use_cache=False)
+    reference = evaluator.batch_features(args.reference)
+    lines = ["| checkpoint | FID↓ | precision↑ | recall↑ | mean confidence↑ | share p < 0.5↓ | sampling s |",
+             "|---|---|---|---|---|---|---|"]
+    for path in args.checkpoints or [args.model_path]:
+        load_checkpoint(model, path)
+        model.eval()
+        start = time.time()
+        images = np.concatenate([
+            to_uint8(sample_images(model, diffusion, batch, seed=args.seed, image_size=args.image_size,
+                                   labels=labels.labels(batch) if labels.enabled else None, use_ddim=True)).numpy()
+            for batch in batches(np.arange(args.num_samples), args.batch_size)])
+        seconds = time.time() - start
+        batch_path = out / f"{Path(path).stem}_{args.num_samples}.npz"
+        np.savez(batch_path, arr_0=images)
+        features = evaluator.batch_features(batch_path)
+        metrics = evaluator.compute_metrics(reference, features)
+        confidence = features.acts["probs"].max(axis=1)
+        lines.append(f"| {Path(path).name} | {metrics['fid']:.2f} | {metrics['precision']:.3f} | "
+                     f"{metrics['recall']:.3f} | {confidence.mean():.3f} | {(confidence < 0.5).mean():.3f} | "
+                     f"{seconds:.0f} |")
+        log.info(lines[-1])
+    table = "\n".join(lines) + "\n"
+    (out / "table.md").write_text(table)
+    return table
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
