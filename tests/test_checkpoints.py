@@ -6,9 +6,10 @@ import pickle
 import pytest
 import torch
 
-from conftest import TINY_ADM
+from conftest import TINY_ADM, tiny_adm
 from golden import load_fixture, model_flags
-from guided_diffusion.checkpoints import CheckpointMismatchError, NotACheckpointError, load_checkpoint, read_state_dict
+from guided_diffusion.checkpoints import (CheckpointMismatchError, NotACheckpointError, load_checkpoint, read_state_dict,
+                                         write_weights)
 from guided_diffusion.script_util import create_model_and_diffusion
 from programs import cli_flags, run_script
 
@@ -94,3 +95,17 @@ def test_checkpoint_loads_strictly_from_file(tmp_path):
         load_checkpoint(model, str(path))
     with pytest.raises(FileNotFoundError, match="download"):
         load_checkpoint(model, str(tmp_path / "missing.pt"))
+
+
+def test_weights_written_in_float16_load_back_as_the_rounded_model(tmp_path):
+    model, _ = tiny_adm(weights_seed=0)  # random weights everywhere, so rounding shows in every tensor
+    torch.save(model.state_dict(), tmp_path / "full.pt")
+    count = write_weights(str(tmp_path / "full.pt"), str(tmp_path / "half.pt"))
+    assert count == sum(v.numel() for v in model.state_dict().values())
+    half = torch.load(tmp_path / "half.pt", weights_only=True)
+    assert {v.dtype for v in half.values()} == {torch.float16}
+    restored, _ = tiny_adm()
+    load_checkpoint(restored, str(tmp_path / "half.pt"))
+    for name, value in restored.state_dict().items():
+        assert value.dtype == torch.float32
+        assert torch.equal(value, model.state_dict()[name].half().float()), name
