@@ -1,31 +1,35 @@
-"""The CPU demo's parts: the settings it compares on the shipped digits ADM, the model loader, scoring
-with bootstrap intervals and paired differences, and the side-by-side picture (`scripts/demo.py` runs them).
+"""The CPU demo's parts: its two testbeds (the Fashion-MNIST ADM and the small digits ADM, both shipped), the
+settings it compares on them, the model loader, scoring with bootstrap intervals and paired differences, and
+the side-by-side picture (`scripts/demo.py` runs them).
 """
 
+import dataclasses
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
-import yaml
 from PIL import Image, ImageDraw
 
 from evaluations.bootstrap import SampleBootstrap, compare, intervals
 from evaluations.evaluator import Evaluator
 
 from .checkpoints import load_checkpoint
+from .config import load_config
+from .digits import write_digits_npz
 from .guidance import PerturbedAttentionGuidance, SelfAttentionGuidance
 from .script_util import create_model_and_diffusion, model_and_diffusion_defaults
 from .sweep import point_key, results_table
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_CONFIG = ROOT / "configs" / "digits" / "model.yaml"
-CHECKPOINT = ROOT / "checkpoints" / "digits_adm16_ema.pt"
+CONFIGS = ROOT / "configs"
 # The digits model's analogue of the official ADM-256 set: the deepest input block plus the middle block.
 DEEP_LAYERS = ["input_blocks.5.1", "middle_block.1"]
 DECODER_LAYERS = ["output_blocks.0.1", "output_blocks.1.1"]
 
 
 def settings(pag_scales, sag_scale):
-    """(name, guidance) pairs: unguided, SAG, PAG at each scale on the deep layers, and a layer ablation."""
+    """The digits testbed's (name, guidance) pairs: unguided, SAG, PAG at each scale on the deep layers, and a
+    layer ablation."""
     rows = [("unguided", None),
             (f"SAG s={sag_scale:g}", SelfAttentionGuidance(scale=sag_scale, blur_sigma=1.0, layer="middle_block.1",
                                                            kernel_size=9))]
@@ -35,21 +39,70 @@ def settings(pag_scales, sag_scale):
     return rows
 
 
-def load_demo_model(respacing, checkpoint=CHECKPOINT):
+# The Fashion-MNIST testbed's SAG and PAG, as its Table 1 rows configure them.
+FASHION_SAG = load_config(CONFIGS / "fashion32" / "methods" / "sag.yaml")
+FASHION_PAG = load_config(CONFIGS / "fashion32" / "methods" / "pag.yaml")
+
+
+def fashion_settings(pag_scales, sag_scale):
+    """The Fashion-MNIST testbed's pairs: unguided, SAG, and PAG at each of `pag_scales`, on the layers and
+    with the blur of configs/fashion32/methods/."""
+    sag = SelfAttentionGuidance(scale=sag_scale, blur_sigma=FASHION_SAG["sag_blur_sigma"],
+                                layer=FASHION_SAG["sag_layer"], map_heads=FASHION_SAG["sag_map_heads"])
+    rows = [("unguided", None), (f"SAG s={sag_scale:g}", sag)]
+    rows += [(f"PAG s={s:g}", PerturbedAttentionGuidance(scale=s, layers=FASHION_PAG["pag_layers"]))
+             for s in pag_scales]
+    return rows
+
+
+def _digits_reference(out, image_size):
+    return Path(write_digits_npz(str(out / "digits16_heldout.npz"), image_size=image_size, split="heldout"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Testbed:
+    """A shipped model and what the demo compares on it (the flags' empty defaults take these values)."""
+
+    sample_config: Path  # a sampling config: the model flags and model_path
+    backend: str  # the evaluator backend whose features score the samples
+    reference: Callable  # (output folder, image size) -> the reference batch
+    settings: Callable  # (pag_scales, sag_scale) -> [(name, guidance or None)]
+    num_samples: int
+    respacing: str
+    pag_scales: str
+    sag_scale: float
+    description: str
+
+
+TESTBEDS = {
+    "fashion": Testbed(CONFIGS / "fashion32" / "uncond.yaml", "fashion",
+                       lambda out, size: ROOT / "checkpoints" / "fashion32_test_ref.npz", fashion_settings,
+                       num_samples=64, respacing="ddim16", pag_scales=f"{FASHION_PAG['pag_scale']:g}",
+                       sag_scale=FASHION_SAG["sag_scale"],
+                       description="the unconditional Fashion-MNIST ADM against the 10,000 test images"),
+    "digits": Testbed(CONFIGS / "digits" / "sample.yaml", "digits", _digits_reference, settings,
+                      num_samples=297, respacing="ddim25", pag_scales="1,2,3,5", sag_scale=1.0,
+                      description="the 16x16 digits ADM against the 297 held-out digits"),
+}
+
+
+def load_demo_model(testbed, respacing, checkpoint=""):
+    """The testbed's model (its shipped weights, or `checkpoint`'s), its diffusion at `respacing` and its flags."""
+    config = load_config(testbed.sample_config)
     flags = model_and_diffusion_defaults()
-    flags.update({k: v for k, v in yaml.safe_load(MODEL_CONFIG.read_text()).items() if k in flags})
+    flags.update({k: v for k, v in config.items() if k in flags})
     flags["timestep_respacing"] = respacing
     model, diffusion = create_model_and_diffusion(**flags)
-    load_checkpoint(model, str(checkpoint))
+    load_checkpoint(model, str(checkpoint or ROOT / config["model_path"]))
     return model.eval(), diffusion, flags
 
 
 class Scorer:
-    """Scores each setting against the held-out digits with bootstrap intervals, and compares every setting
+    """Scores each setting against the reference batch with bootstrap intervals, and compares every setting
     after the first with the first on the same seeds (all are resampled with the same indices)."""
 
-    def __init__(self, reference_path, n_boot, bootstrap_seed=0, seed_sets=5):
-        self.evaluator = Evaluator("digits", progress=False, use_cache=False)
+    def __init__(self, reference_path, n_boot, bootstrap_seed=0, seed_sets=5, backend="digits"):
+        self.evaluator = Evaluator(backend, progress=False, use_cache=False)
         self.ref_features = self.evaluator.batch_features(reference_path)
         self.reference = self.evaluator.reference(self.ref_features)
         self.n_boot, self.seed, self.seed_sets = n_boot, bootstrap_seed, seed_sets

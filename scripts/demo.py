@@ -1,10 +1,11 @@
-"""The whole pipeline on a CPU in minutes: the shipped digits ADM, unguided vs SAG vs PAG, scored.
+"""The whole pipeline on a CPU in minutes: a shipped ADM, unguided vs SAG vs PAG, scored.
 
-Samples the same seeds unguided, with SAG and with PAG (at several scales and layer sets), writes
-side-by-side PNG grids and a Fig. 3-style guidance picture, scores every setting against the held-out
-digits with the digits feature network (the same metrics code as for ImageNet) and prints a Table-1-style
-table: every value with its bootstrap 95% interval, and every setting's paired difference from unguided
-sampling on the same seeds (evaluations.bootstrap). Everything goes to --output_dir.
+Samples the same seeds unguided, with SAG and with PAG (at several scales), writes side-by-side PNG grids
+and a Fig. 3-style guidance picture, scores every setting with the testbed's feature network (the same
+metrics code as for ImageNet) and prints a Table-1-style table: every value with its bootstrap 95%
+interval, and every setting's paired difference from unguided sampling on the same seeds
+(evaluations.bootstrap). Everything goes to --output_dir. Testbeds: `fashion` (default; the Fashion-MNIST
+ADM against the 10,000 test images) and `digits` (the 16x16 digits ADM).
 
     make demo                         # = python -m scripts.demo
 """
@@ -16,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from guided_diffusion import cpu_allocator
-from guided_diffusion.demo import CHECKPOINT, Scorer, load_demo_model, settings, side_by_side
-from guided_diffusion.digits import write_digits_npz
+from guided_diffusion.demo import TESTBEDS, Scorer, load_demo_model, side_by_side
 from guided_diffusion.flags import Flag, FlagGroup, check_flags, create_parser, finite, parse, raising
 from guided_diffusion.guidance import PerturbedAttentionGuidance
 from guided_diffusion.image_io import to_uint8
@@ -28,15 +28,18 @@ from guided_diffusion.visualize import guidance_snapshots, save_guidance_figure
 
 
 DEMO_FLAGS = FlagGroup("demo", [
-    Flag("num_samples", 297, "images per setting (held-out set: 297)"),
-    Flag("timestep_respacing", "ddim25", "sampler steps, e.g. ddim25 or 100"),
-    Flag("pag_scales", "1,2,3,5", "comma-separated PAG scales s (finite; negative values guide the other way)",
-         raising(lambda flag, value, args: pag_scales(value))),
-    Flag("sag_scale", 1.0, "SAG scale s (finite; may be negative)", finite),
+    Flag("testbed", "fashion", "the shipped model to guide and score", choices=tuple(TESTBEDS)),
+    Flag("num_samples", 0, "images per setting (0: the testbed's, 64 for fashion, 297 for digits)"),
+    Flag("timestep_respacing", "", "sampler steps, e.g. ddim25 or 100 (default: fashion ddim16, digits ddim25)"),
+    Flag("pag_scales", "", "comma-separated PAG scales s (finite; negative values guide the other way; default: "
+                           "fashion its Table 1 scale, digits 1,2,3,5)",
+         raising(lambda flag, value, args: pag_scales(value) if value else None)),
+    Flag("sag_scale", None, "SAG scale s (finite; may be negative; default: fashion its Table 1 scale, digits 1)",
+         lambda flag, value, args: None if value is None else finite(flag, value, args), type=float),
     Flag("batch_size", 100, "images per forward pass (does not change the samples)"),
     Flag("seed", 0, "base seed: image i's noise comes from (seed, i)"),
     Flag("output_dir", "outputs/demo", "folder for the grids, pictures, table.md and results.json"),
-    Flag("checkpoint", str(CHECKPOINT), "digits ADM weights (default: the shipped EMA)"),
+    Flag("checkpoint", "", "model weights (default: the testbed's shipped EMA)"),
     Flag("intervals", 1000, "bootstrap resamples for the 95%% intervals"),
     Flag("seed_sets", 5, "disjoint seed sets for the paired comparisons"),
     Flag("bootstrap_seed", 0, "seed of the resampled indices"),
@@ -65,18 +68,21 @@ def main(argv=None):
 
 def run(args):
     """The demo with parsed flags; returns the Markdown table."""
-    rows = settings(pag_scales(args.pag_scales), args.sag_scale)
+    testbed = TESTBEDS[args.testbed]
+    respacing = args.timestep_respacing or testbed.respacing
+    rows = testbed.settings(pag_scales(args.pag_scales or testbed.pag_scales),
+                            testbed.sag_scale if args.sag_scale is None else args.sag_scale)
     cpu_allocator.use_on_cpu()  # the demo runs on the CPU, where this halves the time of large forward passes
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, diffusion, flags = load_demo_model(args.timestep_respacing, args.checkpoint)
-    use_ddim = args.timestep_respacing.startswith("ddim")
-    reference = out / "digits16_heldout.npz"
-    write_digits_npz(str(reference), image_size=flags["image_size"], split="heldout")
-    scorer = Scorer(reference, args.intervals, args.bootstrap_seed, args.seed_sets)
+    model, diffusion, flags = load_demo_model(testbed, respacing, args.checkpoint)
+    use_ddim = respacing.startswith("ddim")
+    reference = testbed.reference(out, flags["image_size"])
+    scorer = Scorer(reference, args.intervals, args.bootstrap_seed, args.seed_sets, backend=testbed.backend)
+    print(f"{args.testbed} testbed: {testbed.description}; {respacing}", flush=True)
 
     grids, names = [], []
-    indices = np.arange(args.num_samples)
+    indices = np.arange(args.num_samples or testbed.num_samples)
     for name, guidance in rows:
         start = time.time()
         images = np.concatenate([

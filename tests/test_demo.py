@@ -9,16 +9,18 @@ from PIL import Image
 
 from guided_diffusion.visualize import COLOUR_BAR, COLUMNS
 from programs import assert_ok, run_script
-from guided_diffusion.demo import settings
+from guided_diffusion.demo import TESTBEDS
 
 
 @pytest.mark.e2e
-def test_demo_runs_and_reports_every_setting(tmp_path):
+@pytest.mark.parametrize("testbed, size, scales", [("fashion", 32, [3.0]), ("digits", 16, [1.0, 3.0])])
+def test_demo_runs_and_reports_every_setting(tmp_path, testbed, size, scales):
     # the installed console script (one intra-op thread), which must exit with status 0
-    assert_ok(run_script("pag-demo", "--num_samples", "12", "--timestep_respacing", "ddim4", "--pag_scales", "1,3",
-                         "--batch_size", "6", "--output_dir", tmp_path, "--intervals", "30", "--seed_sets", "3"))
+    assert_ok(run_script("pag-demo", "--testbed", testbed, "--num_samples", "12", "--timestep_respacing", "ddim4",
+                         "--pag_scales", ",".join(f"{s:g}" for s in scales), "--sag_scale", "1", "--batch_size", "6",
+                         "--output_dir", tmp_path, "--intervals", "30", "--seed_sets", "3"))
     table = (tmp_path / "table.md").read_text()
-    names = [name for name, _ in settings([1.0, 3.0], 1.0)]
+    names = [name for name, _ in TESTBEDS[testbed].settings(scales, 1.0)]
     blocks = table.strip().split("\n\n")  # values, the caption, the differences from unguided
     values, differences = blocks[0], blocks[-1]
     lines = values.splitlines()
@@ -40,12 +42,13 @@ def test_demo_runs_and_reports_every_setting(tmp_path):
     # Same seeds for every setting: guidance changes the images, scale 0 would not.
     unguided = np.load(tmp_path / "samples_unguided.npz")["arr_0"]
     pag = np.load(tmp_path / "samples_PAG_s3.npz")["arr_0"]
-    assert unguided.shape == pag.shape == (12, 16, 16, 3) and (unguided != pag).any()
-    # The side-by-side picture holds each setting's own samples (5 settings: 4 on the first line, 1 below).
+    assert unguided.shape == pag.shape == (12, size, size, 3) and (unguided != pag).any()
+    # The side-by-side picture holds each setting's own samples (4 settings a line).
     canvas = np.asarray(Image.open(tmp_path / "samples_side_by_side.png").convert("RGB"))
-    assert canvas.shape == (2 * (HEADER + 2 * 16 * SCALE + GAP), 4 * (8 * 16 * SCALE + GAP), 3)
+    lines, per_line = -(-len(names) // 4), min(len(names), 4)
+    assert canvas.shape == (lines * (HEADER + 2 * size * SCALE + GAP), per_line * (8 * size * SCALE + GAP), 3)
     for name, images in (("unguided", unguided), ("PAG s=3", pag)):
-        assert np.array_equal(grid_tile(canvas, names.index(name)), grid_of(images)), name
+        assert np.array_equal(grid_tile(canvas, names.index(name), size), grid_of(images)), name
     # The guidance picture: a row per recorded step, newest first, and PAG's guidance is not zero.
     figure = Image.open(tmp_path / "guidance_pag.png")
     ranges = json.loads(figure.info["guidance_range"])
@@ -54,7 +57,8 @@ def test_demo_runs_and_reports_every_setting(tmp_path):
     assert all(r["max"] > 0 for r in ranges)
 
 
-# guided_diffusion.demo.side_by_side's layout: 8 samples a row, 2 rows (12 samples), drawn 3x under a 14-pixel header, 6 apart.
+# guided_diffusion.demo.side_by_side's layout: 8 samples a row, 2 rows (12 samples), drawn 3x under a
+# 14-pixel header, 6 apart.
 SCALE, HEADER, GAP = 3, 14, 6
 
 
@@ -65,7 +69,7 @@ def grid_of(images, ncols=8, rows=2):
     return padded.reshape(rows, ncols, size, size, 3).transpose(0, 2, 1, 3, 4).reshape(rows * size, ncols * size, 3)
 
 
-def grid_tile(canvas, index, ncols=8, rows=2, size=16, per_line=4):
+def grid_tile(canvas, index, size, ncols=8, rows=2, per_line=4):
     """The grid of setting `index` in the side-by-side picture, back at the samples' resolution."""
     width, height = ncols * size * SCALE, rows * size * SCALE
     left = (index % per_line) * (width + GAP)
