@@ -29,7 +29,6 @@ the rows of a table from their own files:
     points:
       - {label: "uncond ADM", config: configs/table1/adm256_uncond_unguided.yaml}
       - {label: "uncond + PAG", config: configs/table1/adm256_uncond_pag.yaml}
-repository root. A point may carry a `label` (not a flag) that names its row in the table.
 
 Every point is evaluated with bootstrap intervals, and every finished point is compared with the baseline
 point on the same seeds (`python -m evaluations.evaluator REF BASELINE.npz --compare POINT.npz`, written to
