@@ -32,14 +32,14 @@ QUALITY_FLAGS = FlagGroup("quality", [
     Flag("reference", "", "reference batch (.npz)", lambda flag, value, args: None if value else f"{flag} is required"),
     Flag("num_samples", 200, "samples per checkpoint (the same seeds for all)"),
     Flag("seed", 200000, "base seed (keep it apart from tuning and table seeds)"),
-    Flag("respacing", "ddim25", "DDIM steps"),
     Flag("batch_size", 100, "images per forward pass"),
     Flag("output_dir", "outputs/checkpoint_quality", "where the sample batches and table.md go"),
 ])
 
 
 def main(argv=None):
-    parser = create_parser(__doc__, [QUALITY_FLAGS, MODEL_FLAGS.only(set(MODEL_FLAGS.names) - {"timestep_respacing"})])
+    parser = create_parser(__doc__, [QUALITY_FLAGS, MODEL_FLAGS.replace(MODEL_FLAGS["timestep_respacing"].but(
+        default="ddim25", help="DDIM steps of the unguided samples"))])
     parser.add_argument("checkpoints", nargs="*", help="checkpoints of one run (e.g. its ema_RATE_STEP.pt files; "
                                                        "default: --model_path)")
     args = parse(parser, argv)
@@ -57,8 +57,7 @@ def score(args):
     """Sample and score every checkpoint; returns the Markdown table (also written to output_dir)."""
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    flags = dict(MODEL_FLAGS.values(args, exclude=("timestep_respacing",)), timestep_respacing=args.respacing)
-    model, diffusion = create_model_and_diffusion(**flags)
+    model, diffusion = create_model_and_diffusion(**MODEL_FLAGS.values(args))
     labels = LabelSource(args.seed, args.num_samples, args.num_classes if args.class_cond else None)
     evaluator = Evaluator(args.backend, progress=False, use_cache=False)
     reference = evaluator.batch_features(args.reference)

@@ -42,7 +42,7 @@ SUCCESS = {
     "pag-export-weights": ([REPO / "checkpoints/digits_adm16_ema.pt", "{tmp}/weights.pt"], None),
     "pag-checkpoint-quality": (["--config", REPO / "configs/digits/model.yaml", "--model_path",
                                 REPO / "checkpoints/digits_adm16_ema.pt", "--backend", "digits", "--reference",
-                                "{tmp}/heldout.npz", "--num_samples", "12", "--respacing", "ddim3",
+                                "{tmp}/heldout.npz", "--num_samples", "12", "--timestep_respacing", "ddim3",
                                 "--output_dir", "{tmp}/quality"], prepare_digits),
 }
 
