@@ -13,12 +13,12 @@ from guided_diffusion.image_datasets import to_model_range
 from guided_diffusion.layer_probe import _pearson, _ranks, markdown_table, probe_layers
 from programs import assert_ok, run_script
 from scripts import layer_probe as script
-from guided_diffusion.demo import load_demo_model
+from guided_diffusion.demo import TESTBEDS, load_demo_model
 
 
 @pytest.fixture(scope="module")
 def digits():
-    model, diffusion, _ = load_demo_model("")
+    model, diffusion, _ = load_demo_model(TESTBEDS["digits"], "")
     images = to_model_range(load_digits_split(16, "heldout")[0][:6])
     return model, diffusion, images
 
