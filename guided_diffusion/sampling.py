@@ -11,6 +11,7 @@ import torch
 from .checkpoints import load_checkpoint
 from .denoiser import GuidedDenoiser
 from .flags import Flag, FlagGroup, at_least, raising, required
+from .image_io import to_uint8
 from .precision import PRECISIONS, apply_precision
 from .samplers import sample_loop, sampler_for
 from .script_util import (classifier_defaults, create_classifier, create_model_and_diffusion,
@@ -88,11 +89,22 @@ def sample_images(model, diffusion, indices, *, seed, image_size, labels=None, u
     noise = ImageNoise(seed, indices, (3, image_size, image_size), device=device)
     rows = len(indices)
     fit = batch_invariant_fit(rows, device)  # the padding row is dropped below
-    model_kwargs = {} if labels is None else {"y": fit(torch.from_numpy(np.asarray(labels)).to(device))}
+    model_kwargs = {} if labels is None else {"y": fit(torch.from_numpy(np.ascontiguousarray(labels)).to(device))}
     denoiser = GuidedDenoiser(diffusion, model, guidance, model_kwargs=model_kwargs, clip_denoised=clip_denoised)
     x0 = sample_loop(denoiser, sampler_for(use_ddim, eta), fit(noise.initial()),
                      step_noise_fn=lambda i: fit(noise.step(i)))
     return x0[:rows]
+
+
+def sample_uint8(model, diffusion, indices, batch_size, *, labels=None, **options):
+    """uint8 NHWC images (numpy) of image `indices`, sampled `batch_size` at a time by `sample_images` with
+    `options`; `labels`: one class label per index (numpy), or None. The batch size does not change them."""
+    parts = []
+    for start in range(0, len(indices), batch_size):
+        rows = slice(start, start + batch_size)
+        parts.append(to_uint8(sample_images(model, diffusion, indices[rows], **options,
+                                            labels=None if labels is None else labels[rows])).numpy())
+    return np.concatenate(parts)
 
 
 def batches(indices, batch_size):

@@ -17,9 +17,8 @@ import numpy as np
 from evaluations.evaluator import Evaluator
 from guided_diffusion.checkpoints import load_checkpoint
 from guided_diffusion.flags import Flag, FlagGroup, check_flags, create_parser, parse
-from guided_diffusion.image_io import to_uint8
 from guided_diffusion.log_setup import log_to_console
-from guided_diffusion.sampling import MODEL_FLAGS, MODEL_PATH, batches, sample_images
+from guided_diffusion.sampling import MODEL_FLAGS, MODEL_PATH, sample_uint8
 from guided_diffusion.script_util import create_model_and_diffusion
 from guided_diffusion.seeding import LabelSource
 
@@ -58,19 +57,19 @@ def score(args):
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, diffusion = create_model_and_diffusion(**MODEL_FLAGS.values(args))
+    indices = np.arange(args.num_samples)
     labels = LabelSource(args.seed, args.num_samples, args.num_classes if args.class_cond else None)
+    labels = labels.labels(indices) if labels.enabled else None
     evaluator = Evaluator(args.backend, progress=False, use_cache=False)
     reference = evaluator.batch_features(args.reference)
     lines = ["| checkpoint | FID↓ | precision↑ | recall↑ | mean confidence↑ | share p < 0.5↓ | sampling s |",
              "|---|---|---|---|---|---|---|"]
+    model.eval()
     for path in args.checkpoints or [args.model_path]:
         load_checkpoint(model, path)
-        model.eval()
         start = time.time()
-        images = np.concatenate([
-            to_uint8(sample_images(model, diffusion, batch, seed=args.seed, image_size=args.image_size,
-                                   labels=labels.labels(batch) if labels.enabled else None, use_ddim=True)).numpy()
-            for batch in batches(np.arange(args.num_samples), args.batch_size)])
+        images = sample_uint8(model, diffusion, indices, args.batch_size, labels=labels, seed=args.seed,
+                              image_size=args.image_size, use_ddim=True)
         seconds = time.time() - start
         batch_path = out / f"{Path(path).stem}_{args.num_samples}.npz"
         np.savez(batch_path, arr_0=images)

@@ -20,8 +20,7 @@ from guided_diffusion import cpu_allocator
 from guided_diffusion.demo import TESTBEDS, Scorer, load_demo_model, side_by_side
 from guided_diffusion.flags import Flag, FlagGroup, check_flags, create_parser, finite, parse, raising
 from guided_diffusion.guidance import PerturbedAttentionGuidance
-from guided_diffusion.image_io import to_uint8
-from guided_diffusion.sampling import batches, sample_images
+from guided_diffusion.sampling import sample_uint8
 from guided_diffusion.scales import check_scale
 from guided_diffusion.seeding import ImageNoise
 from guided_diffusion.visualize import guidance_snapshots, save_guidance_figure
@@ -85,10 +84,8 @@ def run(args):
     indices = np.arange(args.num_samples or testbed.num_samples)
     for name, guidance in rows:
         start = time.time()
-        images = np.concatenate([
-            to_uint8(sample_images(model, diffusion, batch, seed=args.seed, image_size=flags["image_size"],
-                                   use_ddim=use_ddim, guidance=guidance)).numpy()
-            for batch in batches(indices, args.batch_size)])
+        images = sample_uint8(model, diffusion, indices, args.batch_size, seed=args.seed,
+                              image_size=flags["image_size"], use_ddim=use_ddim, guidance=guidance)
         seconds = time.time() - start
         path = out / f"samples_{name.replace(' ', '_').replace(',', '').replace('=', '')}.npz"
         np.savez(path, arr_0=images)

@@ -48,3 +48,18 @@ def test_batches_and_the_single_row_padding():
     assert torch.equal(batch_invariant_fit(1, torch.device("cpu"))(row), torch.cat([row, row]))
     assert batch_invariant_fit(2, "cpu")(pair) is pair
     assert batch_invariant_fit(1, "meta")(row) is row  # off the CPU a batch of one is left alone
+
+
+def test_sample_uint8_is_sample_images_in_batches_with_each_image_its_label(tiny_model):
+    from guided_diffusion.image_io import to_uint8
+    from guided_diffusion.sampling import sample_images, sample_uint8
+
+    model, diffusion = tiny_model
+    indices = np.array([3, 8, 1, 4, 9])
+    labels = LabelSource(2, 10, 1000).labels(indices)
+    images = sample_uint8(model, diffusion, indices, 2, labels=labels, seed=2, image_size=16)
+    whole = to_uint8(sample_images(model, diffusion, indices, seed=2, image_size=16, labels=labels)).numpy()
+    assert images.dtype == np.uint8 and images.shape == (5, 16, 16, 3)
+    assert np.array_equal(images, whole)
+    shuffled = sample_uint8(model, diffusion, indices[::-1], 3, labels=labels[::-1], seed=2, image_size=16)
+    assert np.array_equal(shuffled[::-1], whole)  # each image keeps its own label in any order and batch
