@@ -15,6 +15,8 @@ samplers start from the same noise, and the largest difference of their samples 
 
 `--adm_release PATH`: a checkout of github.com/openai/guided-diffusion (it needs blobfile and mpi4py), whose
 `guided_diffusion` package is imported as `adm_release`. Without it, only ours is measured.
+On a machine that other jobs share, run it with OMP_NUM_THREADS=1: oversubscribed threads stall in bursts
+longer than a sampling run, which interleaving cannot even out.
 """
 
 import argparse
@@ -51,7 +53,7 @@ def parse_args(argv=None):
     parser.add_argument("--adm_release", help="a checkout of openai/guided-diffusion (default: measure ours only)")
     parser.add_argument("--train_batch", type=int, default=64, help="images per training step (the testbed's)")
     parser.add_argument("--sample_batch", type=int, default=100, help="images per sampling run")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds of every method, median reported")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds of every method, median reported")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds of every method first")
     return parser.parse_args(argv)
 
