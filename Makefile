@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: install test-setup test test-fast demo bench
+.PHONY: install test-setup test test-fast demo bench bench-adm
 
 install:
 	$(PYTHON) -m pip install -e ".[test,eval]"
@@ -29,3 +29,7 @@ demo:
 # PAG step cost: the released width 256 on a GPU, width 64 on a CPU.
 bench:
 	$(PYTHON) benchmarks/guidance_cost.py
+
+# Training and sampling images/s against the ADM release on the testbed: make bench-adm ADM_RELEASE=path/to/checkout
+bench-adm:
+	$(PYTHON) benchmarks/adm_release_speed.py --adm_release $(ADM_RELEASE)

@@ -17,6 +17,7 @@ same mechanism for a whole `with` block.
 """
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import FrozenSet, Tuple
 
@@ -39,11 +40,23 @@ def split_heads(qkv, heads, legacy):
 
 
 def attend(qkv, heads, legacy):
-    """Softmax attention over the last axis, returned as `[B, heads * ch, T]`."""
+    """Softmax attention over the last axis, returned as `[B, heads * ch, T]`.
+
+    The ops of `F.scaled_dot_product_attention`'s math path on these 3-D inputs (the one it takes for
+    them), bit for bit: float32 arithmetic whatever the input dtype, q and k each scaled by 1/sqrt(sqrt(ch))
+    as in the release. Spelled out because that path wraps its softmax in a check for all -inf rows (no
+    mask here, so none occur) that cost as much again as the softmax itself.
+    """
     batch, _, length = qkv.shape
-    q, k, v = split_heads(qkv, heads, legacy)
-    # SDPA wants [N, T, ch]; it scales by 1/sqrt(ch) like the release's 1/sqrt(sqrt(ch)) on q and k.
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    device = qkv.device.type
+    # Under autocast SDPA takes and returns the autocast dtype; it computes in float32 all the same.
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else qkv.dtype
+    q, k, v = split_heads(qkv.to(dtype), heads, legacy)
+    with torch.autocast(device, enabled=False):
+        q, k, v = q.float(), k.float(), v.float()
+        scale = math.sqrt(1.0 / math.sqrt(q.shape[1]))
+        weights = torch.matmul(q.transpose(1, 2) * scale, k * scale).softmax(dim=-1)
+        out = torch.matmul(weights, v.transpose(1, 2)).to(dtype)
     return out.transpose(1, 2).reshape(batch, -1, length)
 
 

@@ -6,9 +6,25 @@ import torch
 
 from conftest import assert_close
 from golden import build_model_and_diffusion, load_fixture, model_flags
-from guided_diffusion.attention import AttentionPlan
+from guided_diffusion.attention import AttentionPlan, attend, split_heads
 from guided_diffusion.guidance import perturbed_attention
 from guided_diffusion.script_util import create_model_and_diffusion
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+@pytest.mark.parametrize("dtype,autocast", [(torch.float32, False), (torch.bfloat16, True), (torch.float32, True),
+                                            (torch.float16, False)])
+def test_attend_is_sdpa_bit_for_bit(legacy, dtype, autocast):
+    """`attend` spells out SDPA's math path (which the samples and the fixtures were made with)."""
+    torch.manual_seed(0)
+    for batch, heads, ch, length in ((1, 4, 16, 64), (5, 3, 20, 65), (16, 8, 16, 256)):
+        qkv = torch.randn(batch, 3 * heads * ch, length).to(dtype)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            q, k, v = (part.transpose(1, 2) for part in split_heads(qkv, heads, legacy))
+            expected = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+            actual = attend(qkv, heads, legacy)
+        assert actual.dtype == expected.dtype
+        assert torch.equal(actual, expected.reshape(batch, -1, length))
 
 
 @pytest.fixture(scope="module")
