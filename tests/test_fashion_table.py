@@ -8,6 +8,7 @@ import torch
 from evaluations.npz import inspect_npz
 from guided_diffusion.config import load_config
 from guided_diffusion.script_util import model_and_diffusion_defaults
+from guided_diffusion.sweep import baseline_point, expand_points, load_spec, point_config
 from programs import REPO, assert_ok, run_script
 
 TABLE = REPO / "configs" / "fashion32" / "table1"
@@ -39,6 +40,40 @@ def test_rows_differ_only_in_model_and_method():
         assert {k: values[k] for k in MODEL_KEYS} == {k: rows["uncond_unguided"][k] for k in MODEL_KEYS}, name
     assert rows["cond_pag"]["pag_layers"] == rows["uncond_pag"]["pag_layers"] == rows["cond_cg_pag"]["pag_layers"]
     assert rows["cond_unguided"]["num_classes"] == 10
+
+
+def _sweep_points(name):
+    spec = load_spec(REPO / "configs" / "sweeps" / "fashion32" / f"{name}.yaml")
+    return spec, [point_config(spec, point) for point in expand_points(spec)]
+
+
+def test_table_sweeps_run_every_row_against_its_unguided_row():
+    covered = set()
+    for name in ("table1_uncond", "table1_cond", "table1_ddpm100"):
+        spec, configs = _sweep_points(name)
+        covered |= {point["config"] for point in expand_points(spec)}
+        baseline = point_config(spec, baseline_point(spec))
+        assert not baseline.get("pag_scale") and not baseline.get("sag_scale"), name
+        assert not baseline.get("classifier_path"), name
+        for config in configs:  # compared on the same seeds and model as their baseline
+            assert (config["seed"], config["num_samples"], config["model_path"]) == \
+                (baseline["seed"], baseline["num_samples"], baseline["model_path"]), name
+    assert covered == {p.relative_to(REPO).as_posix() for p in ROWS}
+
+
+@pytest.mark.parametrize("method", ["pag", "sag"])
+def test_tuning_seeds_are_disjoint_from_the_table_seeds(method):
+    _, configs = _sweep_points(f"tune_{method}")
+    table = row(f"uncond_{method}")
+    table_seeds = range(table["seed"], table["seed"] + table["num_samples"])
+    for config in configs:
+        tuning_seeds = range(config["seed"], config["seed"] + config["num_samples"])
+        assert not set(tuning_seeds) & set(table_seeds)
+        assert config["model_path"] == table["model_path"]
+        assert config["timestep_respacing"] == table["timestep_respacing"]
+        assert config["precision"] == table["precision"]  # tuned as the table samples
+    scales = {config[f"{method}_scale"] for config in configs}
+    assert 0.0 in scales and len(scales) > 2  # a baseline and several strengths, on the same seeds
 
 
 @pytest.mark.parametrize("name", ["uncond", "cond", "classifier"])
