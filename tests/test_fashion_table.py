@@ -42,20 +42,21 @@ def test_rows_differ_only_in_model_and_method():
     assert rows["cond_unguided"]["num_classes"] == 10
 
 
-def _sweep_points(name):
+def _sweep(name):
+    """A testbed sweep spec and its points' overrides with the flag values each point samples with."""
     spec = load_spec(REPO / "configs" / "sweeps" / "fashion32" / f"{name}.yaml")
-    return spec, [point_config(spec, point) for point in expand_points(spec)]
+    return spec, [(point, point_config(spec, point)) for point in expand_points(spec)]
 
 
 def test_table_sweeps_run_every_row_against_its_unguided_row():
     covered = set()
     for name in ("table1_uncond", "table1_cond", "table1_ddpm100"):
-        spec, configs = _sweep_points(name)
-        covered |= {point["config"] for point in expand_points(spec)}
+        spec, points = _sweep(name)
+        covered |= {point["config"] for point, _ in points}
         baseline = point_config(spec, baseline_point(spec))
         assert not baseline.get("pag_scale") and not baseline.get("sag_scale"), name
         assert not baseline.get("classifier_path"), name
-        for config in configs:  # compared on the same seeds and model as their baseline
+        for _, config in points:  # compared on the same seeds and model as their baseline
             assert (config["seed"], config["num_samples"], config["model_path"]) == \
                 (baseline["seed"], baseline["num_samples"], baseline["model_path"]), name
     assert covered == {p.relative_to(REPO).as_posix() for p in ROWS}
@@ -63,7 +64,7 @@ def test_table_sweeps_run_every_row_against_its_unguided_row():
 
 @pytest.mark.parametrize("method", ["pag", "sag"])
 def test_tuning_seeds_are_disjoint_from_the_table_seeds(method):
-    _, configs = _sweep_points(f"tune_{method}")
+    configs = [config for _, config in _sweep(f"tune_{method}")[1]]
     table = row(f"uncond_{method}")
     table_seeds = range(table["seed"], table["seed"] + table["num_samples"])
     for config in configs:
