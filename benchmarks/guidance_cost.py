@@ -26,7 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from guided_diffusion import cpu_allocator
 from guided_diffusion.denoiser import GuidedDenoiser
-from guided_diffusion.guidance import OFFICIAL_PAG_LAYERS_256, PerturbedAttentionGuidance, perturbed_attention
+from guided_diffusion.attention import AttentionPlan
+from guided_diffusion.guidance import OFFICIAL_PAG_LAYERS_256, PerturbedAttentionGuidance
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 
 
@@ -159,14 +160,14 @@ def measure(args):
     x = torch.randn(args.batch_size, 3, 256, 256, device=args.device)
     t = torch.full((args.batch_size,), 100, device=args.device)
     denoiser = GuidedDenoiser(diffusion, model, PerturbedAttentionGuidance(scale=3.0, layers=args.layers))
+    perturbed = AttentionPlan.from_names(model, [args.layers])
 
     def unguided():
         return diffusion.p_mean_variance(model, x, t)
 
     def two_passes():
         eps, var = diffusion.split_output(diffusion.run_model(model, x, t), x)
-        with perturbed_attention(model, args.layers):
-            eps_perturbed, _ = diffusion.split_output(diffusion.run_model(model, x, t), x)
+        eps_perturbed, _ = diffusion.split_output(diffusion.run_model(model, x, t, attention=perturbed), x)
         return diffusion.prediction_from_output(eps + 3.0 * (eps - eps_perturbed), var, x, t)
 
     def ours():  # the sampler's guided prediction, bound once as a sampling run binds it

@@ -6,20 +6,20 @@ The block keeps the release's parameters (`norm`, `qkv`, `proj_out`) and both QK
   `[B * heads, 3 * ch, T]` and cut into q, k, v of `ch` rows each;
 * new order: q, k, v are the three equal chunks of `qkv`, each then split into heads.
 
-Perturbed-attention guidance replaces the attention *map* by the identity, so the block outputs its
-values V (in the block's own layout) while norm, projections and residual are unchanged. For those rows
-the block computes V alone: Q, K, QK^T and the softmax are skipped.
+Guidance methods change what chosen blocks compute in extra copies of the batch. Each change is an
+`AttentionEdit`: it maps a block's normalised input rows to the attention output that replaces the
+usual one. `IdentityMap` (PAG) replaces the attention *map* by the identity, so the block outputs its
+values V (in the block's own layout) while norm, projections and residual are unchanged; those rows
+compute V alone (Q, K, QK^T and the softmax are skipped). A guidance module defines its own edits.
 
-Perturbation is per call and keeps no state on modules: a forward pass is told what to do by an
-`AttentionPlan` (which blocks to replace in which copy of the batch, which attention maps to return),
-and the block itself by per-call arguments (`identity_rows`, `capture`). `perturbed_attention()` is the
-same mechanism for a whole `with` block.
+Edits are per call and keep no state on modules: a forward pass is told what to do by an
+`AttentionPlan` (which blocks to edit, and how, in which copy of the batch; which attention maps to
+return), and the block itself by per-call arguments (`row_edits`, `capture`).
 """
 
-import contextlib
 import math
-from dataclasses import dataclass
-from typing import FrozenSet, Tuple
+from dataclasses import dataclass, field
+from typing import Mapping, Tuple
 
 import torch
 import torch.nn as nn
@@ -69,15 +69,36 @@ def attention_weights(qkv, heads, legacy):
     return logits.softmax(dim=-1).reshape(batch, heads, length, length)
 
 
-def row_runs(rows, batch):
-    """(start, stop, identity) for each run of equal values in a per-row boolean mask."""
-    flags = rows.tolist() if isinstance(rows, torch.Tensor) else list(rows)
-    if len(flags) != batch:
-        raise ValueError(f"identity_rows must have one entry per batch row ({batch}), got {len(flags)}")
+class AttentionEdit:
+    """How a perturbed copy computes one attention block: `attend(block, normed)` maps the block's
+    normalised input rows `[n, C, T]` to the `[n, C, T]` output that replaces softmax attention (before
+    `proj_out` and the residual). Edits compare by value (frozen dataclasses), so equal edits share a run."""
+
+    def attend(self, block, normed):
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class IdentityMap(AttentionEdit):
+    """The identity attention map (PAG): each token attends to itself only, so the output is V."""
+
+    def attend(self, block, normed):
+        weight, bias = block.value_projection()
+        return F.conv1d(normed, weight, bias)
+
+
+IDENTITY_MAP = IdentityMap()
+
+
+def row_runs(edits, batch):
+    """(start, stop, edit) for each run of equal entries in a per-row list of edits (None: normal attention)."""
+    edits = list(edits)
+    if len(edits) != batch:
+        raise ValueError(f"row_edits must have one entry per batch row ({batch}), got {len(edits)}")
     runs, start = [], 0
     for i in range(1, batch + 1):
-        if i == batch or flags[i] != flags[start]:
-            runs.append((start, i, bool(flags[start])))
+        if i == batch or edits[i] != edits[start]:
+            runs.append((start, i, edits[start]))
             start = i
     return runs
 
@@ -111,56 +132,40 @@ def select_blocks(model, names):
 class AttentionPlan:
     """What one forward pass does with the attention blocks, as resolved modules (no names, no state).
 
-    * `copies`: one entry per copy of the batch in the output, the blocks whose attention map is the
-      identity in that copy. The U-Net runs every layer before the first perturbed block once and
-      repeats the batch there, so the plan `(frozenset(), {a})` costs less than two passes.
+    * `copies`: one entry per copy of the batch in the output, mapping each block edited in that copy
+      to its `AttentionEdit` (a set of blocks means `IDENTITY_MAP` for each). The U-Net runs every layer
+      before the first edited block once and repeats the batch there, so the plan `({}, {a: edit})`
+      costs less than two passes.
     * `captures`: `(block, heads, legacy)` for each attention map the pass returns: the block's
       softmax map over `heads` heads of that QKV layout, averaged over the heads, for the rows of the
       first copy (SAG's mask source).
     """
 
-    copies: Tuple[FrozenSet[nn.Module], ...] = (frozenset(),)
+    copies: Tuple[Mapping[nn.Module, AttentionEdit], ...] = field(default_factory=lambda: ({},))
     captures: Tuple[Tuple[nn.Module, int, bool], ...] = ()
 
     def __post_init__(self):
         if not self.copies:
             raise ValueError("an attention plan needs at least one copy of the batch")
-        replaced = [block for block, _, _ in self.captures if block in self.copies[0]]
-        if replaced:
-            raise ValueError("an attention map is captured from the first copy, which must not perturb its block")
+        copies = tuple(dict(copy) if isinstance(copy, Mapping) else dict.fromkeys(copy, IDENTITY_MAP)
+                       for copy in self.copies)
+        object.__setattr__(self, "copies", copies)
+        if any(block in copies[0] for block, _, _ in self.captures):
+            raise ValueError("an attention map is captured from the first copy, which must not edit its block")
 
     @classmethod
-    def from_names(cls, model, copies, captures=()):
-        """A plan from layer names: `copies` lists names per copy, `captures` (name, heads, legacy)."""
+    def from_names(cls, model, copies, captures=(), edit=IDENTITY_MAP):
+        """A plan from layer names: `copies` lists the names edited (by `edit`) per copy, `captures`
+        (name, heads, legacy)."""
         names = [name for copy in copies for name in copy] + [name for name, _, _ in captures]
         blocks = dict(zip(names, select_blocks(model, names)))
-        return cls(tuple(frozenset(blocks[name] for name in copy) for copy in copies),
+        return cls(tuple({blocks[name]: edit for name in copy} for copy in copies),
                    tuple((blocks[name], heads, legacy) for name, heads, legacy in captures))
 
-    def row_masks(self, batch):
-        """Per-row identity flags of every perturbed block, for `batch` rows per copy."""
-        perturbed = set().union(*self.copies)
-        return {block: [block in copy for copy in self.copies for _ in range(batch)] for block in perturbed}
-
-
-@contextlib.contextmanager
-def perturbed_attention(model, layers):
-    """Within this context every forward pass of `model` uses the identity attention map in `layers`
-    (whole batch). The plan of that one perturbed copy is added to each call by a forward pre-hook on the
-    U-Net, which the context removes again."""
-    inner = unwrap(model)
-    plan = AttentionPlan.from_names(inner, [list(layers)])
-
-    def add_plan(module, args, kwargs):
-        if kwargs.get("attention") is not None or kwargs.get("attention_variants"):
-            raise ValueError("a call inside perturbed_attention() cannot bring its own attention plan")
-        return args, {**kwargs, "attention": plan}
-
-    handle = inner.register_forward_pre_hook(add_plan, with_kwargs=True)
-    try:
-        yield model
-    finally:
-        handle.remove()
+    def row_edits(self, batch):
+        """Per-row edits (None: normal attention) of every edited block, for `batch` rows per copy."""
+        edited = set().union(*self.copies)
+        return {block: [copy.get(block) for copy in self.copies for _ in range(batch)] for block in edited}
 
 
 class AttentionBlock(nn.Module):
@@ -182,22 +187,23 @@ class AttentionBlock(nn.Module):
         self.qkv = conv_nd(1, channels, channels * 3, 1)
         self.proj_out = zero_module(conv_nd(1, channels, channels, 1))
 
-    def forward(self, x, identity_rows=None, capture=None):
-        """`identity_rows`: None (normal attention) or one flag per batch row (True: the identity map, V
-        alone, for that row). `capture`: None, or `(heads, legacy)` to also return the attention map of
-        the run of rows holding row 0, averaged over `heads` heads of that layout: `(output, map)`."""
-        return checkpoint(lambda x_: self._forward(x_, identity_rows, capture), (x,), self.use_checkpoint)
+    def forward(self, x, row_edits=None, capture=None):
+        """`row_edits`: None (normal attention) or one entry per batch row: None for normal attention, or
+        the `AttentionEdit` that computes that row. `capture`: None, or `(heads, legacy)` to also return
+        the attention map of the run of rows holding row 0, averaged over `heads` heads of that layout:
+        `(output, map)`."""
+        return checkpoint(lambda x_: self._forward(x_, row_edits, capture), (x,), self.use_checkpoint)
 
-    def _forward(self, x, identity_rows, capture):
+    def _forward(self, x, row_edits, capture):
         batch, channels, *spatial = x.shape
         x = x.reshape(batch, channels, -1)
         normed = self.norm(x)
         # Rows come in a few contiguous runs (normal copy, then perturbed copies): slice, don't gather.
-        runs = [(0, batch, False)] if identity_rows is None else row_runs(identity_rows, batch)
+        runs = [(0, batch, None)] if row_edits is None else row_runs(row_edits, batch)
         parts, attention_map = [], None
-        for start, stop, identity in runs:
-            if identity:
-                parts.append(self._values(normed[start:stop]))
+        for start, stop, edit in runs:
+            if edit is not None:
+                parts.append(edit.attend(self, normed[start:stop]))
                 continue
             qkv = self.qkv(normed[start:stop])
             if capture is not None and start == 0:
@@ -211,12 +217,8 @@ class AttentionBlock(nn.Module):
             raise ValueError("the attention map is captured from row 0, whose attention this call replaces")
         return out, attention_map
 
-    def _values(self, normed):
-        """V alone, in the block's layout, from the V rows of the qkv projection."""
-        weight, bias = self.value_projection()
-        return F.conv1d(normed, weight, bias)
-
     def value_projection(self):
+        """(weight, bias) of the V rows of the qkv projection, in the block's layout."""
         c, heads = self.channels, self.num_heads
         weight, bias = self.qkv.weight, self.qkv.bias
         if self.legacy:  # per head: [q (ch rows), k (ch rows), v (ch rows)]

@@ -1,21 +1,50 @@
-"""The guided denoiser: a model, its diffusion and its guidances, bound once per run.
+"""The guided denoiser: a model, its diffusion and its guidance methods, bound once per run.
 
-Binding resolves every PAG / SAG layer name to its attention block once (an unknown name raises one
-ValueError listing the model's blocks, before any step), reads what SAG's map needs from the model, and
-picks the classifier gradient (the release's `cond_fn` or a `ClassifierGuidance`). Calling the bound
-denoiser with (x_t, t) gives the guided prediction of every sampler:
+Binding gives each method its `GuidanceRun` (an unknown layer name raises one ValueError listing the
+model's blocks, before any step). Calling the bound denoiser with (x_t, t) gives the guided prediction
+that every sampler uses:
 
-    eps~ = eps + sum_i s_i (eps - eps_i)
+    eps~ = eps + sum_i term_i        (PAG, SAG, ...: term_i = s_i * (eps - eps_i))
 
-The normal pass and every active PAG perturbation run as one batch (one `attention.AttentionPlan`: every
-layer before the first perturbed block runs once), the attention maps SAG needs come back from the same
-call, and each SAG adds its second pass on its degraded x0. The variance is the normal pass's; the x0
-prediction is recomputed (and clipped) from eps~. Classifier guidance is applied by the sampler step,
-after this (`samplers`).
+Order: the normal pass and the extra copies of every active run go through the network as one batch
+(one `attention.AttentionPlan`: every layer before the first edited block runs once), with the attention
+maps the runs read; then the terms are added to eps in registration order of the methods (PAG, SAG,
+then later modules; runs of one method in the order given), each computed from the unguided eps. A run
+that needs a pass on another input (SAG) makes it through `GuidedStep.evaluate`. The variance is the
+normal pass's; the x0 prediction is recomputed (and clipped) from eps~. Gradient methods (classifier
+guidance) are applied by the sampler step, after this (`samplers`).
 """
 
-from .attention import AttentionPlan, select_blocks
-from .guidance import ClassifierGuidance, PerturbedAttentionGuidance, SelfAttentionGuidance, as_list, layer_names
+from .attention import AttentionPlan
+from .guidance import as_list, registered_methods, validate
+from .guidance.base import GuidanceMethod
+
+
+class GuidedStep:
+    """What a run's `term` sees at one step: x, t, the normal pass's eps and variance output, and lazily
+    the unguided x0 prediction and noise, or a plain pass of the model on another input (`evaluate`)."""
+
+    def __init__(self, denoiser, x, t, eps, var):
+        self.denoiser, self.diffusion = denoiser, denoiser.diffusion
+        self.x, self.t, self.eps, self.var = x, t, eps, var
+        self._first = self._noise = None
+
+    def first_prediction(self):
+        if self._first is None:
+            d = self.denoiser
+            self._first = self.diffusion.prediction_from_output(self.eps, self.var, self.x, self.t, d.clip_denoised,
+                                                                d.denoised_fn)
+        return self._first
+
+    def noise(self):
+        if self._noise is None:
+            self._noise = self.diffusion.eps_from_output(self.x, self.t, self.eps)
+        return self._noise
+
+    def evaluate(self, x):
+        """The mean output of an unedited pass of the model on `x` at this step."""
+        output = self.diffusion.run_model(self.denoiser.model, x, self.t, **self.denoiser.model_kwargs)
+        return self.diffusion.split_output(output, x)[0]
 
 
 class GuidedDenoiser:
@@ -31,86 +60,79 @@ class GuidedDenoiser:
         self.diffusion, self.model = diffusion, model
         self.model_kwargs = dict(model_kwargs or {})
         self.clip_denoised, self.denoised_fn = clip_denoised, denoised_fn
-        items = as_list(guidance)
-        names = layer_names(items)  # a TypeError for anything that is no guidance
-        blocks = dict(zip(names, select_blocks(model, names))) if names else {}
-        self.pag = [(g, frozenset(blocks[name] for name in g.layer_names()))
-                    for g in items if isinstance(g, PerturbedAttentionGuidance)]
-        self.sag = [(g, (blocks[g.layer], *g.map_layout(model, blocks[g.layer])))
-                    for g in items if isinstance(g, SelfAttentionGuidance)]
-        self.cond_fn, self.classifier = cond_fn, _one_classifier(cond_fn, items, self.model_kwargs)
+        methods = as_list(guidance)
+        for item in methods:
+            if not isinstance(item, GuidanceMethod):
+                raise TypeError(f"unsupported guidance {item!r}: use one of "
+                                + ", ".join(cls.__name__ for cls in registered_methods()))
+        validate(methods, model)  # every unknown layer name of every method in one error, before binding
+        order = {cls: k for k, cls in enumerate(registered_methods())}
+        methods = sorted(methods, key=lambda m: order.get(type(m), len(order)))  # stable: runs of one method keep theirs
+        self.runs = [method.bind(model, self.model_kwargs) for method in methods]
+        gradient_runs = [run for run in self.runs if run.gives_gradient]
+        if cond_fn is not None and gradient_runs:
+            raise ValueError("pass classifier guidance either as cond_fn or as a ClassifierGuidance, not both")
+        if len(gradient_runs) > 1:
+            raise ValueError("at most one gradient guidance (ClassifierGuidance) per sampler")
+        self.cond_fn, self.gradient_runs = cond_fn, gradient_runs
+        self.term_runs = [run for run in self.runs if run not in gradient_runs]
 
     def __call__(self, x, t):
         """The prediction dict of `diffusion.prediction_from_output` ("mean", "variance", "log_variance",
         "pred_xstart", "raw_pred_xstart") for eps~, with its parts: "eps" (the normal pass's mean output),
-        "guided_eps", and per active guidance in order (PAG first) "perturbed_eps" and "scale"; SAG adds
-        "degraded_x" (its second pass's input) and "maps" (the attention maps it used)."""
+        "guided_eps", and per active term in order "perturbed_eps" (what it guides away from) and "scale";
+        "maps" (the attention maps read) and each run's extras (SAG: "degraded_x") as lists."""
         diffusion, batch = self.diffusion, x.shape[0]
-        t_base = diffusion.base_timesteps(t) if self.pag or self.sag else None
-        pag, sag = self._active(self.pag, t_base, x), self._active(self.sag, t_base, x)
-        extra = {}
-        if pag or sag:
-            extra["attention"] = AttentionPlan((frozenset(),) + tuple(copy for _, copy, _ in pag),
-                                               tuple(capture for _, capture, _ in sag))
+        active = self._active(x, t)
+        copies = [{}] + [copy for run, _ in active for copy in run.copies]
+        captures = [capture for run, _ in active for capture in run.captures]
+        extra = {"attention": AttentionPlan(tuple(copies), tuple(captures))} if len(copies) > 1 or captures else {}
         output = diffusion.run_model(self.model, x, t, **self.model_kwargs, **extra)
         maps = ()
-        if sag:
+        if captures:
             output, maps = output
         eps, var = diffusion.split_output(output[:batch], x)
 
-        parts = {"eps": eps, "perturbed_eps": [], "scale": [], "degraded_x": [], "maps": list(maps)}
-        guided = eps
-        for k, (_, _, scale) in enumerate(pag):
-            eps_perturbed, _ = diffusion.split_output(output[(k + 1) * batch:(k + 2) * batch], x)
-            guided = guided + scale * (eps - eps_perturbed)
-            parts["perturbed_eps"].append(eps_perturbed)
+        step = GuidedStep(self, x, t, eps, var)
+        parts = {"eps": eps, "perturbed_eps": [], "scale": [], "maps": list(maps), "degraded_x": []}
+        guided, copy, map_index = eps, 1, 0
+        for run, scale in active:
+            outputs = [diffusion.split_output(output[(copy + k) * batch:(copy + k + 1) * batch], x)[0]
+                       for k in range(len(run.copies))]
+            run_maps = maps[map_index:map_index + len(run.captures)]
+            copy, map_index = copy + len(run.copies), map_index + len(run.captures)
+            term = run.term(step, outputs, run_maps, scale)
+            guided = guided + term.value
+            parts["perturbed_eps"].append(term.other)
             parts["scale"].append(scale)
-        if sag:
-            first = diffusion.prediction_from_output(eps, var, x, t, self.clip_denoised, self.denoised_fn)
-            noise = diffusion.eps_from_output(x, t, eps)
-            for (g, _, scale), attention_map in zip(sag, maps):
-                x_degraded = diffusion.q_sample(g.degrade(first["pred_xstart"], attention_map), t, noise=noise)
-                output_degraded = diffusion.run_model(self.model, x_degraded, t, **self.model_kwargs)
-                eps_degraded, _ = diffusion.split_output(output_degraded, x)
-                guided = guided + scale * (eps - eps_degraded)
-                parts["perturbed_eps"].append(eps_degraded)
-                parts["scale"].append(scale)
-                parts["degraded_x"].append(x_degraded)
+            for key, value in term.extras.items():
+                parts.setdefault(key, []).append(value)
         parts["guided_eps"] = guided
         prediction = diffusion.prediction_from_output(guided, var, x, t, self.clip_denoised, self.denoised_fn)
         return {**prediction, **parts}
 
     def classifier_gradient(self, x, t):
-        """The classifier term of the step (grad_x log p(y | x_t), times its scale), or None without one."""
-        if self.cond_fn is None and self.classifier is None:
+        """The gradient term of the step (grad_x log p(y | x_t), times its scale), or None without one."""
+        if self.cond_fn is None and not self.gradient_runs:
             return None
         diffusion = self.diffusion
         t_model = diffusion.model_timesteps(t)
         if self.cond_fn is not None:
             return self.cond_fn(x, t_model, **self.model_kwargs)
-        return self.classifier.scaled_gradient(x, t_model, self.model_kwargs["y"], diffusion.base_timesteps(t),
-                                               diffusion.original_num_steps)
+        return self.gradient_runs[0].gradient(x, t_model, self.model_kwargs, diffusion.base_timesteps(t),
+                                              diffusion.original_num_steps)
 
-    def _active(self, entries, t_base, x):
-        """(guidance, bound part, per-row scale) of the entries whose scale is not zero at this step."""
+    def _active(self, x, t):
+        """(run, per-row scale [B, 1, ...]) of the term runs whose scale is not zero at this step."""
+        if not self.term_runs:
+            return []
+        t_base = self.diffusion.base_timesteps(t)
         active = []
-        for guidance, bound in entries:
-            scale = guidance.scale_at(t_base, self.diffusion.original_num_steps).to(x.device)
+        for run in self.term_runs:
+            scale = run.method.scale_at(t_base, self.diffusion.original_num_steps).to(x.device)
             if bool((scale != 0).any()):
-                active.append((guidance, bound, scale.reshape(-1, *([1] * (x.ndim - 1)))))
+                active.append((run, scale.reshape(-1, *([1] * (x.ndim - 1)))))
         return active
-
-
-def _one_classifier(cond_fn, items, model_kwargs):
-    """The run's `ClassifierGuidance`, if any, after the checks that need no step."""
-    classifiers = [g for g in items if isinstance(g, ClassifierGuidance)]
-    if cond_fn is not None and classifiers:
-        raise ValueError("pass classifier guidance either as cond_fn or as a ClassifierGuidance, not both")
-    if len(classifiers) > 1:
-        raise ValueError("at most one ClassifierGuidance per sampler")
-    if classifiers and model_kwargs.get("y") is None:
-        raise ValueError("classifier guidance needs class labels: pass model_kwargs={'y': labels}")
-    return classifiers[0] if classifiers else None
 
 
 def guided_prediction(diffusion, model, x, t, guidance, clip_denoised=True, denoised_fn=None, model_kwargs=None,

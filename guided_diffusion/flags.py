@@ -14,9 +14,18 @@ from typing import Any, Callable, Optional
 
 from .config import parse_args
 from .scales import check_scale
-from .script_util import str2bool
 
 CONFIG_FLAG = "config"
+
+
+def str2bool(v):
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if v.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected, got {v!r}")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -254,8 +254,13 @@ class GaussianDiffusion:
 
     def _vb_terms_bpd(self, model, x_start, x_t, t, clip_denoised=True, model_kwargs=None):
         """The VB term for one timestep in bits per dimension (the decoder NLL at t = 0)."""
+        output = self.run_model(model, x_t, t, **(model_kwargs or {}))
+        return self.vb_terms_from_output(output, x_start, x_t, t, clip_denoised)
+
+    def vb_terms_from_output(self, model_output, x_start, x_t, t, clip_denoised=True):
+        """`_vb_terms_bpd` of an already computed raw model output."""
         true_mean, _, true_log_variance_clipped = self.q_posterior_mean_variance(x_start, x_t, t)
-        out = self.p_mean_variance(model, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
+        out = self.prediction_from_output(*self.split_output(model_output, x_t), x_t, t, clip_denoised)
         kl = mean_flat(normal_kl(true_mean, true_log_variance_clipped, out["mean"], out["log_variance"])) / np.log(2.0)
         decoder_nll = -discretized_gaussian_log_likelihood(x_start, means=out["mean"],
                                                            log_scales=0.5 * out["log_variance"])
@@ -281,7 +286,7 @@ class GaussianDiffusion:
             model_output, var_values = self.split_output(model_output, x_t)
             # The VB term trains only the variance: the mean is detached.
             frozen = torch.cat([model_output.detach(), var_values], dim=1)
-            terms["vb"] = self._vb_terms_bpd(_Constant(frozen), x_start, x_t, t, clip_denoised=False)["output"]
+            terms["vb"] = self.vb_terms_from_output(frozen, x_start, x_t, t, clip_denoised=False)["output"]
             if self.loss_type == LossType.RESCALED_MSE:
                 terms["vb"] = terms["vb"] * (self.num_timesteps / 1000.0)
         target = {
@@ -298,13 +303,3 @@ class GaussianDiffusion:
         t = torch.full((x_start.shape[0],), self.num_timesteps - 1, device=x_start.device, dtype=torch.long)
         qt_mean, _, qt_log_variance = self.q_mean_variance(x_start, t)
         return mean_flat(normal_kl(qt_mean, qt_log_variance, 0.0, 0.0)) / np.log(2.0)
-
-
-class _Constant:
-    """A stand-in 'model' that returns a fixed output whatever it is called with."""
-
-    def __init__(self, output):
-        self.output = output
-
-    def __call__(self, *args, **kwargs):
-        return self.output

@@ -2,7 +2,7 @@
 
 For each attention block and each chosen noise level t, held-out images x0 are noised (x_t = q(x_t | x0)
 with seeded noise) and the model predicts the noise twice: normally (eps) and with that one block's
-attention map replaced by the identity (eps_perturbed, `guidance.perturbed_attention`).  Per image:
+attention map replaced by the identity (eps_perturbed, an `attention.AttentionPlan`).  Per image:
 
 * movement = ||eps - eps_perturbed|| / ||eps||   how far the perturbation moves the prediction; PAG's
   guidance term s * (eps - eps_perturbed) is this, times s;
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .attention import attention_blocks
-from .guidance import perturbed_attention, unwrap
+from .attention import AttentionPlan, unwrap
 
 DEFAULT_TIMESTEPS = (50, 250, 500, 750, 950)
 
@@ -128,8 +128,8 @@ def probe_layers(
     layers = list(layers) if layers else list(attention_blocks(unwrap(model)))
     if not layers:
         raise ValueError("the model has no attention blocks to probe")
-    with perturbed_attention(model, layers):  # validates the names (a ValueError lists the model's blocks)
-        pass
+    # one plan per layer: its identity map in the whole batch (a ValueError lists the model's blocks)
+    plans = {layer: AttentionPlan.from_names(model, [[layer]]) for layer in layers}
     steps = diffusion.num_timesteps
     bad = [t for t in timesteps if not 0 <= int(t) < steps]
     if bad:
@@ -151,8 +151,7 @@ def probe_layers(
             error[ti, rows] = ((eps - noise[rows]) ** 2).flatten(1).mean(dim=1).cpu().numpy()
             norm = eps.flatten(1).norm(dim=1)
             for li, layer in enumerate(layers):
-                with perturbed_attention(model, [layer]):
-                    eps_perturbed = model(x_t, model_t, **kwargs)[:, :3]
+                eps_perturbed = model(x_t, model_t, **kwargs, attention=plans[layer])[:, :3]
                 moved = (eps - eps_perturbed).flatten(1).norm(dim=1) / norm
                 movement[li, ti, rows] = moved.cpu().numpy()
     return LayerProbe(layers, [int(t) for t in timesteps], movement, error, steps,

@@ -29,7 +29,7 @@ from . import dist_util
 from . import guidance as guidance_lib
 from .flags import Flag, FlagGroup, at_least, check_flags, create_parser
 from .folder_jobs import DEFAULT_TIMEOUT, describe as describe_job
-from .guidance_flags import GUIDANCE_FLAGS, attention_guidance, classifier_guidance, describe
+from .guidance import ClassifierGuidance, describe, guidance_flags, guidance_from_flags, method_from_flags
 from .file_io import file_identity
 from .image_io import to_uint8
 from .log_setup import log_to_console, log_to_file, stop_logging
@@ -83,7 +83,7 @@ OUTPUT_FLAGS = FlagGroup("output", [
                                            "by others (a dead process on this host is noticed at once); give every "
                                            "job the same value", _positive_seconds),
 ])
-FLAG_GROUPS = (SAMPLE_FLAGS, OUTPUT_FLAGS, GUIDANCE_FLAGS, MODEL_FLAGS, CLASSIFIER_FLAGS)
+FLAG_GROUPS = (SAMPLE_FLAGS, OUTPUT_FLAGS, guidance_flags(), MODEL_FLAGS, CLASSIFIER_FLAGS)
 
 
 def create_sampler_parser(description):
@@ -113,7 +113,7 @@ class Run:
         self.args = args
         self.device = dist_util.dev()
         check_flags(args, FLAG_GROUPS)
-        self.attention_guidance = attention_guidance(args)  # bad intervals / schedules fail here
+        self.attention_guidance = guidance_from_flags(args)  # bad intervals / schedules fail here
         self.uses_classifier = bool(args.classifier_path)
         self.labels = LabelSource(args.seed, args.num_samples,
                                   args.num_classes if (args.class_cond or self.uses_classifier) else None,
@@ -139,7 +139,8 @@ class Run:
         self.model, self.diffusion = load_model(args, self.device)
         self.guidance = list(self.attention_guidance)
         if self.uses_classifier:
-            self.guidance.append(classifier_guidance(args, load_classifier(args, self.device)))
+            self.guidance.append(method_from_flags(ClassifierGuidance, args,
+                                                   classifier=load_classifier(args, self.device)))
             if not args.class_cond:  # the classifier needs the labels, an unconditional model must not get them
                 self.model = LabelBlind(self.model)
         guidance_lib.validate(self.guidance, self.model)  # unknown PAG / SAG layers
@@ -164,7 +165,7 @@ def run_config(args, attention_items, labels):
         config["classifier"] = CLASSIFIER_FLAGS.values(args, exclude=("classifier_path",))
         config["classifier"]["checkpoint"] = checkpoint_identity(args.classifier_path, "--classifier_path")
         # built here without the classifier, so that a bad interval or schedule fails early
-        config["classifier"]["guidance"] = dataclasses.asdict(classifier_guidance(args, None).options)
+        config["classifier"]["guidance"] = method_from_flags(ClassifierGuidance, args).settings()
     return config
 
 

@@ -4,6 +4,7 @@ import argparse
 import inspect
 
 from . import gaussian_diffusion as gd
+from .flags import str2bool  # noqa: F401 - the release exports it here
 from .respace import SpacedDiffusion, space_timesteps
 from .unet import EncoderUNetModel, SuperResModel, UNetModel
 
@@ -176,13 +177,3 @@ def add_dict_to_argparser(parser, default_dict):
 
 def args_to_dict(args, keys):
     return {k: getattr(args, k) for k in keys}
-
-
-def str2bool(v):
-    if isinstance(v, bool):
-        return v
-    if v.lower() in ("yes", "true", "t", "y", "1"):
-        return True
-    if v.lower() in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"boolean value expected, got {v!r}")

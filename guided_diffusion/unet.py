@@ -241,24 +241,18 @@ class UNetModel(_TimestepNetwork):
         """Every attention block by its module path (`input_blocks.14.1`, `middle_block.1`, ...)."""
         return attention_blocks(self)
 
-    def forward(self, x, timesteps, y=None, attention=None, attention_variants=None):
+    def forward(self, x, timesteps, y=None, attention=None):
         """Apply the model to a batch `x` [B, C, H, W] at `timesteps` [B] (class labels `y` [B] if conditional).
 
         `attention`: an `AttentionPlan` for this call. With K copies the result holds K copies of the batch
-        along dim 0, copy k with the attention map of `plan.copies[k]` replaced by the identity; everything
-        before the first perturbed block is computed once for all copies. If the plan captures attention
+        along dim 0, copy k with the blocks of `plan.copies[k]` computed by their edits; everything
+        before the first edited block is computed once for all copies. If the plan captures attention
         maps, the call returns `(output, maps)`, the maps in the plan's order.
-        `attention_variants`: the same by layer names, `[names, ...]`: the normal output, then one copy per
-        entry (resolved on every call; samplers bind a plan once instead).
         """
         cpu_allocator.note_forward(x)  # on the CPU, large activations otherwise cost fresh page faults
         if (y is not None) != (self.num_classes is not None):
             raise ValueError("pass class labels y exactly when the model is class-conditional "
                              f"(num_classes={self.num_classes}, y given: {y is not None})")
-        if attention_variants is not None:
-            if attention is not None:
-                raise ValueError("pass attention or attention_variants, not both")
-            attention = AttentionPlan.from_names(self, [()] + [list(names) for names in attention_variants])
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
         if self.num_classes is not None:
             emb = emb + self.label_emb(y)
@@ -283,15 +277,14 @@ class UNetModel(_TimestepNetwork):
 class _PlanWalk:
     """Runs the U-Net's layers for the copies of an attention plan.
 
-    Before the first perturbed block the batch has B rows; at that block it is repeated to K * B rows
-    (K copies), and each perturbed block gets identity flags that are True on the rows of the copies
-    that perturb it. Captured maps are kept for this call only and returned by `captured_maps`.
+    Before the first edited block the batch has B rows; at that block it is repeated to K * B rows
+    (K copies), and each edited block gets its per-row edits (None on the rows of copies that leave it). Captured maps are kept for this call only and returned by `captured_maps`.
     """
 
     def __init__(self, plan, batch):
         self.batch = batch
         self.copies = len(plan.copies)
-        self.masks = plan.row_masks(batch)
+        self.edits = plan.row_edits(batch)
         self.captures = {block: (heads, legacy) for block, heads, legacy in plan.captures}
         self.capture_order = [block for block, _, _ in plan.captures]
         self.maps = {}
@@ -303,12 +296,12 @@ class _PlanWalk:
     def run_block(self, block, h, emb):
         for layer in block:
             if isinstance(layer, AttentionBlock):
-                mask = self.masks.get(layer)
-                if mask is not None and not self.expanded:
+                edits = self.edits.get(layer)
+                if edits is not None and not self.expanded:
                     h, emb = self.expand(h), self.expand(emb)
                     self.expanded = True
                 capture = self.captures.get(layer)
-                h = layer(h, identity_rows=mask, capture=capture)
+                h = layer(h, row_edits=edits, capture=capture)
                 if capture is not None:
                     h, attention_map = h
                     self.maps[layer] = attention_map[:self.batch]

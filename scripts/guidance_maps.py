@@ -15,7 +15,7 @@ import torch
 
 from guided_diffusion import dist_util
 from guided_diffusion.flags import Flag, FlagGroup, check_flags, create_parser, parse
-from guided_diffusion.guidance_flags import GUIDANCE_FLAGS, attention_guidance
+from guided_diffusion.guidance import guidance_flags, guidance_from_flags, network_free_methods
 from guided_diffusion.image_io import save_image_grid, to_uint8
 from guided_diffusion.log_setup import log_to_console
 from guided_diffusion.sampling import ETA, MODEL_FLAGS, MODEL_PATH, PRECISION, USE_DDIM, load_model
@@ -39,7 +39,7 @@ FIGURE_FLAGS = FlagGroup("figure", [
 ])
 
 
-FLAG_GROUPS = (FIGURE_FLAGS, GUIDANCE_FLAGS, MODEL_FLAGS)
+FLAG_GROUPS = (FIGURE_FLAGS, guidance_flags(network_free_methods()), MODEL_FLAGS)
 
 
 def create_argparser():
@@ -71,7 +71,7 @@ def main(argv=None):
 def draw(args):
     """Sample, draw the figure and the grid of samples; returns the figure's path."""
     check_flags(args, FLAG_GROUPS)
-    guidance = attention_guidance(args)
+    guidance = guidance_from_flags(args)
     if not guidance:
         raise SystemExit("nothing to draw: set --pag_scale and/or --sag_scale")
     device = dist_util.dev()

@@ -36,12 +36,12 @@ import numpy as np
 
 from guided_diffusion import dist_util
 from guided_diffusion.flags import Flag, FlagGroup, check_flags, create_parser, parse as parse_flags, required
+from guided_diffusion.guidance import describe, guidance_flags, guidance_from_flags, network_free_methods
 from guided_diffusion.guidance import validate as validate_guidance
-from guided_diffusion.guidance_flags import ATTENTION_GUIDANCE_FLAGS, attention_guidance
 from guided_diffusion.image_datasets import open_dataset
 from guided_diffusion.image_io import save_image_grid
-from guided_diffusion.inverse.restore import (DPS_FLAGS, OPERATOR_FLAGS, build_operator, describe_guidance,
-                                              quality_report, restore)
+from guided_diffusion.inverse.restore import (DPS_FLAGS, OPERATOR_FLAGS, build_operator, quality_report,
+                                              restore)
 from guided_diffusion.sampling import BATCH_SIZE, MODEL_FLAGS, MODEL_PATH, PRECISION, load_model
 
 
@@ -62,7 +62,8 @@ RUN_FLAGS = FlagGroup("run", [
     PRECISION,
 ])
 MODEL_FLAGS_UNCONDITIONAL = MODEL_FLAGS.replace(MODEL_FLAGS["class_cond"].but(check=_unconditional))
-FLAG_GROUPS = (RUN_FLAGS, OPERATOR_FLAGS, DPS_FLAGS, ATTENTION_GUIDANCE_FLAGS, MODEL_FLAGS_UNCONDITIONAL)
+FLAG_GROUPS = (RUN_FLAGS, OPERATOR_FLAGS, DPS_FLAGS, guidance_flags(network_free_methods()),
+               MODEL_FLAGS_UNCONDITIONAL)
 
 
 def create_argparser():
@@ -103,7 +104,7 @@ def run(args):
         raise SystemExit(f"error: {error}") from None
     device = dist_util.dev()
     operator = build_operator(args)
-    guidance = attention_guidance(args)
+    guidance = guidance_from_flags(args)
     images = load_images(args)  # uint8 NHWC
     model, diffusion = load_model(args, device)
     validate_guidance(guidance, model)
@@ -126,7 +127,7 @@ def run(args):
         "num_images": int(len(images)),
         "seconds": seconds,
         "config": {"operator": operator.describe(), **DPS_FLAGS.values(args), "seed": args.seed,
-                   "guidance": describe_guidance(guidance), "data": args.data,
+                   "guidance": describe(guidance), "data": args.data,
                    "model_path": os.path.abspath(args.model_path), "model": MODEL_FLAGS.values(args)},
         "argv": getattr(args, "argv", None),
     }

@@ -14,7 +14,10 @@ GOLDEN_DIR = Path(os.environ.get("PAG_GOLDEN_DIR", Path(__file__).resolve().pare
 def load_fixture(name):
     path = GOLDEN_DIR / name
     if not path.exists():
-        pytest.fail(f"golden fixture {path} is missing: put ../shared/golden beside the repo or set PAG_GOLDEN_DIR")
+        message = f"golden fixture {path} is missing: put ../shared/golden beside the repo or set PAG_GOLDEN_DIR"
+        if os.environ.get("CI"):  # CI has the fixtures: a missing one is a broken set-up, not a skip
+            pytest.fail(message)
+        pytest.skip(message)
     fx = torch.load(path, weights_only=True)
     for key in ("state_dict", "classifier_state_dict"):
         if isinstance(fx.get(key), str):

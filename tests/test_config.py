@@ -9,7 +9,8 @@ import torch
 from guided_diffusion import guidance as guidance_lib
 from guided_diffusion.config import load_yaml, parse_args
 from guided_diffusion.flags import FlagGroup
-from guided_diffusion.guidance_flags import attention_guidance, describe, parse_interval
+from guided_diffusion.guidance import describe, guidance_from_flags
+from guided_diffusion.guidance.base import parse_interval
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.sample_run import create_sampler_parser
 
@@ -118,14 +119,14 @@ def test_guidance_flags_to_objects():
     args = parse_args(sampler_parser(), ["--pag_scale", "3", "--pag_layers", "input_blocks.14.1,input_blocks.16.1",
                                            "middle_block.1", "--pag_interval", "100,999", "--pag_schedule", "linear",
                                            "--sag_scale", "0.5", "--sag_layer", "output_blocks.2.1"])
-    pag, sag = attention_guidance(args)
+    pag, sag = guidance_from_flags(args)
     assert pag.layers == ["input_blocks.14.1", "input_blocks.16.1", "middle_block.1"]
     assert pag.interval == (100, 999) and pag.schedule == "linear" and pag.scale == 3.0
     assert sag.layer == "output_blocks.2.1" and sag.blur_sigma == 9.0 and sag.map_heads == "official"
     assert describe([pag])["pag_interval"] == [100, 999]
-    assert attention_guidance(parse_args(sampler_parser(), [])) == []
+    assert guidance_from_flags(parse_args(sampler_parser(), [])) == []
     with pytest.raises(ValueError, match="schedule"):
-        attention_guidance(parse_args(sampler_parser(), ["--sag_scale", "1", "--sag_schedule", "square"]))
+        guidance_from_flags(parse_args(sampler_parser(), ["--sag_scale", "1", "--sag_schedule", "square"]))
     assert parse_interval("", "x") is None
     with pytest.raises(ValueError, match="--pag_interval must be 'lo,hi'"):
         parse_interval("1,2,3", "pag_interval")
@@ -180,7 +181,7 @@ def test_config_rows_have_the_official_settings(adm256_blocks, group, kind, guid
         assert (args.timestep_respacing, args.use_ddim, args.eta) == ("ddim25", True, 0.0)
     assert args.output_dir == f"samples/{group.split('/')[-1]}/adm256_{kind}_{guide}"
     assert not args.classifier_path
-    items = attention_guidance(args)
+    items = guidance_from_flags(args)
     guidance_lib.validate(items, adm256_blocks[args.class_cond])  # the layer names exist in ADM-256
     if guide == "unguided":
         assert items == []

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from golden import build_model_and_diffusion, load_fixture
-from guided_diffusion import denoiser as denoiser_module
+from guided_diffusion import attention as attention_module
 from guided_diffusion.denoiser import GuidedDenoiser
 from guided_diffusion.guidance import ClassifierGuidance, PerturbedAttentionGuidance, SelfAttentionGuidance
 from guided_diffusion.samplers import DDIM, DDPM, sample_loop
@@ -43,18 +43,21 @@ def test_unknown_layers_of_all_guidances_fail_once_at_binding(setup):
     with pytest.raises(TypeError, match="unsupported guidance"):
         GuidedDenoiser(diffusion, model, ["pag"])
     with pytest.raises(ValueError, match="class labels"):
-        GuidedDenoiser(diffusion, model, ClassifierGuidance(lambda x, t: x, scale=1.0))
+        GuidedDenoiser(diffusion, model, ClassifierGuidance(scale=1.0, classifier=lambda x, t: x))
 
 
 def test_layers_are_resolved_once_per_run(setup, monkeypatch):
     model, diffusion, noise = setup
-    resolved = []
-    real = denoiser_module.select_blocks
-    monkeypatch.setattr(denoiser_module, "select_blocks", lambda m, names: resolved.append(names) or real(m, names))
+    lookups = []
+    real = attention_module.attention_blocks
+    monkeypatch.setattr(attention_module, "attention_blocks", lambda m: lookups.append(1) or real(m))
     guidance = [PerturbedAttentionGuidance(scale=1.0, layers=LAYERS), SelfAttentionGuidance(scale=0.5)]
+    GuidedDenoiser(diffusion, model, guidance)
+    at_binding = len(lookups)
+    assert at_binding > 0
     with torch.no_grad():
         diffusion.p_sample_loop(model, tuple(noise.shape), noise=noise, guidance=guidance)
-    assert resolved == [LAYERS + ["middle_block.1"]]  # one resolution for the whole run of 5 steps
+    assert len(lookups) == 2 * at_binding  # the run of 5 steps resolved its layers only when it bound them
 
 
 def test_sag_binds_the_model_flags_it_needs(setup):

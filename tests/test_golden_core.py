@@ -5,7 +5,8 @@ import torch
 
 from conftest import assert_close
 from golden import build_model_and_diffusion, case_ids, load_fixture, model_kwargs
-from guided_diffusion.guidance import ClassifierGuidance, perturbed_attention
+from guided_diffusion.attention import AttentionPlan
+from guided_diffusion.guidance import ClassifierGuidance
 from guided_diffusion.script_util import create_classifier
 from sampling_cases import run_case
 
@@ -23,10 +24,10 @@ def test_model_forward_and_perturbed_attention(name):
         assert_close(model(x, t, **kw), fx["expected"]["eps_out"], fx["tolerance"]["eps_out"], "eps_out")
         for list_name, layers in fx["config"]["perturbed_layer_lists"].items():
             key = f"perturbed_out_{list_name}"
-            with perturbed_attention(model, layers):
-                assert_close(model(x, t, **kw), fx["expected"][key], fx["tolerance"][key], key)
+            perturbed = model(x, t, **kw, attention=AttentionPlan.from_names(model, [layers]))
+            assert_close(perturbed, fx["expected"][key], fx["tolerance"][key], key)
             # The batched form (normal + perturbed copies in one call) gives the same two outputs.
-            both = model(x, t, attention_variants=[layers], **kw)
+            both = model(x, t, **kw, attention=AttentionPlan.from_names(model, [[], layers]))
             assert_close(both[: len(x)], fx["expected"]["eps_out"], fx["tolerance"]["eps_out"], "batched eps")
             assert_close(both[len(x):], fx["expected"][key], fx["tolerance"][key], f"batched {key}")
 
@@ -39,7 +40,7 @@ def test_classifier_logits_and_guidance_gradient():
     x, t, y = fx["inputs"]["x"], fx["inputs"]["t"], fx["inputs"]["y"]
     with torch.no_grad():
         assert_close(classifier(x, t), fx["expected"]["logits"], fx["tolerance"]["logits"], "logits")
-    grad = ClassifierGuidance(classifier, scale=1.0).gradient(x, t, y)
+    grad = ClassifierGuidance(scale=1.0, classifier=classifier).gradient(x, t, y)
     assert_close(grad, fx["expected"]["log_prob_grad"], fx["tolerance"]["log_prob_grad"], "log_prob_grad")
 
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from golden import build_model_and_diffusion, load_fixture
-from guided_diffusion.guidance import (ClassifierGuidance, Guidance, PerturbedAttentionGuidance,
-                                       SelfAttentionGuidance, perturbed_attention)
+from guided_diffusion.attention import AttentionPlan
+from guided_diffusion.guidance import (ClassifierGuidance, GuidanceMethod, PerturbedAttentionGuidance,
+                                       SelfAttentionGuidance)
 
 LAYERS = ["input_blocks.5.1", "input_blocks.7.1", "input_blocks.8.1", "middle_block.1"]
 
@@ -32,8 +33,8 @@ def test_batched_pag_equals_two_separate_passes(setup):
     with torch.no_grad():
         guided = diffusion.p_mean_variance(model, x, t, guidance=PerturbedAttentionGuidance(scale=3.0, layers=LAYERS))
         eps, var = diffusion.split_output(diffusion.run_model(model, x, t), x)
-        with perturbed_attention(model, LAYERS):
-            eps_perturbed, _ = diffusion.split_output(diffusion.run_model(model, x, t), x)
+        plan = AttentionPlan.from_names(model, [LAYERS])
+        eps_perturbed, _ = diffusion.split_output(diffusion.run_model(model, x, t, attention=plan), x)
         two_pass = diffusion.prediction_from_output(eps + 3.0 * (eps - eps_perturbed), var, x, t)
     for key in ("mean", "variance", "pred_xstart"):
         torch.testing.assert_close(guided[key], two_pass[key], atol=1e-5, rtol=0)
@@ -96,13 +97,13 @@ def test_interval_is_in_base_timesteps(setup):
 
 def test_scale_schedules():
     t = torch.tensor([0, 333, 999])
-    torch.testing.assert_close(Guidance(2.0).scale_at(t, 1000), torch.full((3,), 2.0))
-    torch.testing.assert_close(Guidance(2.0, schedule="linear").scale_at(t, 1000),
+    torch.testing.assert_close(GuidanceMethod(2.0).scale_at(t, 1000), torch.full((3,), 2.0))
+    torch.testing.assert_close(GuidanceMethod(2.0, schedule="linear").scale_at(t, 1000),
                                torch.tensor([0.0, 2 * 333 / 999, 2.0]))
-    cosine = Guidance(2.0, schedule="cosine").scale_at(t, 1000)
+    cosine = GuidanceMethod(2.0, schedule="cosine").scale_at(t, 1000)
     assert cosine[0] == 0 and cosine[2] == pytest.approx(2.0) and 0 < cosine[1] < 2 * 333 / 999
     with pytest.raises(ValueError, match="schedule"):
-        Guidance(1.0, schedule="exp")
+        GuidanceMethod(1.0, schedule="exp")
 
 
 @pytest.mark.golden
@@ -138,7 +139,7 @@ def test_classifier_guidance_object_equals_cond_fn_and_combines_with_pag(setup):
     classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
     wrapped = lambda x_, t_: classifier(x_) * (1 + t_.float()[:, None] / 1000)  # noqa: E731 - uses t
     y = torch.tensor([3, 7])
-    guidance = ClassifierGuidance(wrapped, scale=2.0)
+    guidance = ClassifierGuidance(scale=2.0, classifier=wrapped)
 
     def cond_fn(x_, t_, y=None):
         return guidance.gradient(x_, t_, y) * 2.0

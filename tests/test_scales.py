@@ -21,14 +21,14 @@ def test_every_guidance_refuses_non_finite_scales(value):
         PerturbedAttentionGuidance(scale=value)
     with pytest.raises(ValueError, match=r"SelfAttentionGuidance\.scale must be a finite number"):
         SelfAttentionGuidance(scale=value)
-    with pytest.raises(ValueError, match="ClassifierGuidance scale must be a finite number"):
-        ClassifierGuidance(None, value)
+    with pytest.raises(ValueError, match=r"ClassifierGuidance\.scale must be a finite number"):
+        ClassifierGuidance(value)
 
 
 def test_negative_and_zero_scales_are_allowed():
     assert PerturbedAttentionGuidance(scale=-1.5).scale == -1.5
     assert SelfAttentionGuidance(scale=0).scale == 0
-    assert ClassifierGuidance(None, -2.0).options.scale == -2.0
+    assert ClassifierGuidance(-2.0).scale == -2.0
     assert check_scale(torch.tensor([0.5, -1.0]), "zeta").tolist() == [0.5, -1.0]
     with pytest.raises(ValueError, match="must be a number"):
         check_scale("3", "--pag_scale")

@@ -6,8 +6,7 @@ import torch
 
 from conftest import assert_close
 from golden import build_model_and_diffusion, load_fixture, model_flags
-from guided_diffusion.attention import AttentionPlan, attend, split_heads
-from guided_diffusion.guidance import perturbed_attention
+from guided_diffusion.attention import IDENTITY_MAP, AttentionPlan, attend, split_heads
 from guided_diffusion.script_util import create_model_and_diffusion
 
 
@@ -38,14 +37,12 @@ def adm32():
 def test_unknown_layer_lists_valid_names(adm32):
     fx, model = adm32
     with pytest.raises(ValueError) as err:
-        with perturbed_attention(model, ["middle_block.1", "input_blocks.99.1"]):
-            pass
+        AttentionPlan.from_names(model, [["middle_block.1", "input_blocks.99.1"]])
     assert "input_blocks.99.1" in str(err.value)
     for name in fx["config"]["attention_blocks"]:
         assert name in str(err.value)
-    x, t = fx["inputs"]["x"], fx["inputs"]["t"]
     with pytest.raises(ValueError, match="output_blocks.8.1"):
-        model(x, t, attention_variants=[["middle_block.0"]])  # a ResBlock, not an attention block
+        AttentionPlan.from_names(model, [[], ["middle_block.0"]])  # a ResBlock, not an attention block
 
 
 @pytest.mark.golden
@@ -54,43 +51,28 @@ def test_perturbing_changes_output_and_nothing_else_does(adm32):
     x, t = fx["inputs"]["x"], fx["inputs"]["t"]
     with torch.no_grad():
         plain = model(x, t)
-        with perturbed_attention(model, []):
-            assert torch.equal(model(x, t), plain)
-        with perturbed_attention(model, ["output_blocks.8.1"]):
-            perturbed = model(x, t)
+        assert torch.equal(model(x, t, attention=AttentionPlan.from_names(model, [[]])), plain)
+        perturbed = model(x, t, attention=AttentionPlan.from_names(model, [["output_blocks.8.1"]]))
         assert (perturbed - plain).abs().max() > 1e-3
-        # The context restores the block: outside it the output is the plain one again.
+        # Nothing stays on the modules: the next plain call is the plain output again.
         assert torch.equal(model(x, t), plain)
+        assert not model._forward_pre_hooks and not model._forward_hooks
 
 
 @pytest.mark.golden
-def test_per_row_identity_flags_are_per_call(adm32):
+def test_per_row_edits_are_per_call(adm32):
     fx, model = adm32
     block = model.attention_blocks()["middle_block.1"]
     h = torch.randn(2, block.channels, 4, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        plain, perturbed = block(h), block(h, identity_rows=[True, True])
-        mixed = block(h, identity_rows=torch.tensor([False, True]))
+        plain, perturbed = block(h), block(h, row_edits=[IDENTITY_MAP, IDENTITY_MAP])
+        mixed = block(h, row_edits=[None, IDENTITY_MAP])
         assert torch.equal(block(h), plain)  # nothing of the last call stayed on the block
     assert (perturbed - plain).abs().max() > 1e-3
     torch.testing.assert_close(mixed[0], plain[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(mixed[1], perturbed[1], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="one entry per batch row"):
-        block(h, identity_rows=[True])
-
-
-@pytest.mark.golden
-def test_perturbed_attention_is_the_per_call_plan_and_leaves_no_hook(adm32):
-    fx, model = adm32
-    x, t = fx["inputs"]["x"], fx["inputs"]["t"]
-    plan = AttentionPlan.from_names(model, [["middle_block.1"]])
-    with torch.no_grad():
-        with perturbed_attention(model, ["middle_block.1"]):
-            in_context = model(x, t)
-            with pytest.raises(ValueError, match="own attention plan"):
-                model(x, t, attention=plan)
-        assert torch.equal(model(x, t, attention=plan), in_context)
-    assert not model._forward_pre_hooks
+        block(h, row_edits=[IDENTITY_MAP])
 
 
 @pytest.mark.golden

@@ -144,15 +144,6 @@ def noise_level(operator, sigma_y, measurement_shape):
     return sigma_y * float(measured) ** 0.5
 
 
-def describe_guidance(items):
-    """[{"kind": "PerturbedAttentionGuidance", "scale": ..., ...}, ...] for metrics.json."""
-    out = []
-    for item in items:
-        fields = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(item).items()}
-        out.append({"kind": type(item).__name__, **fields})
-    return out
-
-
 def _stats(values):
     values = [float(v) for v in values]
     finite_values = [v for v in values if np.isfinite(v)]
