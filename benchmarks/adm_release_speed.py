@@ -22,7 +22,6 @@ longer than a sampling run, which interleaving cannot even out.
 import argparse
 import importlib
 import importlib.util
-import os
 import statistics
 import sys
 import tempfile
@@ -31,14 +30,15 @@ from pathlib import Path
 
 import torch
 
-from guided_diffusion import cpu_allocator, dist_util
-from guided_diffusion.config import load_config
-from guided_diffusion.precision import apply_precision
-from guided_diffusion.resample import create_named_schedule_sampler
-from guided_diffusion.sampling import sample_images
+from guided_diffusion.cli.yaml_config import load_config
+from guided_diffusion.diffusion.timestep_samplers import create_named_schedule_sampler
+from guided_diffusion.model.precision import apply_precision
+from guided_diffusion.runtime import cpu_allocator
+from guided_diffusion.runtime import distributed as dist_util
+from guided_diffusion.sampling.images import sample_images
+from guided_diffusion.sampling.seeding import ImageNoise
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
-from guided_diffusion.seeding import ImageNoise
-from guided_diffusion.train_util import TrainLoop
+from guided_diffusion.training.loop import TrainLoop
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIG = ROOT / "configs" / "fashion32" / "model.yaml"

@@ -24,10 +24,10 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from guided_diffusion import cpu_allocator
-from guided_diffusion.denoiser import GuidedDenoiser
-from guided_diffusion.attention import AttentionPlan
 from guided_diffusion.guidance import OFFICIAL_PAG_LAYERS_256, PerturbedAttentionGuidance
+from guided_diffusion.model.attention import AttentionPlan
+from guided_diffusion.runtime import cpu_allocator
+from guided_diffusion.sampling.denoiser import GuidedDenoiser
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 
 
@@ -83,7 +83,7 @@ def parse_args(argv=None):
     parser.add_argument("--use_fp16", action="store_true", help="the release's fp16 conversion (GPU)")
     parser.add_argument("--glibc_default_malloc", action="store_true",
                         help="CPU: keep glibc's default of returning large freed blocks to the kernel (sets "
-                             f"{cpu_allocator.OPT_OUT}=1; see guided_diffusion/cpu_allocator.py)")
+                             f"{cpu_allocator.OPT_OUT}=1; see guided_diffusion/runtime/cpu_allocator.py)")
     parser.add_argument("--plain_api", action="store_true",
                         help="CPU: measure the plain Python API (a fresh process that imports the library and "
                              "samples, no entry point) twice, with the library's default and with "

@@ -15,7 +15,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from guided_diffusion.file_io import atomic_write, file_fingerprint
+from guided_diffusion.runtime.files import atomic_write, file_fingerprint
 
 from .backends import FEATURE_KEYS
 

@@ -17,5 +17,5 @@ class FeatureBackend(ABC):
     def fingerprint(self):
         return self.name
 
-    def close(self):
+    def close(self):  # noqa: B027 - optional for backends: most hold nothing to release
         """Release resources (sessions, GPU memory)."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from guided_diffusion.file_io import file_sha256
+from guided_diffusion.runtime.files import file_sha256
 
 from .backend_base import FeatureBackend
 

@@ -2,7 +2,7 @@
 
 The ImageNet metrics read three things from the Inception network: pooled features (FID, precision,
 recall), a flattened lower-level spatial map (sFID) and class probabilities (Inception Score). For the
-16x16 scikit-learn digits (`guided_diffusion.digits`) this module gives the same three from a CNN trained
+16x16 scikit-learn digits (`guided_diffusion.data.digits`) this module gives the same three from a CNN trained
 on the digits' training split only (`scripts/train_digits_features.py`), shipped as
 `checkpoints/digits_features.pt`:
 
@@ -19,8 +19,14 @@ of Inception's mixed_6 map.
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .classifier_backend import (SPATIAL_CHANNELS, ClassifierFeatureBackend, resized, shipped_checkpoint,
-                                 spatial_features, uint8_images_as_input)
+from .classifier_backend import (
+    SPATIAL_CHANNELS,
+    ClassifierFeatureBackend,
+    resized,
+    shipped_checkpoint,
+    spatial_features,
+    uint8_images_as_input,
+)
 
 INPUT_SIZE = 16
 POOL_DIM = 128

@@ -13,7 +13,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from guided_diffusion.file_io import atomic_write
+from guided_diffusion.runtime.files import atomic_write
 
 from .inception import (
     INCEPTION_GRAPH_SIZE,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from guided_diffusion.file_io import atomic_write_text
+from guided_diffusion.runtime.files import atomic_write_text
 
 from . import bootstrap, metrics
 from . import kid as kid_module

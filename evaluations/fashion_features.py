@@ -2,7 +2,7 @@
 
 The ImageNet metrics read three things from Inception: pooled features (FID, KID, precision, recall), a
 lower-level spatial map (sFID) and class probabilities (Inception Score). For the 32x32 Fashion-MNIST
-images of `guided_diffusion.fashion` this network gives the same three. It is trained on the 60,000
+images of `guided_diffusion.data.fashion_mnist` this network gives the same three. It is trained on the 60,000
 training images only (`scripts/train_fashion_features.py`) and shipped as `checkpoints/fashion_features.pt`.
 
 Architecture (float32): RGB in [-1, 1] at 32x32 -> three stages of conv3x3 + BatchNorm + ReLU + maxpool 2
@@ -14,8 +14,13 @@ evaluator takes the first 7 channels of Inception's 17x17 mixed_6 map.
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .classifier_backend import (SPATIAL_CHANNELS, ClassifierFeatureBackend, shipped_checkpoint,
-                                 spatial_features, uint8_images_as_input)
+from .classifier_backend import (
+    SPATIAL_CHANNELS,
+    ClassifierFeatureBackend,
+    shipped_checkpoint,
+    spatial_features,
+    uint8_images_as_input,
+)
 
 INPUT_SIZE = 32
 CHANNELS = (32, 64, 128)

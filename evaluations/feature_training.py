@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from guided_diffusion.file_io import atomic_write
+from guided_diffusion.runtime.files import atomic_write
 
 log = logging.getLogger(__name__)
 

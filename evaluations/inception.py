@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from guided_diffusion.file_io import file_sha256
+from guided_diffusion.runtime.files import file_sha256
 
 from .backend_base import FeatureBackend
 

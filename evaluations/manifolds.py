@@ -192,7 +192,9 @@ def _reduce_blocks(u, v, row_batch_size, col_batch_size, max_block_elements, red
         for c0 in range(0, len(v), col_batch_size):
             cols = slice(c0, min(c0 + col_batch_size, len(v)))
             chunk = _row_chunk(cols.stop - cols.start, max_elements)
-            for sub, result in _reduce_block(u, v, rows, cols, lambda d, sub: reduce_fn(d, sub, cols), chunk):
+            def reduce_block(d, sub, cols=cols):
+                return reduce_fn(d, sub, cols)
+            for sub, result in _reduce_block(u, v, rows, cols, reduce_block, chunk):
                 yield sub, cols, result
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from evaluations.evaluator import Evaluator
-from guided_diffusion.checkpoints import load_checkpoint
-from guided_diffusion.flags import Flag, FlagGroup, check_flags, create_parser, parse
-from guided_diffusion.log_setup import log_to_console
-from guided_diffusion.sampling import MODEL_FLAGS, MODEL_PATH, sample_uint8
+from guided_diffusion.cli.flags import Flag, FlagGroup, check_flags, create_parser, parse
+from guided_diffusion.model.checkpoints import load_checkpoint
+from guided_diffusion.runtime.logs import log_to_console
+from guided_diffusion.sampling.images import MODEL_FLAGS, MODEL_PATH, sample_uint8
+from guided_diffusion.sampling.seeding import LabelSource
 from guided_diffusion.script_util import create_model_and_diffusion
-from guided_diffusion.seeding import LabelSource
 
 log = logging.getLogger("scripts.checkpoint_quality")
 

@@ -5,8 +5,8 @@ commands, e.g. `$MODEL_FLAGS --classifier_scale 1.0 --classifier_path models/256
 --model_path models/256x256_diffusion.pt $SAMPLE_FLAGS` plus its CLASSIFIER_FLAGS, run verbatim.
 """
 
-from guided_diffusion.flags import parse
-from guided_diffusion.sample_run import create_sampler_parser, run
+from guided_diffusion.cli.flags import parse
+from guided_diffusion.sampling.run import create_sampler_parser, run
 
 
 def main(argv=None):

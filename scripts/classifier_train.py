@@ -7,14 +7,19 @@ The release's CLASSIFIER_FLAGS and DIFFUSION_FLAGS work as they are; training fl
 resuming are those of scripts/image_train.py. Sample with it through `--classifier_path` and the same flags.
 """
 
-from guided_diffusion.flags import FlagGroup, parse
-from guided_diffusion.noisy_classifier import NoisyClassifierObjective
-from guided_diffusion.sampling import MODEL_FLAGS
-from guided_diffusion.script_util import classifier_and_diffusion_defaults, create_classifier_and_diffusion
-from guided_diffusion.training_run import run_training, train_parser
+from guided_diffusion.cli.flags import FlagGroup, parse
+from guided_diffusion.sampling.images import MODEL_FLAGS
+from guided_diffusion.script_util import (
+    RELEASE_FLAG_HELP,
+    classifier_and_diffusion_defaults,
+    create_classifier_and_diffusion,
+)
+from guided_diffusion.training.classifier_objective import NoisyClassifierObjective
+from guided_diffusion.training.run import run_training, train_parser
 
 NETWORK_FLAGS = FlagGroup("classifier and diffusion (the ADM release's flags)", [
-    *FlagGroup.from_defaults("", classifier_and_diffusion_defaults()).flags, MODEL_FLAGS["num_classes"]])
+    *FlagGroup.from_defaults("", classifier_and_diffusion_defaults(), RELEASE_FLAG_HELP).flags,
+    MODEL_FLAGS["num_classes"]])
 
 
 def main(argv=None):

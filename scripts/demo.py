@@ -16,15 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from guided_diffusion import cpu_allocator
-from guided_diffusion.demo import TESTBEDS, Scorer, load_demo_model, side_by_side
-from guided_diffusion.flags import Flag, FlagGroup, check_flags, create_parser, finite, parse, raising
+from guided_diffusion.cli.flags import Flag, FlagGroup, check_flags, create_parser, finite, parse, raising
+from guided_diffusion.cli.scales import check_scale
 from guided_diffusion.guidance import PerturbedAttentionGuidance
-from guided_diffusion.sampling import sample_uint8
-from guided_diffusion.scales import check_scale
-from guided_diffusion.seeding import ImageNoise
-from guided_diffusion.visualize import guidance_snapshots, save_guidance_figure
-
+from guided_diffusion.runtime import cpu_allocator
+from guided_diffusion.sampling.images import sample_uint8
+from guided_diffusion.sampling.pictures import guidance_snapshots, save_guidance_figure
+from guided_diffusion.sampling.seeding import ImageNoise
+from guided_diffusion.testbeds.demo import TESTBEDS, Scorer, load_demo_model, side_by_side
 
 DEMO_FLAGS = FlagGroup("demo", [
     Flag("testbed", "fashion", "the shipped model to guide and score", choices=tuple(TESTBEDS)),

@@ -9,9 +9,9 @@ import logging
 
 import torch
 
-from guided_diffusion.checkpoints import write_weights
-from guided_diffusion.flags import Flag, FlagGroup, create_parser, parse
-from guided_diffusion.log_setup import log_to_console
+from guided_diffusion.cli.flags import Flag, FlagGroup, create_parser, parse
+from guided_diffusion.model.checkpoints import write_weights
+from guided_diffusion.runtime.logs import log_to_console
 
 log = logging.getLogger("scripts.export_weights")
 

@@ -13,14 +13,14 @@ import logging
 
 import torch
 
-from guided_diffusion import dist_util
-from guided_diffusion.flags import Flag, FlagGroup, check_flags, create_parser, parse
+from guided_diffusion.cli.flags import Flag, FlagGroup, check_flags, create_parser, parse
+from guided_diffusion.data.image_io import save_image_grid, to_uint8
 from guided_diffusion.guidance import guidance_flags, guidance_from_flags, network_free_methods
-from guided_diffusion.image_io import save_image_grid, to_uint8
-from guided_diffusion.log_setup import log_to_console
-from guided_diffusion.sampling import ETA, MODEL_FLAGS, MODEL_PATH, PRECISION, USE_DDIM, load_model
-from guided_diffusion.seeding import ImageNoise
-from guided_diffusion.visualize import guidance_snapshots, save_guidance_figure
+from guided_diffusion.runtime import distributed as dist_util
+from guided_diffusion.runtime.logs import log_to_console
+from guided_diffusion.sampling.images import ETA, MODEL_FLAGS, MODEL_PATH, PRECISION, USE_DDIM, load_model
+from guided_diffusion.sampling.pictures import guidance_snapshots, save_guidance_figure
+from guided_diffusion.sampling.seeding import ImageNoise
 
 log = logging.getLogger("scripts.guidance_maps")
 

@@ -1,6 +1,6 @@
 """Sample a large batch of images from an ADM model, optionally guided by PAG, SAG and/or a classifier.
 
-Reproducible and resumable (see guided_diffusion/sample_run.py): image i's noise and label come from
+Reproducible and resumable (see guided_diffusion/sampling/run.py): image i's noise and label come from
 (--seed, i) alone, so the samples are the same for any number of processes and any --batch_size; finished
 blocks are written atomically to --output_dir, a rerun continues there, and jobs with the same config may
 share it. At the end: `samples_{N}x{H}x{W}x3.npz` (the ADM evaluator's format) and a PNG grid.
@@ -10,8 +10,8 @@ The release's MODEL_FLAGS and SAMPLE_FLAGS work verbatim. Launch as one process,
 (command-line flags win).
 """
 
-from guided_diffusion.flags import parse
-from guided_diffusion.sample_run import create_sampler_parser, run
+from guided_diffusion.cli.flags import parse
+from guided_diffusion.sampling.run import create_sampler_parser, run
 
 
 def create_argparser():

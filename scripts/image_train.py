@@ -9,10 +9,10 @@ flags on the command line override. Runs on one process, or under `mpiexec -n N`
 --nproc_per_node N` or `srun`; a run directory that already holds checkpoints is continued from its latest.
 """
 
-from guided_diffusion.flags import parse
-from guided_diffusion.sampling import MODEL_FLAGS
+from guided_diffusion.cli.flags import parse
+from guided_diffusion.sampling.images import MODEL_FLAGS
 from guided_diffusion.script_util import create_model_and_diffusion
-from guided_diffusion.training_run import run_training, train_parser
+from guided_diffusion.training.run import run_training, train_parser
 
 MODEL_TRAIN_FLAGS = MODEL_FLAGS.replace(MODEL_FLAGS["use_fp16"].but(
     help="the release's float16 training: float16 U-Net, float32 master weights, dynamic loss scale"))

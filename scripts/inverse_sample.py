@@ -34,15 +34,15 @@ import time
 
 import numpy as np
 
-from guided_diffusion import dist_util
-from guided_diffusion.flags import Flag, FlagGroup, check_flags, create_parser, parse as parse_flags, required
+from guided_diffusion.cli.flags import Flag, FlagGroup, check_flags, create_parser, required
+from guided_diffusion.cli.flags import parse as parse_flags
+from guided_diffusion.data.datasets import open_dataset
+from guided_diffusion.data.image_io import save_image_grid
 from guided_diffusion.guidance import describe, guidance_flags, guidance_from_flags, network_free_methods
 from guided_diffusion.guidance import validate as validate_guidance
-from guided_diffusion.image_datasets import open_dataset
-from guided_diffusion.image_io import save_image_grid
-from guided_diffusion.inverse.restore import (DPS_FLAGS, OPERATOR_FLAGS, build_operator, quality_report,
-                                              restore)
-from guided_diffusion.sampling import BATCH_SIZE, MODEL_FLAGS, MODEL_PATH, PRECISION, load_model
+from guided_diffusion.inverse.restore import DPS_FLAGS, OPERATOR_FLAGS, build_operator, quality_report, restore
+from guided_diffusion.runtime import distributed as dist_util
+from guided_diffusion.sampling.images import BATCH_SIZE, MODEL_FLAGS, MODEL_PATH, PRECISION, load_model
 
 
 def _unconditional(flag, value, args):

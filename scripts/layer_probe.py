@@ -2,7 +2,7 @@
 
 For every attention block and a few noise levels, held-out images are noised and the model predicts the
 noise with and without that block's attention map replaced by the identity (PAG's perturbation). Writes a
-Markdown table, a JSON file and (with matplotlib) a PNG to --output_dir; see guided_diffusion/layer_probe.py.
+Markdown table, a JSON file and (with matplotlib) a PNG to --output_dir; see guided_diffusion/sampling/layer_probe.py.
 
     pag-layer-probe                                      # the shipped digits model on the held-out digits
     python -m scripts.layer_probe --config configs/digits/model.yaml \\
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from guided_diffusion.cpu_allocator import reuse_freed_memory
-from guided_diffusion.flags import Flag, FlagGroup, create_parser, parse
-from guided_diffusion.image_datasets import open_dataset, to_model_range
-from guided_diffusion.layer_probe import DEFAULT_TIMESTEPS, markdown_table, plot, probe_layers
-from guided_diffusion.sampling import BATCH_SIZE, MODEL_FLAGS, MODEL_PATH, PRECISION, load_model
+from guided_diffusion.cli.flags import Flag, FlagGroup, create_parser, parse
+from guided_diffusion.data.datasets import open_dataset, to_model_range
+from guided_diffusion.runtime.cpu_allocator import reuse_freed_memory
+from guided_diffusion.sampling.images import BATCH_SIZE, MODEL_FLAGS, MODEL_PATH, PRECISION, load_model
+from guided_diffusion.sampling.layer_probe import DEFAULT_TIMESTEPS, markdown_table, plot, probe_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_CONFIG = ROOT / "configs" / "digits" / "model.yaml"

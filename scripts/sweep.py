@@ -10,15 +10,21 @@ Reruns skip finished points; failed points are recorded and retried on the next 
 import argparse
 from pathlib import Path
 
-from guided_diffusion.file_io import atomic_write_text
-from guided_diffusion.log_setup import log_to_console, stop_logging
-from guided_diffusion.sweep import (load_spec, planned_commands, plot_results, results_table, run_comparisons,
-                                    run_sweep)
+from guided_diffusion.experiments.sweep import (
+    load_spec,
+    planned_commands,
+    plot_results,
+    results_table,
+    run_comparisons,
+    run_sweep,
+)
+from guided_diffusion.runtime.files import atomic_write_text
+from guided_diffusion.runtime.logs import log_to_console, stop_logging
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", help="sweep spec YAML (see guided_diffusion/sweep.py)")
+    parser.add_argument("spec", help="sweep spec YAML (see guided_diffusion/experiments/sweep.py)")
     parser.add_argument("--dry_run", action="store_true", help="print the commands of pending points, run nothing")
     parser.add_argument("--output_dir", help="override the spec's output_dir")
     args = parser.parse_args(argv)

@@ -17,8 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluations.digits_features import INPUT_SIZE, DigitsFeatureNet, preprocess  # noqa: E402
 from evaluations.feature_training import run_trainer, trainer_parser  # noqa: E402
-from guided_diffusion.digits import load_digits_split  # noqa: E402
-from guided_diffusion.log_setup import log_to_console  # noqa: E402
+from guided_diffusion.data.digits import load_digits_split  # noqa: E402
+from guided_diffusion.runtime.logs import log_to_console  # noqa: E402
 
 
 def augment(x, generator):

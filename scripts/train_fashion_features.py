@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluations.fashion_features import INPUT_SIZE, FashionFeatureNet, preprocess  # noqa: E402
 from evaluations.feature_training import run_trainer, trainer_parser  # noqa: E402
-from guided_diffusion.fashion import load_fashion_split  # noqa: E402
-from guided_diffusion.log_setup import log_to_console  # noqa: E402
+from guided_diffusion.data.fashion_mnist import load_fashion_split  # noqa: E402
+from guided_diffusion.runtime.logs import log_to_console  # noqa: E402
 
 SHIFT = 2
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion.cpu_allocator import reuse_freed_memory
+from guided_diffusion.runtime.cpu_allocator import reuse_freed_memory
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

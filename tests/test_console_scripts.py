@@ -6,8 +6,9 @@ import re
 
 import pytest
 
+from guided_diffusion.data.digits import write_digits_npz
+
 from programs import REPO, assert_ok, run_script
-from guided_diffusion.digits import write_digits_npz
 
 # Success runs of the console scripts that the other test files do not already run through their executable.
 TESTED_ELSEWHERE = {

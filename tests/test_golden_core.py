@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from conftest import assert_close
-from golden import build_model_and_diffusion, case_ids, load_fixture, model_kwargs
-from guided_diffusion.attention import AttentionPlan
 from guided_diffusion.guidance import ClassifierGuidance
+from guided_diffusion.model.attention import AttentionPlan
 from guided_diffusion.script_util import create_classifier
+
+from conftest import assert_close
+from golden import build_model_and_diffusion, load_fixture, model_kwargs
 from sampling_cases import run_case
 
 pytestmark = pytest.mark.golden

@@ -73,7 +73,7 @@ def _cycles(graph):
 def test_no_import_cycles():
     modules = _modules()
     graph = {name: _imports(name, path, modules) for name, path in modules.items()}
-    assert "guided_diffusion.attention" in graph["guided_diffusion.unet"]  # the scan sees imports
+    assert "guided_diffusion.model.attention" in graph["guided_diffusion.unet"]  # the scan sees imports
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # and finds circles
     assert _cycles(graph) == []
 
@@ -139,3 +139,80 @@ def test_one_docstring_and_signature_style():
     offenders = {str(path.relative_to(ROOT)): found for path in _modules().values()
                  if (found := _style_breaks(path.read_text()))}
     assert offenders == {}, "no type hints in signatures, prose docstrings (see guided_diffusion/)"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The architecture: subpackages that import only downward, the release's import paths on top
+
+# In the order they may import: each subpackage imports only itself and those before it.
+LAYERS = ("runtime", "cli", "data", "model", "diffusion", "guidance", "sampling", "training", "inverse", "experiments",
+          "testbeds")
+RELEASE_PATHS = ("script_util", "unet", "gaussian_diffusion", "respace", "dist_util")
+
+
+def _layer(module):
+    """'guided_diffusion.model.unet' -> 'model'; a top-level module -> None."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else None
+
+
+def _upward_imports(graph):
+    found = []
+    for name, targets in sorted(graph.items()):
+        if not name.startswith("guided_diffusion.") or _layer(name) is None:
+            continue
+        for target in sorted(targets):
+            if target.startswith("evaluations") and _layer(name) not in ("experiments", "testbeds"):
+                found.append(f"{name} -> {target}")
+            elif target.startswith("guided_diffusion"):
+                layer = _layer(target)
+                if layer is None or LAYERS.index(layer) > LAYERS.index(_layer(name)):
+                    found.append(f"{name} -> {target}")
+    return found
+
+
+def test_subpackages_import_only_downward():
+    probe = {"guided_diffusion.model.unet": {"guided_diffusion.sampling.denoiser"},
+             "guided_diffusion.diffusion.process": {"guided_diffusion.script_util"},
+             "guided_diffusion.sampling.run": {"guided_diffusion.model.unet"}}
+    assert _upward_imports(probe) == ["guided_diffusion.diffusion.process -> guided_diffusion.script_util",
+                                      "guided_diffusion.model.unet -> guided_diffusion.sampling.denoiser"]
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    assert _upward_imports(graph) == []
+    evaluation_imports = {t for name, targets in graph.items() if name.startswith("evaluations")
+                          for t in targets if t.startswith("guided_diffusion")}
+    assert {_layer(t) for t in evaluation_imports} <= {"runtime"}  # the evaluator stands apart from the library
+
+
+def test_top_level_holds_only_the_release_import_paths():
+    top = {path.stem for path in (ROOT / "guided_diffusion").glob("*.py")} - {"__init__"}
+    packages = {path.parent.name for path in (ROOT / "guided_diffusion").glob("*/__init__.py")}
+    assert top == set(RELEASE_PATHS)
+    assert packages == set(LAYERS)
+    for name in RELEASE_PATHS:  # thin: a docstring, imports and a delegating __getattr__ or wrappers
+        assert len((ROOT / "guided_diffusion" / f"{name}.py").read_text().splitlines()) <= 30
+
+
+def test_release_import_paths_keep_working():
+    from guided_diffusion import dist_util
+    from guided_diffusion.diffusion import process, respace
+    from guided_diffusion.gaussian_diffusion import GaussianDiffusion, ModelMeanType, get_named_beta_schedule
+    from guided_diffusion.model import unet
+    from guided_diffusion.respace import SpacedDiffusion, space_timesteps
+    from guided_diffusion.runtime import distributed
+    from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults, str2bool
+    from guided_diffusion.unet import AttentionBlock, UNetModel
+
+    assert UNetModel is unet.UNetModel and AttentionBlock is unet.AttentionBlock
+    assert dist_util.setup_dist is distributed.setup_dist and space_timesteps is respace.space_timesteps
+    assert ModelMeanType is process.ModelMeanType and get_named_beta_schedule(
+        "linear", 10).shape == (10,) and str2bool("yes") is True
+    flags = {**model_and_diffusion_defaults(), "image_size": 32, "num_channels": 32, "num_res_blocks": 1,
+             "channel_mult": "1,2", "attention_resolutions": "16", "timestep_respacing": "4"}
+    model, diffusion = create_model_and_diffusion(**flags)
+    assert isinstance(diffusion, SpacedDiffusion) and isinstance(model, UNetModel)
+    for method in ("p_mean_variance", "p_sample", "ddim_sample", "p_sample_loop", "ddim_sample_loop"):
+        assert callable(getattr(diffusion, method))
+        assert hasattr(GaussianDiffusion, method)
+        assert not hasattr(process.GaussianDiffusion, method)  # the process itself knows no sampling

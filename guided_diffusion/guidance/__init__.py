@@ -6,13 +6,17 @@ dataclass with `prefix`, its fields as `option()`s, `bind` returning a `Guidance
 for the contract tests), import it below, and add a YAML under `configs/methods/`.
 """
 
+from guided_diffusion.model.attention import select_blocks
+
 from .base import SCHEDULES, GuidanceMethod, GuidanceRun, Term, option, register, registered_methods  # noqa: F401
+from .classifier import ClassifierGuidance  # noqa: F401
+
+# isort: on
+from .flags import describe, guidance_flags, guidance_from_flags, method_from_flags, network_free_methods  # noqa: F401
+
+# isort: off  (the import order is the registration order, which orders the terms)
 from .pag import OFFICIAL_PAG_LAYERS_256, PerturbedAttentionGuidance  # noqa: F401
 from .sag import SelfAttentionGuidance, gaussian_blur  # noqa: F401
-from .classifier import ClassifierGuidance  # noqa: F401  (isort: registration order)
-from ..attention import select_blocks
-from .flags import (describe, guidance_flags, guidance_from_flags, method_from_flags,  # noqa: F401
-                    network_free_methods)
 
 
 def as_list(guidance):

@@ -20,8 +20,8 @@ from typing import Any, ClassVar, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
-from ..attention import select_blocks
-from ..scales import check_scale
+from guided_diffusion.cli.scales import check_scale
+from guided_diffusion.model.attention import select_blocks
 
 SCHEDULES = ("constant", "linear", "cosine")
 REGISTRY: Dict[str, type] = {}  # prefix -> method class, in registration order (the order terms are added)

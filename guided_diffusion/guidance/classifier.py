@@ -8,6 +8,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from guided_diffusion.diffusion.schedules import per_row
+
 from .base import GuidanceMethod, GuidanceRun, option, register
 
 
@@ -51,4 +53,4 @@ class ClassifierRun(GuidanceRun):
         scale = self.method.scale_at(t_base, num_base_steps).to(x.device)
         if not bool((scale != 0).any()):
             return None  # off at this step: the sampler takes its unguided path, bit for bit
-        return self.method.gradient(x, t_model, model_kwargs["y"]) * scale.reshape(-1, *([1] * (x.ndim - 1)))
+        return self.method.gradient(x, t_model, model_kwargs["y"]) * per_row(scale, x)

@@ -8,7 +8,8 @@ the flags. Nothing here names a method: a registered method gets all of this by 
 
 import dataclasses
 
-from ..flags import Flag, FlagGroup, raising
+from guided_diffusion.cli.flags import Flag, FlagGroup, raising
+
 from .base import REGISTRY
 
 TITLE = "guidance (scales are the PAG paper's s = official g - 1)"

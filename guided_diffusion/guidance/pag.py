@@ -9,7 +9,8 @@ is `scale=3.0` here.
 from dataclasses import dataclass
 from typing import List, Optional
 
-from ..attention import IDENTITY_MAP
+from guided_diffusion.model.attention import IDENTITY_MAP
+
 from .base import GuidanceMethod, GuidanceRun, Term, option, register, resolve_blocks
 
 # The official PAG layers for ADM ImageNet 256 (the deepest input blocks and the middle block).

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..attention import unwrap
+from guided_diffusion.model.attention import unwrap
+
 from .base import GuidanceMethod, GuidanceRun, Term, option, register, resolve_blocks
 
 MAP_HEADS = ("official", "block")

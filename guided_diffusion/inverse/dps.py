@@ -36,10 +36,11 @@ from typing import Any
 
 import torch
 
-from .. import guidance as guidance_lib
-from ..denoiser import GuidedDenoiser
-from ..scales import check_scale
-from ..samplers import initial_noise, sample_loop, sampler_for
+from guided_diffusion import guidance as guidance_lib
+from guided_diffusion.cli.scales import check_scale
+from guided_diffusion.diffusion.schedules import per_row
+from guided_diffusion.sampling.denoiser import GuidedDenoiser
+from guided_diffusion.sampling.steps import initial_noise, sample_loop, sampler_for
 
 
 def measurement_residual(operator, x, measurement):
@@ -97,7 +98,7 @@ class DPS:
 
 def _per_image(zeta, like):
     if isinstance(zeta, torch.Tensor) and zeta.ndim == 1:
-        return zeta.to(like).reshape(-1, *([1] * (like.ndim - 1)))
+        return per_row(zeta.to(like), like)
     return zeta
 
 

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..flags import Flag, FlagGroup, finite, all_of
-from ..image_datasets import to_model_range
-from ..image_io import to_uint8
-from ..sampling import CLIP_DENOISED, ETA, USE_DDIM, batch_invariant_fit, batches
-from ..seeding import MEASUREMENT_STREAM, ImageNoise, image_noise_seed
+from guided_diffusion.cli.flags import Flag, FlagGroup, all_of, finite
+from guided_diffusion.data.datasets import to_model_range
+from guided_diffusion.data.image_io import to_uint8
+from guided_diffusion.sampling.images import CLIP_DENOISED, ETA, USE_DDIM, batch_invariant_fit, batches
+from guided_diffusion.sampling.seeding import MEASUREMENT_STREAM, ImageNoise, image_noise_seed
+
 from . import metrics
 from .dps import dps_sample_loop, measurement_residual
 from .operators import OPERATOR_NAMES, PADDINGS, create_operator

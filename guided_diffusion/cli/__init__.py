@@ -1,0 +1,1 @@
+"""Command-line flags declared once, YAML configs, and the checks flags share."""

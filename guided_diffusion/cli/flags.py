@@ -1,0 +1,175 @@
+"""Command-line flags declared once: each `Flag` holds its default, help and check.
+
+A script lists its `FlagGroup`s; `create_parser` turns them into argparse groups behind the one shared
+`--config FILE.yaml` flag (repeatable, see `config.parse_args`), `check_flags` runs every flag's check and
+reports all problems in one ValueError, and `FlagGroup.values` gives a group's values for a manifest.
+
+A flag's type follows its default, as in the ADM release: booleans parse True/False, yes/no...; a list
+default takes one or more values; a None default takes a string (or `type`).
+"""
+
+import argparse
+import dataclasses
+from typing import Any, Callable, Optional
+
+from guided_diffusion.cli.scales import check_scale
+from guided_diffusion.cli.yaml_config import parse_args
+
+CONFIG_FLAG = "config"
+
+
+def str2bool(v):
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if v.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected, got {v!r}")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's line breaks and shows every flag's default, unless its help already says what
+    the default is (e.g. an empty default that means something computed)."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """`--name`: its default, help, optional `choices` and `check(flag, value, args)`, which returns a
+    problem message (naming `flag`, e.g. "--seed") or None; it sees all of `args` for checks across flags."""
+
+    name: str
+    default: Any
+    help: str
+    check: Optional[Callable] = None
+    choices: Optional[tuple] = None
+    type: Optional[Callable] = None
+
+    def argparse_kwargs(self):
+        kwargs = {"default": self.default, "help": self.help}
+        if self.choices is not None:
+            kwargs["choices"] = self.choices
+        if isinstance(self.default, bool):
+            kwargs["type"] = str2bool
+        elif isinstance(self.default, (list, tuple)):
+            kwargs.update(type=str, nargs="+")
+        else:
+            kwargs["type"] = self.type or (str if self.default is None else type(self.default))
+        return kwargs
+
+    def problem(self, args):
+        return None if self.check is None else self.check(f"--{self.name}", getattr(args, self.name), args)
+
+    def but(self, **changes):
+        """This flag with other fields (e.g. the help of another script)."""
+        return dataclasses.replace(self, **changes)
+
+
+class FlagGroup:
+    """Flags shown together under `title` in the help."""
+
+    def __init__(self, title, flags):
+        self.title, self.flags = title, tuple(flags)
+
+    @classmethod
+    def from_defaults(cls, title, defaults, helps):
+        """Flags from a dict of defaults (the release's `*_defaults()`) and one help text per flag."""
+        missing = [name for name in defaults if not helps.get(name)]
+        if missing:
+            raise ValueError(f"flags without a help text: {', '.join(missing)}")
+        return cls(title, [Flag(name, default, helps[name]) for name, default in defaults.items()])
+
+    def __getitem__(self, name):
+        return next(flag for flag in self.flags if flag.name == name)
+
+    def replace(self, *flags):
+        """The group with `flags` in place of its flags of the same names (e.g. with a script's own check)."""
+        new = {flag.name: flag for flag in flags}
+        return FlagGroup(self.title, [new.get(flag.name, flag) for flag in self.flags])
+
+    @property
+    def names(self):
+        return [flag.name for flag in self.flags]
+
+    def defaults(self):
+        return {flag.name: flag.default for flag in self.flags}
+
+    def values(self, args, exclude=()):
+        """{name: value} of the group's flags in `args` (for manifests and reports)."""
+        return {name: getattr(args, name) for name in self.names if name not in exclude}
+
+    def only(self, names, title=None):
+        """The group restricted to `names` (in the group's order)."""
+        return FlagGroup(title or self.title, [flag for flag in self.flags if flag.name in names])
+
+    def add_to(self, parser):
+        group = parser.add_argument_group(self.title)
+        for flag in self.flags:
+            group.add_argument(f"--{flag.name}", **flag.argparse_kwargs())
+
+    def problems(self, args):
+        return [p for flag in self.flags if (p := flag.problem(args)) is not None]
+
+
+def create_parser(description, groups):
+    """An argparse parser of the flag groups, behind the one `--config FILE.yaml` flag."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    parser.add_argument(f"--{CONFIG_FLAG}", action="append", default=[], metavar="FILE.yaml",
+                        help="YAML file of flag values (keys are flag names; repeatable, later files win; "
+                             "'include: [a.yaml, ...]' composes files); command-line flags override them")
+    for group in groups:
+        group.add_to(parser)
+    return parser
+
+
+def parse(parser, argv=None):
+    """Flags of `argv` (default: the command line) with the `--config` files applied."""
+    return parse_args(parser, argv, config_flag=CONFIG_FLAG)
+
+
+def check_flags(args, groups):
+    """Raise one ValueError listing every problem the groups' checks find in `args`."""
+    problems = [p for group in groups for p in group.problems(args)]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checks shared by many flags
+
+
+def required(flag, value, args):
+    return None if value else f"{flag} is required"
+
+
+def at_least(low):
+    def check(flag, value, args):
+        return None if value >= low else f"{flag} must be at least {low}"
+    return check
+
+
+def raising(validate):
+    """A check from `validate(flag, value, args)`, which raises a ValueError naming the problem."""
+    def check(flag, value, args):
+        try:
+            validate(flag, value, args)
+        except ValueError as error:
+            return str(error)
+        return None
+    return check
+
+
+# a guidance scale or step size: any finite number (negative ones too)
+finite = raising(lambda flag, value, args: check_scale(value, flag))
+
+
+def all_of(*checks):
+    """The first problem any of `checks` finds."""
+    def check(flag, value, args):
+        return next((p for c in checks if (p := c(flag, value, args)) is not None), None)
+    return check

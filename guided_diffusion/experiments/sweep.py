@@ -1,0 +1,377 @@
+"""Config-driven sweeps: expand a grid of overrides, sample and evaluate each point, tabulate the results.
+
+A sweep spec (YAML):
+
+    name: pag_scale
+    base: configs/table1/adm256_uncond_pag.yaml     # sampling config (flag names as keys; `include:` works)
+    reference: VIRTUAL_imagenet256_labeled.npz      # evaluator reference batch
+    evaluator_args: []                              # extra evaluator flags, e.g. [--backend, digits]
+    output_dir: runs/pag_scale                      # point folders and results.jsonl go here
+    grid:                                           # every combination ...
+      pag_scale: [1.0, 2.0, 3.0, 4.0]
+    points:                                         # ... or an explicit list (both may be given)
+      - {pag_scale: 0.0}
+    launch: "mpiexec -n 8"                          # optional prefix of the sampling command
+    prepare_reference: [python, -m, guided_diffusion.data.digits, --split, heldout, --out, "{reference}"]
+                                                    # optional: makes the reference batch when it is missing
+    baseline: {pag_scale: 0.0}                      # optional: the row every other row is compared with
+                                                    # (its overrides or its label; default: the first point)
+    intervals: 1000                                 # optional: bootstrap resamples (0: no intervals and no
+                                                    # comparisons); seed_sets: 5, bootstrap_seed: 0
+
+Commands run from the repository root, so paths inside sampling configs (model_path) are relative to it.
+Each point is keyed by its overrides; `results.jsonl` holds one line per finished or failed point, and a
+rerun skips the points already done. Relative paths in a spec are relative to the
+repository root. A point may carry a `label` (not a flag) that names its row in the table, and a
+`config` (a config file, or a list of them) that replaces `base` for that point, so that a sweep can run
+the rows of a table from their own files:
+
+    points:
+      - {label: "uncond ADM", config: configs/table1/adm256_uncond_unguided.yaml}
+      - {label: "uncond + PAG", config: configs/table1/adm256_uncond_pag.yaml}
+
+Every point is evaluated with bootstrap intervals, and every finished point is compared with the baseline
+point on the same seeds (`python -m evaluations.evaluator REF BASELINE.npz --compare POINT.npz`, written to
+the point's `compare.json`). The table shows each value with its interval and, below, each row's paired
+difference from the baseline; a difference is bold only when its interval excludes zero, and no value is
+marked as the best.
+"""
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from guided_diffusion.cli.yaml_config import load_config
+from guided_diffusion.diffusion.factory import model_and_diffusion_defaults
+from guided_diffusion.runtime.files import append_line, atomic_write_text, file_identity
+from guided_diffusion.sampling.run import SAMPLE_FLAGS
+from guided_diffusion.sampling.store import batch_name
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+METRICS = (("FID", "min"), ("sFID", "min"), ("KID", "min"), ("IS", "max"), ("Precision", "max"),
+           ("Recall", "max"))
+_METRIC_KEYS = {"FID": "fid", "sFID": "sfid", "KID": "kid", "IS": "inception_score", "Precision": "precision",
+                "Recall": "recall"}
+STATISTICS_DEFAULTS = {"intervals": 1000, "seed_sets": 5, "bootstrap_seed": 0}
+
+
+def load_spec(path):
+    path = Path(path)
+    spec = yaml.safe_load(path.read_text()) or {}
+    if "reference" not in spec:
+        raise ValueError(f"sweep spec {path} has no 'reference' entry")
+    if "grid" not in spec and "points" not in spec:
+        raise ValueError(f"sweep spec {path} needs a 'grid' or a 'points' list")
+    if "base" not in spec and (spec.get("grid") or not all("config" in p for p in spec["points"])):
+        raise ValueError(f"sweep spec {path} has no 'base' entry (needed unless every point names its 'config')")
+    root = REPO_ROOT  # like every config path in the project, spec paths are relative to the repository root
+    for key in ("base", "reference", "output_dir"):
+        if key in spec and not os.path.isabs(str(spec[key])):
+            spec[key] = str(root / spec[key])
+    for point in spec.get("points") or []:
+        for config_path in _config_files(point):
+            if not (root / config_path).exists():
+                raise ValueError(f"sweep spec {path}: point {point.get('label', point)} names the config file "
+                                 f"{config_path}, which does not exist")
+    spec.setdefault("name", path.stem)
+    spec.setdefault("output_dir", str(root / "runs" / spec["name"]))
+    for key, default in STATISTICS_DEFAULTS.items():
+        value = spec.setdefault(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"sweep spec {path}: '{key}' must be a non-negative integer; got {value!r}")
+    if spec["intervals"] == 1 or spec["seed_sets"] < 1:
+        raise ValueError(f"sweep spec {path}: 'intervals' must be 0 or at least 2 and 'seed_sets' at least 1")
+    baseline_point(spec)  # a baseline that matches no point fails here, before any sampling
+    return spec
+
+
+def baseline_point(spec):
+    """The point every other point is compared with: the spec's `baseline` (overrides or label) or the first."""
+    points = expand_points(spec)
+    wanted = spec.get("baseline")
+    if wanted is None:
+        return points[0] if points else None
+    for point in points:
+        if (isinstance(wanted, dict) and point == wanted) or (isinstance(wanted, str) and point.get("label") == wanted):
+            return point
+    listed = "; ".join(json.dumps(p, sort_keys=True) for p in points)
+    raise ValueError(f"sweep baseline {wanted!r} matches no point (by overrides, or by label); points: {listed}")
+
+
+def expand_points(spec):
+    """The list of override dicts: the grid's product (in the spec's key order), then explicit points."""
+    points = []
+    grid = spec.get("grid") or {}
+    if grid:
+        keys = list(grid)
+        for values in itertools.product(*(grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys)):
+            points.append(dict(zip(keys, values)))
+    points.extend(dict(p) for p in spec.get("points") or [])
+    return points
+
+
+def point_key(overrides):
+    """A stable, readable key: the overrides as sorted JSON, hashed for the folder name."""
+    text = json.dumps(overrides, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def read_results(path):
+    results = {}
+    if Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                results[record["key"]] = record
+    return results
+
+
+def _config_files(point):
+    files = point.get("config") or []
+    return [files] if isinstance(files, str) else list(files)
+
+
+def point_config(spec, overrides):
+    """The point's flag values: its own `config` files (else the spec's `base`), then its overrides."""
+    files = [str(REPO_ROOT / f) for f in _config_files(overrides)] or [spec["base"]]
+    config = {}
+    for path in files:
+        config.update(load_config(path))
+    config.update({k: v for k, v in overrides.items() if k not in ("label", "config")})
+    return config
+
+
+def point_commands(spec, overrides, point_dir):
+    """(sampling command, evaluation command, samples path) for one point; writes the point's config."""
+    config = point_config(spec, overrides)
+    point_dir.mkdir(parents=True, exist_ok=True)
+    config_path = point_dir / "config.yaml"
+    atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=True))
+    launch = shlex.split(spec.get("launch", ""))
+    sample = launch + [sys.executable, "-m", "scripts.image_sample", "--config", str(config_path),
+                       "--output_dir", str(point_dir / "samples")]
+    size = config.get("image_size", model_and_diffusion_defaults()["image_size"])
+    num_samples = config.get("num_samples", SAMPLE_FLAGS.defaults()["num_samples"])  # fixes the file name
+    samples = point_dir / "samples" / (batch_name(num_samples, (size, size, 3)) + ".npz")
+    evaluate = [sys.executable, "-m", "evaluations.evaluator", spec["reference"], str(samples),
+                "--json", str(point_dir / "metrics.json")] + _statistics_args(spec, compare=False) + \
+        [str(a) for a in spec.get("evaluator_args", [])]
+    return sample, evaluate, samples
+
+
+def _statistics_args(spec, compare):
+    if not spec.get("intervals", STATISTICS_DEFAULTS["intervals"]):
+        return []
+    args = ["--intervals", str(spec.get("intervals", STATISTICS_DEFAULTS["intervals"])),
+            "--bootstrap_seed", str(spec.get("bootstrap_seed", STATISTICS_DEFAULTS["bootstrap_seed"]))]
+    if compare:
+        args += ["--seed_sets", str(spec.get("seed_sets", STATISTICS_DEFAULTS["seed_sets"]))]
+    return args
+
+
+def compare_command(spec, baseline_samples, samples, point_dir):
+    """The evaluator command that compares a point's samples with the baseline's (same seeds)."""
+    return ([sys.executable, "-m", "evaluations.evaluator", spec["reference"], str(baseline_samples),
+             "--compare", str(samples), "--json", str(Path(point_dir) / "compare.json")]
+            + _statistics_args(spec, compare=True) + [str(a) for a in spec.get("evaluator_args", [])])
+
+
+def run_comparisons(spec, results, env=None):
+    """Compare every finished point with the baseline point; return {key: comparison}.
+
+    A comparison is reused while the two sample files and the statistics settings are unchanged."""
+    base = baseline_point(spec)
+    if not spec.get("intervals") or base is None:
+        return {}
+    out, base_key = Path(spec["output_dir"]), point_key(base)
+    base_record = results.get(base_key) or {}
+    comparisons = {}
+    for overrides in expand_points(spec):
+        key = point_key(overrides)
+        record = results.get(key) or {}
+        point_dir = out / key
+        if key == base_key:
+            continue
+        if record.get("status") != "ok" or base_record.get("status") != "ok":
+            continue
+        command = compare_command(spec, base_record["samples"], record["samples"], point_dir)
+        stamp = {"command": command[3:], "a": file_identity(base_record["samples"]),
+                 "b": file_identity(record["samples"])}
+        stamp_path, result_path = point_dir / "compare.key.json", point_dir / "compare.json"
+        if result_path.exists() and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
+            comparisons[key] = json.loads(result_path.read_text())
+            continue
+        log.info("comparing %s with the baseline %s", json.dumps(overrides, sort_keys=True),
+                 json.dumps(base, sort_keys=True))
+        try:
+            _run(command, point_dir / "compare.log", env)
+            comparisons[key] = json.loads(result_path.read_text())
+            atomic_write_text(stamp_path, json.dumps(stamp, sort_keys=True))
+        except Exception as error:  # a failed comparison leaves the rest of the table intact
+            comparisons[key] = {"status": "failed", "error": str(error)[-2000:]}
+            log.warning("    comparison failed: %s", _last_line(error))
+    return comparisons
+
+
+def planned_commands(spec):
+    """The shell commands a run would start: each pending point's sampling and evaluation, then each
+    comparison with the baseline (to submit after the points' own jobs). Writes the points' configs."""
+    out = Path(spec["output_dir"])
+    done = {k for k, r in read_results(out / "results.jsonl").items() if r["status"] == "ok"}
+    points = expand_points(spec)
+    commands = []
+    for overrides in points:
+        if point_key(overrides) not in done:
+            commands += point_commands(spec, overrides, out / point_key(overrides))[:2]
+    base = baseline_point(spec)
+    if spec.get("intervals") and base is not None:
+        for overrides in points:
+            if point_key(overrides) != point_key(base):
+                samples = [point_commands(spec, p, out / point_key(p))[2] for p in (base, overrides)]
+                commands.append(compare_command(spec, *samples, out / point_key(overrides)))
+    return [shlex.join(command) for command in commands]
+
+
+def run_sweep(spec, env=None):
+    """Run every pending point; return {key: record}."""
+    out = Path(spec["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.jsonl"
+    if spec.get("prepare_reference") and not Path(spec["reference"]).exists():
+        command = [sys.executable if c == "python" else str(c).replace("{reference}", spec["reference"])
+                   for c in spec["prepare_reference"]]
+        _run(command, out / "prepare_reference.log", env)
+    done = {k for k, r in read_results(results_path).items() if r["status"] == "ok"}
+    points = expand_points(spec)
+    for index, overrides in enumerate(points):
+        key = point_key(overrides)
+        label = json.dumps(overrides, sort_keys=True)
+        if key in done:
+            log.info("[%d/%d] %s: done, skipped", index + 1, len(points), label)
+            continue
+        point_dir = out / key
+        sample_cmd, eval_cmd, samples = point_commands(spec, overrides, point_dir)
+        log.info("[%d/%d] %s: sampling and evaluating in %s", index + 1, len(points), label, point_dir)
+        start = time.time()
+        record = {"key": key, "overrides": overrides}
+        try:
+            _run(sample_cmd, point_dir / "sample.log", env)
+            _run(eval_cmd, point_dir / "evaluate.log", env)
+            metrics = json.loads((point_dir / "metrics.json").read_text())
+            record.update(status="ok", metrics=metrics, samples=str(samples))
+        except Exception as error:  # one failed point must not stop the sweep
+            record.update(status="failed", error=str(error)[-2000:])
+            log.warning("    failed: %s", _last_line(error))
+        record["seconds"] = round(time.time() - start, 1)
+        append_line(results_path, json.dumps(record, sort_keys=True))
+    return read_results(results_path)
+
+
+def _last_line(error):
+    return str(error).splitlines()[-1] if str(error) else type(error).__name__
+
+
+def _run(cmd, log_path, env):
+    with open(log_path, "w") as log_file:
+        proc = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    if proc.returncode != 0:
+        tail = Path(log_path).read_text()[-1500:]
+        raise RuntimeError(f"{shlex.join(cmd[:4])} ... exited with {proc.returncode}; log {log_path}:\n{tail}")
+
+
+def results_table(spec, results, comparisons=None):
+    """Markdown: each point's metrics with their 95% intervals, then each point's paired difference from the
+    baseline point (bold where the interval excludes zero; (w/K): seed sets where the row does better)."""
+    from evaluations.tables import differences_table, values_table
+
+    points = expand_points(spec)
+    columns = [k for k in dict.fromkeys(k for p in points for k in p) if k != "config"]
+    if "label" in columns:  # labelled rows: the label says it all
+        columns = ["label"]
+    rows = []
+    for overrides in points:
+        record = results.get(point_key(overrides)) or {}
+        metrics = record.get("metrics") if record.get("status") == "ok" else None
+        rows.append(([_format_value(overrides.get(c, "")) for c in columns], metrics, record.get("status", "pending")))
+    table = values_table(columns, rows)
+    if not comparisons:
+        return table
+    base = baseline_point(spec)
+    base_text = ", ".join(f"{k}={_format_value(v)}" for k, v in base.items()) or "the first point"
+    diff_rows = []
+    for overrides, (cells, _, status) in zip(points, rows):
+        if overrides == base:
+            continue
+        comparison = comparisons.get(point_key(overrides))
+        if status == "ok":
+            status = "not compared" if comparison is None else "comparison failed"
+        if comparison is not None and comparison.get("status") == "failed":
+            comparison = None
+        diff_rows.append((cells, comparison, status))
+    sets = spec.get("seed_sets", STATISTICS_DEFAULTS["seed_sets"])
+    caption = (f"\nDifference from the baseline ({base_text}) on the same seeds: row − baseline [paired 95% "
+               f"interval]; **bold**: the interval excludes 0; (w/{sets}): of {sets} disjoint seed sets, those where "
+               "the row is better.\n\n")
+    return table + caption + differences_table(columns, diff_rows)
+
+
+def _format_value(value):
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def plot_results(spec, results, folder):
+    """One PNG per metric against the first swept key (a line per value of the second, if any)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    points = [p for p in expand_points(spec) if results.get(point_key(p), {}).get("status") == "ok"]
+    keys = [k for k in dict.fromkeys(k for p in points for k in p) if k != "config"]
+    if not keys:
+        return []
+    x_key, series_key = keys[0], (keys[1] if len(keys) > 1 else None)
+    written = []
+    for name, direction in METRICS:
+        metric = _METRIC_KEYS[name]
+        series = {}
+        for p in points:
+            metrics = results[point_key(p)]["metrics"]
+            if metrics.get(metric) is not None:
+                label = _format_value(p.get(series_key, "")) if series_key else name
+                interval = (metrics.get("intervals") or {}).get(metric) or [metrics[metric]] * 2
+                series.setdefault(label, []).append((p.get(x_key), metrics[metric], interval))
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        for label, values in series.items():
+            xs = [_format_value(x) if isinstance(x, list) else x for x, _, _ in values]
+            ys = [y for _, y, _ in values]
+            errors = [[max(y - lo, 0) for _, y, (lo, _) in values], [max(hi - y, 0) for _, y, (_, hi) in values]]
+            ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=label)
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(f"{name} ({'lower' if direction == 'min' else 'higher'} is better; 95% intervals)")
+        if series_key:
+            ax.legend(title=series_key, fontsize="small")
+        fig.tight_layout()
+        path = Path(folder) / f"{spec['name']}_{metric}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written

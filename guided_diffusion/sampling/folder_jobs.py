@@ -1,0 +1,257 @@
+"""Several jobs in one output folder, also from several nodes of a cluster that share the filesystem.
+
+Every process registers a record `jobs/<host>.<pid>.<nonce>.json` (host, pid and whatever the caller adds,
+e.g. its config), and a background thread refreshes the record's modification time every `timeout / 10`
+seconds: its heartbeat. Work is claimed by creating `claims/<name>` with O_CREAT | O_EXCL, which exactly one
+process wins (also over NFS v3 and later); the claim file names the claimant's record. A claim is stale, and
+is taken over, when the claimant's record is gone, its heartbeat is older than `timeout`, or it ran on this
+host and its process no longer exists. So a job killed on this host blocks nothing, and one killed on another
+node blocks its claims for `timeout` seconds. Ages are read on the filesystem's clock (the modification time
+of a file touched just before), so the nodes' clocks need not agree.
+
+Taking over the claim of a job that was only stalled for longer than `timeout` can make two processes do the
+same piece of work; for deterministic work (images from per-image seeds) that costs time, not correctness.
+"""
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+
+from guided_diffusion.runtime.files import atomic_write_text, remove_if_present
+
+log = logging.getLogger(__name__)
+
+JOBS = "jobs"
+CLAIMS = "claims"
+DEFAULT_TIMEOUT = 600.0
+
+
+def pid_exists(pid):
+    """Whether process `pid` exists on this host (a process of another user counts)."""
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FolderJobs:
+    """This process's membership in the jobs working in folder `root`: its record, heartbeat and claims."""
+
+    def __init__(self, root, timeout=DEFAULT_TIMEOUT):
+        if not timeout > 0:
+            raise ValueError(f"the claim timeout must be positive, got {timeout}")
+        self.root = root
+        self.timeout = float(timeout)
+        self.jobs_dir = os.path.join(root, JOBS)
+        self.claims_dir = os.path.join(root, CLAIMS)
+        self.host = socket.gethostname()
+        self.name = None  # this process's record file, once registered
+        self.record = None
+        self._claims = set()
+        self._stop = threading.Event()
+        self._thread = None
+
+    @property
+    def poll_seconds(self):
+        """How often to look again at work other jobs hold."""
+        return min(2.0, self.timeout / 10)
+
+    # ------------------------------------------------------------------------------------------------
+    # This process
+
+    def register(self, details=None):
+        """Write this process's record and start its heartbeat. Idempotent."""
+        if self.name is not None:
+            return self.name
+        os.makedirs(self.jobs_dir, exist_ok=True)
+        os.makedirs(self.claims_dir, exist_ok=True)
+        self.record = {"host": self.host, "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                       **(details or {})}
+        self.name = f"{self.host}.{os.getpid()}.{secrets.token_hex(4)}.json"
+        self._write_record()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._heartbeat, name="folder-jobs-heartbeat", daemon=True)
+        self._thread.start()
+        return self.name
+
+    def _record_path(self, name=None):
+        return os.path.join(self.jobs_dir, name or self.name)
+
+    def _write_record(self):
+        atomic_write_text(self._record_path(), json.dumps(self.record))  # readers never see half a record
+
+    def _heartbeat(self):
+        while not self._stop.wait(self.timeout / 10):
+            try:
+                os.utime(self._record_path())
+            except FileNotFoundError:  # pruned while this process was stalled: it is alive after all
+                self._write_record()
+            except OSError as error:
+                log.warning("cannot refresh the heartbeat of %s: %s", self._record_path(), error)
+
+    def close(self):
+        """Stop the heartbeat, give up this process's claims and remove its record."""
+        if self.name is None:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        for name in list(self._claims):
+            self.release(name)
+        try:
+            os.unlink(self._record_path())
+        except FileNotFoundError:
+            pass
+        self.name = self.record = self._thread = None
+
+    def now(self):
+        """The filesystem's current time: the modification time of a file touched just now."""
+        if self.name is not None:
+            try:
+                os.utime(self._record_path())
+                return os.stat(self._record_path()).st_mtime
+            except OSError:
+                pass
+        return time.time()
+
+    # ------------------------------------------------------------------------------------------------
+    # Other processes
+
+    def records(self):
+        """{record name: (record, heartbeat time)} of every process registered in the folder."""
+        out = {}
+        try:
+            names = os.listdir(self.jobs_dir)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            if name.startswith(".") or not name.endswith(".json"):
+                continue
+            try:
+                beat = os.stat(self._record_path(name)).st_mtime
+                with open(self._record_path(name)) as f:
+                    out[name] = (json.load(f), beat)
+            except (OSError, ValueError):  # removed meanwhile, or not ours to read
+                continue
+        return out
+
+    def is_alive(self, name, now=None):
+        """Whether the process of record `name` is running (see the module docstring)."""
+        if name == self.name:
+            return True
+        try:
+            beat = os.stat(self._record_path(name)).st_mtime
+            with open(self._record_path(name)) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            return False
+        return self._alive(record, beat, now)
+
+    def _alive(self, record, beat, now=None):
+        now = self.now() if now is None else now
+        if now - beat > self.timeout:
+            return False
+        return record.get("host") != self.host or pid_exists(record.get("pid"))
+
+    def live_jobs(self):
+        """[(record name, record, seconds since its heartbeat)] of the other processes alive in the folder."""
+        now = self.now()
+        return [(name, record, max(0.0, now - beat)) for name, (record, beat) in sorted(self.records().items())
+                if name != self.name and self._alive(record, beat, now)]
+
+    def prune(self):
+        """Remove the records and claims of processes that are gone."""
+        now = self.now()
+        for name, (record, beat) in self.records().items():
+            if name != self.name and not self._alive(record, beat, now):
+                remove_if_present(self._record_path(name))
+        for claim in self._claim_names():
+            if self.holder(claim) is None:
+                remove_if_present(os.path.join(self.claims_dir, claim))
+
+    # ------------------------------------------------------------------------------------------------
+    # Claims
+
+    def _claim_names(self):
+        try:
+            return [n for n in os.listdir(self.claims_dir) if not n.startswith(".")]
+        except FileNotFoundError:
+            return []
+
+    def _owner(self, claim):
+        """(record name or "" while its claimant is still writing it, claim file time), or None if no claim."""
+        path = os.path.join(self.claims_dir, claim)
+        try:
+            with open(path) as f:
+                owner = f.read().strip()
+            return owner, os.stat(path).st_mtime
+        except FileNotFoundError:
+            return None
+
+    def holder(self, claim):
+        """The record name of the live process holding `claim`, or None (unclaimed, or its claimant is gone)."""
+        found = self._owner(claim)
+        if found is None:
+            return None
+        owner, stamp = found
+        if not owner:  # created a moment ago and not yet written, or its claimant died right then
+            return "<being claimed>" if self.now() - stamp <= self.timeout else None
+        return owner if self.is_alive(owner) else None
+
+    def claim(self, claim):
+        """Try to claim `claim` for this process; True on success (also if it already holds it). A claim of a
+        process that is gone is taken over."""
+        if self.name is None:
+            raise RuntimeError("register() this process before claiming work")
+        path = os.path.join(self.claims_dir, claim)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.holder(claim)
+                if holder == self.name:
+                    self._claims.add(claim)
+                    return True
+                if holder is not None:
+                    return False
+                log.info("claim %s is stale (its job is gone): taking it over", path)
+                remove_if_present(path)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(self.name)
+            self._claims.add(claim)
+            return True
+        return False
+
+    def release(self, claim):
+        """Give up `claim` if this process holds it."""
+        self._claims.discard(claim)
+        found = self._owner(claim)
+        if found is not None and found[0] == self.name:
+            remove_if_present(os.path.join(self.claims_dir, claim))
+
+
+def describe(record, age=None):
+    """`host:pid (rank r of w, started ..., last heartbeat N s ago)` for messages."""
+    parts = []
+    if "rank" in record and "world_size" in record:
+        parts.append(f"rank {record['rank']} of {record['world_size']}")
+    if record.get("started"):
+        parts.append(f"started {record['started']}")
+    if age is not None:
+        parts.append(f"last heartbeat {age:.0f} s ago")
+    return f"{record.get('host')}:{record.get('pid')}" + (f" ({', '.join(parts)})" if parts else "")
+

@@ -1,0 +1,162 @@
+"""The CPU demo's parts: its two testbeds (the Fashion-MNIST ADM and the small digits ADM, both shipped), the
+settings it compares on them, the model loader, scoring with bootstrap intervals and paired differences, and
+the side-by-side picture (`scripts/demo.py` runs them).
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from evaluations.bootstrap import SampleBootstrap, compare, intervals
+from evaluations.evaluator import Evaluator
+from guided_diffusion.cli.yaml_config import load_config
+from guided_diffusion.data.digits import write_digits_npz
+from guided_diffusion.diffusion.factory import create_model_and_diffusion, model_and_diffusion_defaults
+from guided_diffusion.experiments.sweep import point_key, results_table
+from guided_diffusion.guidance import PerturbedAttentionGuidance, SelfAttentionGuidance
+from guided_diffusion.model.checkpoints import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+# The digits model's analogue of the official ADM-256 set: the deepest input block plus the middle block.
+DEEP_LAYERS = ["input_blocks.5.1", "middle_block.1"]
+DECODER_LAYERS = ["output_blocks.0.1", "output_blocks.1.1"]
+
+
+def settings(pag_scales, sag_scale):
+    """The digits testbed's (name, guidance) pairs: unguided, SAG, PAG at each scale on the deep layers, and a
+    layer ablation."""
+    rows = [("unguided", None),
+            (f"SAG s={sag_scale:g}", SelfAttentionGuidance(scale=sag_scale, blur_sigma=1.0, layer="middle_block.1",
+                                                           kernel_size=9))]
+    rows += [(f"PAG s={s:g}", PerturbedAttentionGuidance(scale=s, layers=DEEP_LAYERS)) for s in pag_scales]
+    rows.append((f"PAG s={pag_scales[len(pag_scales) // 2]:g}, decoder layers",
+                 PerturbedAttentionGuidance(scale=pag_scales[len(pag_scales) // 2], layers=DECODER_LAYERS)))
+    return rows
+
+
+# The Fashion-MNIST testbed's SAG and PAG, as its Table 1 rows configure them.
+FASHION_SAG = load_config(CONFIGS / "fashion32" / "methods" / "sag.yaml")
+FASHION_PAG = load_config(CONFIGS / "fashion32" / "methods" / "pag.yaml")
+
+
+def fashion_settings(pag_scales, sag_scale):
+    """The Fashion-MNIST testbed's pairs: unguided, SAG, and PAG at each of `pag_scales`, on the layers and
+    with the blur of configs/fashion32/methods/ (its Table 1 rows' settings)."""
+    sag = SelfAttentionGuidance(scale=sag_scale, blur_sigma=FASHION_SAG["sag_blur_sigma"],
+                                layer=FASHION_SAG["sag_layer"], map_heads=FASHION_SAG["sag_map_heads"])
+    rows = [("unguided", None), (f"SAG s={sag_scale:g}", sag)]
+    rows += [(f"PAG s={s:g}", PerturbedAttentionGuidance(scale=s, layers=FASHION_PAG["pag_layers"]))
+             for s in pag_scales]
+    return rows
+
+
+def _digits_reference(out, image_size):
+    return Path(write_digits_npz(str(out / "digits16_heldout.npz"), image_size=image_size, split="heldout"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Testbed:
+    """A shipped model and what the demo compares on it (the flags' empty defaults take these values)."""
+
+    sample_config: Path  # a sampling config: the model flags and model_path
+    backend: str  # the evaluator backend whose features score the samples
+    reference: Callable  # (output folder, image size) -> the reference batch
+    settings: Callable  # (pag_scales, sag_scale) -> [(name, guidance or None)]
+    num_samples: int
+    respacing: str
+    pag_scales: str
+    sag_scale: float
+    description: str
+
+
+TESTBEDS = {
+    "fashion": Testbed(CONFIGS / "fashion32" / "uncond.yaml", "fashion",
+                       lambda out, size: ROOT / "checkpoints" / "fashion32_test_ref.npz", fashion_settings,
+                       num_samples=64, respacing="ddim16", pag_scales=f"{FASHION_PAG['pag_scale']:g}",
+                       sag_scale=FASHION_SAG["sag_scale"],
+                       description="the unconditional Fashion-MNIST ADM against the 10,000 test images"),
+    "digits": Testbed(CONFIGS / "digits" / "sample.yaml", "digits", _digits_reference, settings,
+                      num_samples=297, respacing="ddim25", pag_scales="1,2,3,5", sag_scale=1.0,
+                      description="the 16x16 digits ADM against the 297 held-out digits"),
+}
+
+
+def load_demo_model(testbed, respacing, checkpoint=""):
+    """The testbed's model (its shipped weights, or `checkpoint`'s), its diffusion at `respacing` and its flags."""
+    config = load_config(testbed.sample_config)
+    flags = model_and_diffusion_defaults()
+    flags.update({k: v for k, v in config.items() if k in flags})
+    flags["timestep_respacing"] = respacing
+    model, diffusion = create_model_and_diffusion(**flags)
+    load_checkpoint(model, str(checkpoint or ROOT / config["model_path"]))
+    return model.eval(), diffusion, flags
+
+
+class Scorer:
+    """Scores each setting against the reference batch with bootstrap intervals, and compares every setting
+    after the first with the first on the same seeds (all are resampled with the same indices)."""
+
+    def __init__(self, reference_path, n_boot, bootstrap_seed=0, seed_sets=5, backend="digits"):
+        self.evaluator = Evaluator(backend, progress=False, use_cache=False)
+        self.ref_features = self.evaluator.batch_features(reference_path)
+        self.reference = self.evaluator.reference(self.ref_features)
+        self.n_boot, self.seed, self.seed_sets = n_boot, bootstrap_seed, seed_sets
+        self.names, self.boots, self.results, self.comparisons = [], {}, {}, {}
+
+    def add(self, name, path):
+        """The metrics (with ``"intervals"``) of the batch at ``path``; compares it with the first batch."""
+        features = self.evaluator.batch_features(path)
+        metrics = self.evaluator.compute_metrics(self.ref_features, features)
+        self.boots[name] = SampleBootstrap(self.reference, features.acts)
+        metrics["intervals"] = intervals(metrics, self.boots[name].replicates(self.n_boot, self.seed))
+        self.results[point_key({"setting": name})] = {"status": "ok", "metrics": metrics}
+        if self.names:
+            first = self.names[0]
+            self.comparisons[point_key({"setting": name})] = compare(
+                self.boots[first], self.boots[name], n_boot=self.n_boot, seed=self.seed,
+                num_seed_sets=self.seed_sets, a_metrics=self.metrics(first), b_metrics=metrics)
+        self.names.append(name)
+        return metrics
+
+    def metrics(self, name):
+        return self.results[point_key({"setting": name})]["metrics"]
+
+    def table(self):
+        spec = {"points": [{"setting": name} for name in self.names], "seed_sets": self.seed_sets}
+        return results_table(spec, self.results, self.comparisons)
+
+    def summary(self):
+        """{setting: metrics, intervals and (after the first) the paired comparison with the first}."""
+        out = {}
+        for name in self.names:
+            out[name] = dict(self.metrics(name))
+            comparison = self.comparisons.get(point_key({"setting": name}))
+            if comparison is not None:
+                out[name][f"vs_{self.names[0]}"] = {k: comparison[k] for k in ("difference", "difference_intervals",
+                                                                                  "seed_sets")}
+        return out
+
+
+def side_by_side(grids, names, path, ncols=8, rows=4, scale=3, per_line=4):
+    """One PNG of labelled grids (the first ncols * rows images of every setting), `per_line` settings a line."""
+    tiles = []
+    rows = min(rows, -(-len(grids[0]) // ncols))
+    for images in grids:
+        count, size = ncols * rows, images.shape[1]
+        images = np.concatenate([images[:count], np.zeros((max(0, count - len(images)), size, size, 3), np.uint8)])
+        block = images.reshape(rows, ncols, size, size, 3).transpose(0, 2, 1, 3, 4)
+        tiles.append(block.reshape(rows * size, ncols * size, 3))
+    height, width = tiles[0].shape[0] * scale, tiles[0].shape[1] * scale
+    gap, header = 6, 14
+    lines = -(-len(tiles) // per_line)
+    canvas = Image.new("RGB", (min(len(tiles), per_line) * (width + gap), lines * (header + height + gap)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (tile, name) in enumerate(zip(tiles, names)):
+        left, top = (i % per_line) * (width + gap), (i // per_line) * (header + height + gap)
+        canvas.paste(Image.fromarray(tile).resize((width, height), Image.NEAREST), (left, top + header))
+        draw.text((left + 2, top + 1), name, fill="black")
+    canvas.save(path)

@@ -1,0 +1,276 @@
+"""The shard store and the jobs that share its folder (guided_diffusion.sampling.folder_jobs): shards, the manifest,
+damage detection, claims, and blocks shared out between jobs."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from guided_diffusion.sampling.folder_jobs import FolderJobs
+from guided_diffusion.sampling.store import (
+    OutputFolderError,
+    SampleStore,
+    ShardError,
+    config_digest,
+    describe_differences,
+)
+
+
+def make_store(root, labels=False, config=None):
+    expected = (lambda idx: np.asarray(idx, dtype=np.int64) % 7) if labels else None
+    return SampleStore(str(root), config or {"a": 1, "nested": {"b": (1, 2)}}, 6, (2, 3, 3), expected_labels=expected)
+
+
+def images_for(indices):
+    return np.stack([np.full((2, 3, 3), i * 10, np.uint8) for i in indices])
+
+
+def test_store_round_trip_and_final_npz(tmp_path):
+    store = make_store(tmp_path, labels=True)
+    store.check_writable()
+    assert store.check_manifest() is False
+    store.write_manifest({"note": "x"})
+    assert make_store(tmp_path, labels=True).check_manifest() is True
+    store.write_shard([4, 0, 2], images_for([4, 0, 2]), np.array([4, 0, 2]))
+    store.write_shard([1, 3, 5], images_for([1, 3, 5]), np.array([1, 3, 5]))
+    assert store.scan().tolist() == [0, 1, 2, 3, 4, 5]
+    assert not [n for n in os.listdir(store.shard_dir) if n.startswith(".")]
+    path = store.assemble()
+    with np.load(path) as data:
+        assert data.files == ["arr_0", "arr_1"]
+        assert np.array_equal(data["arr_0"], images_for(range(6)))
+        assert data["arr_1"].tolist() == [0, 1, 2, 3, 4, 5]
+    assert Image.open(store.grid_path).size == (6 * 3, 2)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+def test_store_refuses_missing_samples_and_wrong_labels(tmp_path):
+    store = make_store(tmp_path, labels=True)
+    store.check_writable()
+    store.write_shard([0, 1], images_for([0, 1]), np.array([0, 1]))
+    with pytest.raises(ShardError, match="4 of 6 samples are missing"):
+        store.assemble()
+    store.write_shard([2, 3], images_for([2, 3]), np.array([9, 9]))
+    assert store.scan().tolist() == [0, 1]  # the shard with wrong labels was deleted
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "other_config", "bad_shape"])
+def test_damaged_shards_are_detected_and_deleted(tmp_path, damage):
+    store = make_store(tmp_path)
+    store.check_writable()
+    good = store.write_shard([0, 1], images_for([0, 1]))
+    if damage == "other_config":
+        bad = make_store(tmp_path, config={"a": 2}).write_shard([2, 3], images_for([2, 3]))
+    elif damage == "bad_shape":
+        bad = store.write_shard([2, 3], np.zeros((2, 2, 3, 1), np.uint8))
+    else:
+        bad = store.write_shard([2, 3], images_for([2, 3]))
+        data = bytearray(open(bad, "rb").read())
+        if damage == "truncate":
+            data = data[: len(data) // 2]
+        elif damage == "flip":  # one pixel of the images array: only the zip CRC can tell
+            data[data.index(bytes([20] * 18)) + 5] ^= 0xFF
+        else:
+            data = b"not a zip file at all"
+        open(bad, "wb").write(bytes(data))
+    with pytest.raises(ShardError):
+        store.read_shard(bad)
+    assert store.scan().tolist() == [0, 1]
+    assert store.shard_paths() == [good]
+
+
+def test_stale_temporary_files_are_removed(tmp_path):
+    store = make_store(tmp_path)
+    store.check_writable()
+    open(os.path.join(store.shard_dir, ".shard_00000000_n2_x.npz.abc.tmp"), "wb").write(b"half")
+    assert store.scan().tolist() == []
+    assert os.listdir(store.shard_dir) == []
+
+
+def test_manifest_with_another_config_is_refused(tmp_path):
+    store = make_store(tmp_path)
+    store.check_writable()
+    store.write_manifest()
+    with pytest.raises(OutputFolderError, match=r"nested\.b: \[1, 2\] -> \[1, 3\]"):
+        make_store(tmp_path, config={"a": 1, "nested": {"b": (1, 3)}}).check_manifest()
+
+
+def test_shards_without_manifest_are_refused(tmp_path):
+    store = make_store(tmp_path)
+    store.check_writable()
+    store.write_shard([0], images_for([0]))
+    with pytest.raises(OutputFolderError, match="no manifest"):
+        store.check_manifest()
+
+
+def test_manifest_is_created_once_and_another_config_finds_it(tmp_path):
+    store = make_store(tmp_path)
+    store.check_writable()
+    store.write_manifest({"job": "first"}, shard_size=4)
+    assert store.shard_size == 4
+    same = make_store(tmp_path)
+    same.write_manifest({"job": "second"}, shard_size=2)  # the folder's manifest stays; its shard size holds
+    assert same.shard_size == 4
+    assert json.loads(open(store.manifest_path()).read())["info"] == {"job": "first"}
+    with pytest.raises(OutputFolderError, match=r"different config.*\n  a: 1 -> 2"):
+        make_store(tmp_path, config={"a": 2, "nested": {"b": (1, 2)}}).write_manifest()
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
+
+
+def test_running_job_with_another_config_is_named_before_it_writes_a_manifest(tmp_path):
+    running = make_store(tmp_path)
+    running.check_writable()
+    running.join({"rank": 0, "world_size": 1})
+    try:
+        with pytest.raises(OutputFolderError, match=rf"in use by job {socket.gethostname()}:{os.getpid()} \(rank 0 "
+                                                    r"of 1, .*\n  nested.b: \[1, 2\] -> \[5\]"):
+            make_store(tmp_path, config={"a": 1, "nested": {"b": [5]}}).check_manifest()
+        assert make_store(tmp_path).check_manifest() is False  # the same config may share the folder
+    finally:
+        running.close()
+    assert make_store(tmp_path, config={"a": 3}).check_manifest() is False  # that job has left
+
+
+def fake_record(jobs, host, pid, age=0.0):
+    os.makedirs(jobs.jobs_dir, exist_ok=True)
+    path = os.path.join(jobs.jobs_dir, f"{host}.{pid}.0000.json")
+    with open(path, "w") as f:
+        json.dump({"host": host, "pid": pid}, f)
+    stamp = time.time() - age
+    os.utime(path, (stamp, stamp))
+    return os.path.basename(path)
+
+
+def fake_claim(jobs, name, owner):
+    with open(os.path.join(jobs.claims_dir, name), "w") as f:
+        f.write(owner)
+
+
+def dead_pid():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_claims_are_exclusive_and_stale_ones_are_taken_over(tmp_path):
+    mine, other = FolderJobs(str(tmp_path), timeout=60), FolderJobs(str(tmp_path), timeout=60)
+    mine.register()
+    other.register()
+    try:
+        assert mine.claim("block1_00000000") and mine.claim("block1_00000000")  # held: claiming again is fine
+        assert not other.claim("block1_00000000")
+        mine.release("block1_00000000")
+        assert other.claim("block1_00000000")
+        # a job on another node: its claim holds while its heartbeat is fresh, and is stale after the timeout
+        remote = fake_record(mine, "another-node", 12345)
+        fake_claim(mine, "block1_00000001", remote)
+        assert not mine.claim("block1_00000001") and mine.holder("block1_00000001") == remote
+        stamp = time.time() - 61
+        os.utime(os.path.join(mine.jobs_dir, remote), (stamp, stamp))
+        assert mine.claim("block1_00000001")
+        # a process of this host that is gone: stale at once, however fresh its heartbeat
+        fake_claim(mine, "block1_00000002", fake_record(mine, socket.gethostname(), dead_pid()))
+        assert mine.claim("block1_00000002")
+        # a claim file still empty: its claimant is writing it (or died right then, which the timeout settles)
+        open(os.path.join(mine.claims_dir, "block1_00000003"), "w").close()
+        assert not mine.claim("block1_00000003")
+        os.utime(os.path.join(mine.claims_dir, "block1_00000003"), (stamp, stamp))
+        assert mine.claim("block1_00000003")
+    finally:
+        mine.close()
+        other.close()
+    assert not os.listdir(mine.claims_dir)  # closing gives up the claims
+    assert all(n.endswith(".0000.json") for n in os.listdir(mine.jobs_dir))  # only the fakes' records are left
+
+
+def test_heartbeat_keeps_a_record_fresh(tmp_path):
+    jobs = FolderJobs(str(tmp_path), timeout=0.5)
+    jobs.register()
+    try:
+        path = os.path.join(jobs.jobs_dir, jobs.name)
+        os.utime(path, (time.time() - 100, time.time() - 100))
+        time.sleep(0.3)  # a few heartbeats (every timeout / 10)
+        assert time.time() - os.stat(path).st_mtime < 0.5
+    finally:
+        jobs.close()
+    assert not os.listdir(jobs.jobs_dir)
+
+
+def test_scan_removes_leftovers_of_killed_writes_and_jobs(tmp_path):
+    store = make_store(tmp_path)
+    store.check_writable()
+    store.write_manifest(shard_size=2)
+    names = [".assemble.x1y2.npy", ".samples_6x2x3x3.npz.abc.tmp", ".manifest.json.q.tmp"]
+    for name in names:
+        open(os.path.join(tmp_path, name), "wb").write(b"x")
+    open(os.path.join(store.shard_dir, ".shard_00000000_n2_x.npz.abc.tmp"), "wb").write(b"half")
+    open(os.path.join(store.shard_dir, ".shard_00000002_block2.npz.def.tmp"), "wb").write(b"half")
+    gone = fake_record(store.jobs, socket.gethostname(), dead_pid())
+    os.makedirs(store.jobs.claims_dir, exist_ok=True)
+    fake_claim(store.jobs, "block2_00000001", gone)
+    assert store.scan().tolist() == []
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+    assert os.listdir(store.shard_dir) == []
+    assert os.listdir(store.jobs.claims_dir) == [] and os.listdir(store.jobs.jobs_dir) == []
+
+
+def test_a_live_job_keeps_its_temporary_files(tmp_path):
+    store = make_store(tmp_path)
+    store.check_writable()
+    store.write_manifest(shard_size=2)
+    live = make_store(tmp_path)
+    live.write_manifest(shard_size=2)
+    live.join()
+    try:
+        assert live.jobs.claim(live.block_claim(1)) and live.jobs.claim("assemble")
+        kept = [os.path.join(store.shard_dir, ".shard_00000002_block2.npz.def.tmp"),
+                os.path.join(tmp_path, ".assemble.x1y2.npy")]
+        for path in kept:
+            open(path, "wb").write(b"being written")
+        store.scan()
+        assert all(os.path.exists(p) for p in kept)
+    finally:
+        live.close()
+
+
+def test_blocks_are_shared_out_and_written_as_shards(tmp_path):
+    store = make_store(tmp_path)
+    store.check_writable()
+    store.write_manifest(shard_size=4)
+    store.write_shard([1], images_for([1]))  # a shard of an older run, before blocks
+    store.join()
+    try:
+        todo = store.blocks_to_sample(store.scan())
+        assert {k: v.tolist() for k, v in todo.items()} == {0: [0, 2, 3], 1: [4, 5]}
+        batches = list(store.claimed_batches(todo, images_per_batch=2))
+        assert [[b for b, _ in batch] for batch in batches] == [[0], [1]]
+        for batch in batches:  # nothing written: the claims are still held, by this process
+            for block, indices in batch:
+                store.write_shard(indices, images_for(indices), block=block, torch_threads=3)
+        assert store.finished_blocks(todo) == [0, 1] and not os.listdir(store.jobs.claims_dir)
+        assert list(store.claimed_batches(todo, images_per_batch=2)) == []  # all done
+        with np.load(store.block_path(1)) as shard:
+            assert int(shard["torch_threads"]) == 3
+        with np.load(store.assemble()) as data:
+            assert np.array_equal(data["arr_0"], images_for(range(6)))
+    finally:
+        store.close()
+
+
+def test_unwritable_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputFolderError, match="not writable"):
+        make_store(blocker / "out").check_writable()
+
+
+def test_describe_differences_and_digest():
+    assert describe_differences({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": 4}) == [
+        "  b.c: 2 -> 3", '  d: "<absent>" -> 4']
+    assert config_digest({"a": 1, "b": 2}) == config_digest(json.loads('{"b": 2, "a": 1}'))

@@ -1,0 +1,78 @@
+"""The CPU demo end to end on a reduced count: table shape, finite numbers, pictures written."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from guided_diffusion.sampling.pictures import COLOUR_BAR, COLUMNS
+from guided_diffusion.testbeds.demo import TESTBEDS
+
+from programs import assert_ok, run_script
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("testbed, size, scales", [("fashion", 32, [3.0]), ("digits", 16, [1.0, 3.0])])
+def test_demo_runs_and_reports_every_setting(tmp_path, testbed, size, scales):
+    # the installed console script (one intra-op thread), which must exit with status 0
+    assert_ok(run_script("pag-demo", "--testbed", testbed, "--num_samples", "12", "--timestep_respacing", "ddim4",
+                         "--pag_scales", ",".join(f"{s:g}" for s in scales), "--sag_scale", "1", "--batch_size", "6",
+                         "--output_dir", tmp_path, "--intervals", "30", "--seed_sets", "3"))
+    table = (tmp_path / "table.md").read_text()
+    names = [name for name, _ in TESTBEDS[testbed].settings(scales, 1.0)]
+    blocks = table.strip().split("\n\n")  # values, the caption, the differences from unguided
+    values, differences = blocks[0], blocks[-1]
+    lines = values.splitlines()
+    assert lines[0] == "| setting | FID↓ | sFID↓ | KID×10³↓ | IS↑ | Precision↑ | Recall↑ |"
+    assert [line.split(" | ")[0].lstrip("| ") for line in lines[2:]] == names
+    diff_lines = differences.splitlines()
+    assert diff_lines[0].startswith("| setting | ΔFID↓ |")
+    assert [line.split(" | ")[0].lstrip("| ") for line in diff_lines[2:]] == names[1:]  # each vs unguided
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results) == names
+    for metrics in results.values():
+        assert all(math.isfinite(metrics[k]) for k in ("fid", "sfid", "kid", "inception_score", "precision", "recall"))
+        for key, (low, high) in metrics["intervals"].items():
+            assert low <= metrics[key] <= high
+    for name in names[1:]:
+        versus = results[name]["vs_unguided"]
+        assert versus["difference"]["fid"] == results[name]["fid"] - results["unguided"]["fid"]
+        assert versus["seed_sets"]["sizes"] == [4, 4, 4]
+    # Same seeds for every setting: guidance changes the images, scale 0 would not.
+    unguided = np.load(tmp_path / "samples_unguided.npz")["arr_0"]
+    pag = np.load(tmp_path / "samples_PAG_s3.npz")["arr_0"]
+    assert unguided.shape == pag.shape == (12, size, size, 3) and (unguided != pag).any()
+    # The side-by-side picture holds each setting's own samples (4 settings a line).
+    canvas = np.asarray(Image.open(tmp_path / "samples_side_by_side.png").convert("RGB"))
+    lines, per_line = -(-len(names) // 4), min(len(names), 4)
+    assert canvas.shape == (lines * (HEADER + 2 * size * SCALE + GAP), per_line * (8 * size * SCALE + GAP), 3)
+    for name, images in (("unguided", unguided), ("PAG s=3", pag)):
+        assert np.array_equal(grid_tile(canvas, names.index(name), size), grid_of(images)), name
+    # The guidance picture: a row per recorded step, newest first, and PAG's guidance is not zero.
+    figure = Image.open(tmp_path / "guidance_pag.png")
+    ranges = json.loads(figure.info["guidance_range"])
+    assert len(ranges) >= 3 and [r["t"] for r in ranges] == sorted((r["t"] for r in ranges), reverse=True)
+    assert figure.size == (70 + 64 * len(COLUMNS) + COLOUR_BAR, 18 + 64 * len(ranges))
+    assert all(r["max"] > 0 for r in ranges)
+
+
+# guided_diffusion.testbeds.demo.side_by_side's layout: 8 samples a row, 2 rows (12 samples), drawn 3x under a
+# 14-pixel header, 6 apart.
+SCALE, HEADER, GAP = 3, 14, 6
+
+
+def grid_of(images, ncols=8, rows=2):
+    """The first ncols * rows samples as one image, row by row, black where there are fewer."""
+    size = images.shape[1]
+    padded = np.concatenate([images[:ncols * rows], np.zeros((ncols * rows - len(images), size, size, 3), np.uint8)])
+    return padded.reshape(rows, ncols, size, size, 3).transpose(0, 2, 1, 3, 4).reshape(rows * size, ncols * size, 3)
+
+
+def grid_tile(canvas, index, size, ncols=8, rows=2, per_line=4):
+    """The grid of setting `index` in the side-by-side picture, back at the samples' resolution."""
+    width, height = ncols * size * SCALE, rows * size * SCALE
+    left = (index % per_line) * (width + GAP)
+    top = (index // per_line) * (HEADER + height + GAP) + HEADER
+    return canvas[top:top + height:SCALE, left:left + width:SCALE]
