@@ -16,11 +16,9 @@ import numpy as np
 
 from evaluations.evaluator import Evaluator
 from guided_diffusion.cli.flags import Flag, FlagGroup, check_flags, create_parser, parse
-from guided_diffusion.model.checkpoints import load_checkpoint
 from guided_diffusion.runtime.logs import log_to_console
-from guided_diffusion.sampling.images import MODEL_FLAGS, MODEL_PATH, sample_uint8
+from guided_diffusion.sampling.images import MODEL_FLAGS, MODEL_PATH, load_model, sample_uint8
 from guided_diffusion.sampling.seeding import LabelSource
-from guided_diffusion.script_util import create_model_and_diffusion
 
 log = logging.getLogger("scripts.checkpoint_quality")
 
@@ -56,7 +54,6 @@ def score(args):
     """Sample and score every checkpoint; returns the Markdown table (also written to output_dir)."""
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, diffusion = create_model_and_diffusion(**MODEL_FLAGS.values(args))
     indices = np.arange(args.num_samples)
     labels = LabelSource(args.seed, args.num_samples, args.num_classes if args.class_cond else None)
     labels = labels.labels(indices) if labels.enabled else None
@@ -64,9 +61,8 @@ def score(args):
     reference = evaluator.batch_features(args.reference)
     lines = ["| checkpoint | FID↓ | precision↑ | recall↑ | mean confidence↑ | share p < 0.5↓ | sampling s |",
              "|---|---|---|---|---|---|---|"]
-    model.eval()
     for path in args.checkpoints or [args.model_path]:
-        load_checkpoint(model, path)
+        model, diffusion = load_model(args, model_path=path)
         start = time.time()
         images = sample_uint8(model, diffusion, indices, args.batch_size, labels=labels, seed=args.seed,
                               image_size=args.image_size, use_ddim=True)

@@ -5,6 +5,8 @@ Image i's initial noise and step noise come from (seed, i) alone (`seeding.Image
 not depend on the batch they are drawn in (bit-identical on CPU; see `batch_invariant_fit`).
 """
 
+import argparse
+
 import numpy as np
 import torch
 
@@ -57,11 +59,17 @@ PRECISION = Flag("precision", "", f"one of {', '.join(PRECISIONS)}; empty: fp16 
                  raising(lambda flag, value, args: precision(args)))
 
 
-def load_model(args, device):
-    """The diffusion model of the model flags with --model_path's weights at --precision, and its diffusion."""
-    model, diffusion = create_model_and_diffusion(**MODEL_FLAGS.values(args))
-    load_checkpoint(model, args.model_path)
-    return apply_precision(model, precision(args)).to(device).eval(), diffusion
+def load_model(flags, device="cpu", model_path=None):
+    """The one model loader: the diffusion model of the model flags with the weights of `model_path` (default:
+    the flags' model_path) at the flags' precision, in eval mode on `device`, and its diffusion.
+
+    `flags`: parsed flags, or a dict of flag values as a YAML config gives them (model flags it lacks take
+    their defaults, other keys are ignored)."""
+    values = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags)
+    settings = argparse.Namespace(**{**MODEL_FLAGS.defaults(), "precision": "", **values})
+    model, diffusion = create_model_and_diffusion(**MODEL_FLAGS.values(settings))
+    load_checkpoint(model, str(model_path or settings.model_path))
+    return apply_precision(model, precision(settings)).to(device).eval(), diffusion
 
 
 def load_classifier(args, device):

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from guided_diffusion import guidance as guidance_lib
-from guided_diffusion.cli.flags import Flag, FlagGroup, at_least, check_flags, create_parser
+from guided_diffusion.cli.flags import Flag, FlagGroup, at_least, check_flags, create_parser, parse
 from guided_diffusion.data.image_io import to_uint8
 from guided_diffusion.diffusion.factory import NUM_CLASSES
 from guided_diffusion.guidance import (
@@ -109,6 +109,28 @@ FLAG_GROUPS = (SAMPLE_FLAGS, OUTPUT_FLAGS, guidance_flags(), MODEL_FLAGS, CLASSI
 def create_sampler_parser(description):
     """The parser of every flag a sampling run takes (behind `--config`)."""
     return create_parser(description, FLAG_GROUPS)
+
+
+def generate_images(*, config=(), **settings):
+    """A sampling run from keyword arguments: the flags' names and defaults (`model_path=...`,
+    `num_samples=...`, `pag_scale=...`), applied over the YAML files of `config` as on the command line.
+    Returns the output folder. The same run as `pag-image-sample` with those flags, in this process's share
+    of the launch.
+
+        generate_images(config=["configs/fashion32/uncond.yaml"], num_samples=64, pag_scale=2.0,
+                        pag_layers=["middle_block.1"], output_dir="samples/pag")
+    """
+    parser = create_sampler_parser(None)
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise TypeError(f"generate_images() got unknown settings {', '.join(unknown)}: use flag names "
+                        f"(see pag-image-sample --help)")
+    args = parse(parser, [arg for path in ([config] if isinstance(config, str) else config)
+                          for arg in ("--config", str(path))])
+    for name, value in settings.items():
+        setattr(args, name, value)
+    return run(args)
 
 
 def run(args):

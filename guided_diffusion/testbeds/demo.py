@@ -14,10 +14,10 @@ from evaluations.bootstrap import SampleBootstrap, compare, intervals
 from evaluations.evaluator import Evaluator
 from guided_diffusion.cli.yaml_config import load_config
 from guided_diffusion.data.digits import write_digits_npz
-from guided_diffusion.diffusion.factory import create_model_and_diffusion, model_and_diffusion_defaults
+from guided_diffusion.diffusion.factory import model_and_diffusion_defaults
 from guided_diffusion.experiments.sweep import point_key, results_table
 from guided_diffusion.guidance import PerturbedAttentionGuidance, SelfAttentionGuidance
-from guided_diffusion.model.checkpoints import load_checkpoint
+from guided_diffusion.sampling.images import MODEL_FLAGS, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -88,12 +88,10 @@ TESTBEDS = {
 def load_demo_model(testbed, respacing, checkpoint=""):
     """The testbed's model (its shipped weights, or `checkpoint`'s), its diffusion at `respacing` and its flags."""
     config = load_config(testbed.sample_config)
-    flags = model_and_diffusion_defaults()
-    flags.update({k: v for k, v in config.items() if k in flags})
-    flags["timestep_respacing"] = respacing
-    model, diffusion = create_model_and_diffusion(**flags)
-    load_checkpoint(model, str(checkpoint or ROOT / config["model_path"]))
-    return model.eval(), diffusion, flags
+    flags = {**model_and_diffusion_defaults(), **{k: v for k, v in config.items() if k in MODEL_FLAGS.names},
+             "timestep_respacing": respacing}
+    model, diffusion = load_model({**flags, "precision": "fp32"}, model_path=checkpoint or ROOT / config["model_path"])
+    return model, diffusion, flags
 
 
 class Scorer:

@@ -342,3 +342,26 @@ def test_classifier_guidance_on_a_conditional_model_with_ddim_noise(tmp_path):
     # without the classifier the samples change
     run_sample(tmp_path / "c", *common, "--classifier_scale", "0.0", batch_size=3)
     assert not np.array_equal(final_arrays(tmp_path / "c", 3, 64)["arr_0"], a["arr_0"])
+
+
+def test_generate_images_is_the_cli_run_with_keyword_arguments(tiny, tmp_path):
+    """The library function under the CLI: the same flags as keyword arguments give the same samples."""
+    from guided_diffusion.sampling.run import generate_images
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text("".join(f"{k}: {v}\n" for k, v in TINY_MODEL.items()))
+    model_path = tiny["flags"][tiny["flags"].index("--model_path") + 1]
+    settings = dict(timestep_respacing="4", num_samples=NUM_SAMPLES, seed=3, progress=False, pag_scale=2.0,
+                    pag_layers=["input_blocks.3.1", "middle_block.1"], sag_scale=0.5, sag_layer="output_blocks.1.1",
+                    sag_blur_sigma=1.0)
+    with pytest.raises(TypeError, match="unknown settings pag_scael"):
+        generate_images(config=[config], pag_scael=2.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CPU samples depend on the thread count; the CLI runs with one
+    try:
+        out = generate_images(config=[config], model_path=model_path, batch_size=4, output_dir=str(tmp_path / "api"),
+                              **settings)
+    finally:
+        torch.set_num_threads(threads)
+    assert Path(out) == tmp_path / "api"
+    assert_same_samples(final_arrays(out), tiny["reference"])
