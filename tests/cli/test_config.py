@@ -257,3 +257,14 @@ def test_every_flag_has_a_help_text(module):
     parser = importlib.import_module(module).create_argparser()
     assert len(parser._actions) > 10
     assert [a.dest for a in parser._actions if not a.help or a.help == "release flag"] == []
+
+
+def test_classifier_guidance_method_file_composes_with_the_conditional_model():
+    from guided_diffusion.guidance import ClassifierGuidance, method_from_flags
+
+    args = parse_args(sampler_parser(), ["--config", str(CONFIGS / "adm256" / "cond.yaml"),
+                                         "--config", str(CONFIGS / "methods" / "adm256_cg.yaml")])
+    assert args.class_cond is True and args.classifier_path == "models/256x256_classifier.pt"
+    assert (args.classifier_width, args.classifier_depth, args.classifier_pool) == (128, 2, "attention")
+    method = method_from_flags(ClassifierGuidance, args)
+    assert (method.scale, method.interval, method.schedule) == (1.0, None, "constant")
