@@ -75,8 +75,8 @@ def save_weights(net, path, dtype=torch.float32):
              for k, v in net.state_dict().items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, lambda f: torch.save(state, f))
-    log.info(f"wrote {path} ({os.path.getsize(path) / 1e3:.0f} kB, "
-             f"{sum(p.numel() for p in net.parameters()):,} parameters)")
+    log.info("wrote %s (%.0f kB, %s parameters)", path, os.path.getsize(path) / 1e3,
+             f"{sum(p.numel() for p in net.parameters()):,}")
 
 
 def trainer_parser(description, out, epochs, batch_size, lr, weight_decay):
@@ -102,6 +102,6 @@ def run_trainer(args, net_class, load_sets, augment, held_name, dtype=torch.floa
     net, train_acc, held_acc = train_feature_net(net_class, train_set, held_set, augment, args.epochs,
                                                  args.batch_size, args.lr, args.weight_decay, args.seed,
                                                  **train_options)
-    log.info(f"train accuracy {train_acc:.4f}, {held_name} accuracy {held_acc:.4f} ({time.time() - start:.0f} s)")
+    log.info("train accuracy %.4f, %s accuracy %.4f (%.0f s)", train_acc, held_name, held_acc, time.time() - start)
     save_weights(net, args.out, dtype)
     return 0  # the exit status of the console script

@@ -105,7 +105,7 @@ class TrainLoop:
         resume = self._find_resume()
         if resume:
             self.step = parse_resume_step_from_filename(resume)
-            log.info(f"loading model from checkpoint: {resume} (step {self.step})")
+            log.info("loading model from checkpoint: %s (step %d)", resume, self.step)
             load_checkpoint(self.model, _load(resume))
         # Float32 master weights: the model's own parameters, or copies when the model runs in float16.
         if use_fp16:
@@ -147,8 +147,8 @@ class TrainLoop:
         found = find_resume_checkpoint(self.run_dir)
         if found:
             if self.resume_checkpoint and os.path.abspath(found) != os.path.abspath(self.resume_checkpoint):
-                log.info(f"{self.run_dir} already holds checkpoints: continuing from {found} "
-                             f"instead of --resume_checkpoint {self.resume_checkpoint}")
+                log.info("%s already holds checkpoints: continuing from %s instead of --resume_checkpoint %s",
+                         self.run_dir, found, self.resume_checkpoint)
             return found
         if self.resume_checkpoint and not os.path.exists(self.resume_checkpoint):
             raise FileNotFoundError(f"--resume_checkpoint {self.resume_checkpoint} does not exist")
@@ -158,23 +158,23 @@ class TrainLoop:
         for rate, params in zip(self.ema_rate, self.ema_params):
             path = find_ema_checkpoint(main_checkpoint, self.step, rate)
             if path:
-                log.info(f"loading EMA from checkpoint: {path}")
+                log.info("loading EMA from checkpoint: %s", path)
                 self._copy_state_into(_load(path), params)
             else:
-                log.info(f"no {_ema_name(rate, self.step)}: the EMA at rate {rate} restarts from the model")
+                log.info("no %s: the EMA at rate %s restarts from the model", _ema_name(rate, self.step), rate)
 
     def _load_opt(self, main_checkpoint):
         path = _sibling(main_checkpoint, f"opt{self.step:06d}.pt")
         if os.path.exists(path):
-            log.info(f"loading optimizer state from checkpoint: {path}")
+            log.info("loading optimizer state from checkpoint: %s", path)
             self.opt.load_state_dict(_load(path))
         else:
-            log.info(f"no {os.path.basename(path)}: the optimizer state starts afresh")
+            log.info("no %s: the optimizer state starts afresh", os.path.basename(path))
 
     def _load_train_state(self, main_checkpoint):
         path = _sibling(main_checkpoint, f"train_state{self.step:06d}.pt")
         if not os.path.exists(path):
-            log.info(f"no {os.path.basename(path)}: random streams and data order start afresh")
+            log.info("no %s: random streams and data order start afresh", os.path.basename(path))
             return
         state = _load(path)
         self.lg_loss_scale = float(state.get("lg_loss_scale", self.lg_loss_scale))
@@ -182,8 +182,8 @@ class TrainLoop:
             self.scaler.load_state_dict(state["scaler"])
         ranks = state.get("ranks", [])
         if len(ranks) != self.world_size:
-            log.info(f"{os.path.basename(path)} was written by {len(ranks)} processes, this run has "
-                         f"{self.world_size}: random streams and data order start afresh")
+            log.info("%s was written by %d processes, this run has %d: random streams and data order start afresh",
+                     os.path.basename(path), len(ranks), self.world_size)
             return
         mine = ranks[self.rank]
         torch.set_rng_state(mine["torch_rng"])
@@ -323,7 +323,7 @@ class TrainLoop:
         grad_norm = _grad_norm(self.master_params)
         if not np.isfinite(grad_norm):
             self.lg_loss_scale -= 1
-            log.info(f"found NaN/inf gradients, lowering the loss scale to 2**{self.lg_loss_scale:.3f}")
+            log.info("found NaN/inf gradients, lowering the loss scale to 2**%.3f", self.lg_loss_scale)
             for p in self.master_params:
                 p.grad = None
             return False
@@ -384,7 +384,7 @@ class TrainLoop:
         if self.rank == 0:
             os.makedirs(self.run_dir, exist_ok=True)
             step = self.step
-            log.info(f"saving checkpoint at step {step} in {self.run_dir}")
+            log.info("saving checkpoint at step %d in %s", step, self.run_dir)
             _atomic_save(self.params_to_state_dict(self.master_params),
                          os.path.join(self.run_dir, f"model{step:06d}.pt"))
             for rate, params in zip(self.ema_rate, self.ema_params):

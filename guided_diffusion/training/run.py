@@ -85,12 +85,13 @@ def _train(args, build, launch, run_dir, *, use_fp16, class_labels):
         log_to_file(os.path.join(run_dir, "log.txt"))  # the run's messages, metric lines included
         atomic_write_text(os.path.join(run_dir, "args.yaml"), yaml.safe_dump(
             {k: v for k, v in sorted(vars(args).items()) if k != "config"}, sort_keys=True))
-    log.info(f"launcher {launch.launcher}, {world_size} process(es), device {dist_util.dev()}, run dir {run_dir}")
+    log.info("launcher %s, %d process(es), device %s, run dir %s", launch.launcher, world_size, dist_util.dev(),
+             run_dir)
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     network, objective = build()
     network.to(dist_util.dev())
-    log.info(f"model: {sum(p.numel() for p in network.parameters()):,} parameters")
+    log.info("model: %s parameters", f"{sum(p.numel() for p in network.parameters()):,}")
     schedule_sampler = create_named_schedule_sampler(args.schedule_sampler, objective)
 
     data = load_data(data_dir=args.data_dir, batch_size=args.batch_size, image_size=args.image_size,
