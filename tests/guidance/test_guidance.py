@@ -10,6 +10,7 @@ from guided_diffusion.guidance import (
     SelfAttentionGuidance,
 )
 from guided_diffusion.model.attention import AttentionPlan
+from guided_diffusion.sampling.images import LabelBlind
 
 from golden import build_model_and_diffusion, load_fixture
 
@@ -160,18 +161,7 @@ def test_classifier_guidance_object_equals_cond_fn_and_combines_with_pag(setup):
     assert (with_pag["sample"] - by_object["sample"]).abs().max() > 1e-4
 
 
-class _IgnoreY(torch.nn.Module):
-    """Lets an unconditional model run with y in model_kwargs (y is for the classifier)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.module = model
-
-    def forward(self, x, t, y=None, **kw):
-        return self.module(x, t, **kw)
-
-
 def _step_with_y(diffusion, model, x, noise, y, **kw):
     with torch.no_grad():
-        return diffusion.p_sample(_IgnoreY(model), x, torch.full((2,), 9), step_noise=noise,
+        return diffusion.p_sample(LabelBlind(model), x, torch.full((2,), 9), step_noise=noise,
                                   model_kwargs={"y": y}, **kw)

@@ -17,6 +17,7 @@ from guided_diffusion.cli.flags import create_parser, parse
 from guided_diffusion.guidance import describe, guidance_flags, method_from_flags, registered_methods
 from guided_diffusion.model.attention import AttentionPlan
 from guided_diffusion.sampling.denoiser import GuidedDenoiser
+from guided_diffusion.sampling.images import LabelBlind
 from guided_diffusion.sampling.steps import DDIM, sample_loop
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.unet import EncoderUNetModel
@@ -44,26 +45,16 @@ def tiny():
     return model, diffusion, classifier, x
 
 
-def _example(cls, tiny, **overrides):
+def _example(cls, tiny, layers=None, **overrides):
     model, _, classifier, _ = tiny
-    layers = list(model.attention_blocks())
     kwargs = {"classifier": classifier} if cls.needs_network else {}
-    method = cls.example(layers, **kwargs)
+    method = cls.example(list(model.attention_blocks()) if layers is None else layers, **kwargs)
     return dataclasses.replace(method, **overrides) if overrides else method
-
-
-class _LabelBlind(torch.nn.Module):
-    def __init__(self, module):
-        super().__init__()
-        self.module = module
-
-    def forward(self, x, t, y=None, **kwargs):
-        return self.module(x, t, **kwargs)
 
 
 def _samples(tiny, guidance):
     model, diffusion, _, x = tiny
-    denoiser = GuidedDenoiser(diffusion, _LabelBlind(model), guidance, model_kwargs={"y": torch.tensor([0, 2])})
+    denoiser = GuidedDenoiser(diffusion, LabelBlind(model), guidance, model_kwargs={"y": torch.tensor([0, 2])})
     with torch.no_grad():
         return sample_loop(denoiser, DDIM(0.0), x.clone())
 
@@ -71,14 +62,11 @@ def _samples(tiny, guidance):
 @pytest.mark.parametrize("cls", METHODS, ids=IDS)
 def test_unknown_layers_fail_at_binding_with_the_blocks(cls, tiny):
     model, diffusion, _, _ = tiny
-    method = _example(cls, tiny)
-    if not method.layer_names():  # a method that names no block has nothing to resolve
-        assert cls.example(["input_blocks.99.1"], **({"classifier": tiny[2]} if cls.needs_network else {}))
+    if not _example(cls, tiny).layer_names():  # a method that names no block has nothing to resolve
         return
-    bad = cls.example(["input_blocks.99.1", "input_blocks.99.1"], **({"classifier": tiny[2]} if cls.needs_network
-                                                                      else {}))
+    bad = _example(cls, tiny, layers=["input_blocks.99.1", "input_blocks.99.1"])
     with pytest.raises(ValueError) as err:
-        GuidedDenoiser(diffusion, _LabelBlind(model), bad, model_kwargs={"y": torch.tensor([0, 2])})
+        GuidedDenoiser(diffusion, LabelBlind(model), bad, model_kwargs={"y": torch.tensor([0, 2])})
     assert "input_blocks.99.1" in str(err.value)
     for name in model.attention_blocks():
         assert name in str(err.value)
@@ -119,7 +107,7 @@ def test_scales_are_per_row(cls, tiny):
     step_noise = torch.zeros_like(x)
 
     def step(guidance):
-        denoiser = GuidedDenoiser(diffusion, _LabelBlind(model), guidance, model_kwargs={"y": torch.tensor([0, 2])})
+        denoiser = GuidedDenoiser(diffusion, LabelBlind(model), guidance, model_kwargs={"y": torch.tensor([0, 2])})
         with torch.no_grad():
             return DDIM(0.0).step(denoiser, x, t, step_noise)["sample"]
 
