@@ -38,6 +38,8 @@ RELEASE_FLAG_HELP = {
     "use_fp16": "the release's float16 conversion of the U-Net torso",
     "use_new_attention_order": "split q, k, v before the heads (the release's QKVAttention); else the legacy order",
     "num_classes": "classes of a class-conditional model and of a classifier; the release's are ImageNet's 1000",
+    "null_label": "the label embedding has one more row, label num_classes = 'no label' (learnt with "
+                  "--class_dropout_prob; classifier-free guidance needs it); the release's models have none",
     "learn_sigma": "the model also outputs the variance interpolation (6 output channels)",
     "diffusion_steps": "steps of the base diffusion process T",
     "noise_schedule": "beta schedule: linear or cosine",
@@ -71,7 +73,7 @@ def model_and_diffusion_defaults():
     res = dict(image_size=64, num_channels=128, num_res_blocks=2, num_heads=4, num_heads_upsample=-1,
                num_head_channels=-1, attention_resolutions="16,8", channel_mult="", dropout=0.0, class_cond=False,
                use_checkpoint=False, use_scale_shift_norm=True, resblock_updown=False, use_fp16=False,
-               use_new_attention_order=False, num_classes=NUM_CLASSES)
+               use_new_attention_order=False, num_classes=NUM_CLASSES, null_label=False)
     res.update(diffusion_defaults())
     return res
 
@@ -100,14 +102,16 @@ def create_model_and_diffusion(image_size, class_cond, learn_sigma, num_channels
                                diffusion_steps, noise_schedule, timestep_respacing, use_kl, predict_xstart,
                                rescale_timesteps, rescale_learned_sigmas, use_checkpoint, use_scale_shift_norm,
                                resblock_updown, use_fp16, use_new_attention_order, num_classes=NUM_CLASSES,
-                               diffusion_class=None):
+                               null_label=False, diffusion_class=None):
     return _built_from_flags(create_model, locals())
 
 
 def create_model(image_size, num_channels, num_res_blocks, channel_mult="", learn_sigma=False, class_cond=False,
                  use_checkpoint=False, attention_resolutions="16", num_heads=1, num_head_channels=-1,
                  num_heads_upsample=-1, use_scale_shift_norm=False, dropout=0, resblock_updown=False,
-                 use_fp16=False, use_new_attention_order=False, num_classes=NUM_CLASSES):
+                 use_fp16=False, use_new_attention_order=False, num_classes=NUM_CLASSES, null_label=False):
+    if null_label and not class_cond:
+        raise ValueError("--null_label True needs a class-conditional model (--class_cond True)")
     return UNetModel(
         image_size=image_size, in_channels=3, model_channels=num_channels, out_channels=6 if learn_sigma else 3,
         num_res_blocks=num_res_blocks, attention_resolutions=_attention_ds(attention_resolutions, image_size),
@@ -115,7 +119,7 @@ def create_model(image_size, num_channels, num_res_blocks, channel_mult="", lear
         num_classes=num_classes if class_cond else None, use_checkpoint=use_checkpoint, use_fp16=use_fp16,
         num_heads=num_heads, num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
         use_scale_shift_norm=use_scale_shift_norm, resblock_updown=resblock_updown,
-        use_new_attention_order=use_new_attention_order,
+        use_new_attention_order=use_new_attention_order, null_label=null_label,
     )
 
 

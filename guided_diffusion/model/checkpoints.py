@@ -87,6 +87,20 @@ def load_checkpoint(model, path_or_state, map_location="cpu"):
     return model
 
 
+def _null_label_hint(expected, found):
+    """The label embedding differs by one row: the null label of classifier-free guidance (`--null_label`)."""
+    key = "label_emb.weight"
+    if key not in expected or key not in found or expected[key].shape[1:] != found[key].shape[1:]:
+        return None
+    rows_found, rows_expected = found[key].shape[0], expected[key].shape[0]
+    if rows_found == rows_expected + 1:
+        return (f"the checkpoint's label embedding has a null label row ({rows_found} rows for {rows_expected} "
+                "classes): set --null_label True")
+    if rows_found + 1 == rows_expected:
+        return f"the checkpoint has no null label row ({rows_found} rows): set --null_label False"
+    return None
+
+
 def diagnose_mismatch(expected, found):
     """Human-readable reasons why state dict `found` does not fit the model whose state dict is `expected`."""
     missing = [k for k in expected if k not in found]
@@ -103,6 +117,9 @@ def diagnose_mismatch(expected, found):
         hints.append("the checkpoint is class-conditional: set --class_cond True")
     if "label_emb.weight" in expected and "label_emb.weight" not in found:
         hints.append("the checkpoint is unconditional: set --class_cond False")
+    null_label = _null_label_hint(expected, found)
+    if null_label:
+        hints.append(null_label)
     width_differs = False
     if "time_embed.0.weight" in expected and "time_embed.0.weight" in found:
         (_, width_found) = shape(found, "time_embed.0.weight")

@@ -200,7 +200,7 @@ class UNetModel(_TimestepNetwork):
                  attention_resolutions, dropout=0, channel_mult=(1, 2, 4, 8), conv_resample=True, dims=2,
                  num_classes=None, use_checkpoint=False, use_fp16=False, num_heads=1, num_head_channels=-1,
                  num_heads_upsample=-1, use_scale_shift_norm=False, resblock_updown=False,
-                 use_new_attention_order=False):
+                 use_new_attention_order=False, null_label=False):
         super().__init__(in_channels, model_channels, out_channels, dropout, dims, use_checkpoint, use_fp16,
                          use_scale_shift_norm)
         if num_heads_upsample == -1:
@@ -215,8 +215,11 @@ class UNetModel(_TimestepNetwork):
         self.num_head_channels = num_head_channels
         self.num_heads_upsample = num_heads_upsample
         res = self.resblock_options
+        # `null_label`: one more embedding row, label `num_classes`, for "no label" (classifier-free
+        # guidance). Appended after the classes, so a model without it keeps the release's parameter shapes.
+        self.null_label = num_classes if (null_label and num_classes is not None) else None
         if num_classes is not None:
-            self.label_emb = nn.Embedding(num_classes, res["emb_channels"])
+            self.label_emb = nn.Embedding(num_classes + (self.null_label is not None), res["emb_channels"])
 
         down_attn = _heads_kwargs(num_heads, num_head_channels, use_checkpoint, use_new_attention_order)
         up_attn = _heads_kwargs(num_heads_upsample, num_head_channels, use_checkpoint, use_new_attention_order)

@@ -338,6 +338,7 @@ def run_info(args):
 
 
 def model_flags(args):
-    """The model flags for the manifest; --num_classes only where it is not the release's 1000, so that
-    the folders of 1000-class and unconditional runs of earlier versions still resume."""
-    return MODEL_FLAGS.values(args, exclude=("num_classes",) if args.num_classes == NUM_CLASSES else ())
+    """The model flags for the manifest; --num_classes only where it is not the release's 1000 and
+    --null_label only where set, so that the folders of runs of earlier versions still resume."""
+    exclude = ("num_classes",) * (args.num_classes == NUM_CLASSES) + ("null_label",) * (not args.null_label)
+    return MODEL_FLAGS.values(args, exclude=exclude)

@@ -44,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim import AdamW
 
 from guided_diffusion.diffusion.timestep_samplers import LossAwareSampler, UniformSampler
+from guided_diffusion.model.attention import unwrap
 from guided_diffusion.model.checkpoints import load_checkpoint
 from guided_diffusion.runtime import distributed as dist_util
 from guided_diffusion.runtime.files import atomic_write
@@ -62,7 +63,7 @@ class TrainLoop:
                  log_interval=10, save_interval=10000, resume_checkpoint="", use_fp16=False,
                  fp16_scale_growth=1e-3, schedule_sampler=None, weight_decay=0.0, lr_anneal_steps=0,
                  max_steps=0, run_dir=None, seed=None, mixed_precision="none", progress=True,
-                 device=None, ema_warmup=False):
+                 device=None, ema_warmup=False, class_dropout_prob=0.0):
         if mixed_precision not in MIXED_PRECISION_MODES:
             raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION_MODES)}, "
                              f"got {mixed_precision!r}")
@@ -71,8 +72,16 @@ class TrainLoop:
                              "each other: pick one")
         if use_fp16 and not hasattr(model, "convert_to_fp16"):
             raise ValueError("use_fp16 needs a model with convert_to_fp16() (the ADM U-Net or classifier)")
+        null_label = getattr(unwrap(model), "null_label", None)
+        if not 0.0 <= class_dropout_prob < 1.0:
+            raise ValueError(f"class_dropout_prob must be in [0, 1), got {class_dropout_prob}")
+        if class_dropout_prob and null_label is None:
+            raise ValueError("class_dropout_prob > 0 replaces labels by the null label: build the model with "
+                             "--class_cond True --null_label True")
         self.model = model
         self.diffusion = diffusion
+        self.class_dropout_prob = float(class_dropout_prob)
+        self.null_label = null_label
         self.data = data
         self.batch_size = batch_size
         self.microbatch = microbatch if microbatch > 0 else batch_size
@@ -138,10 +147,11 @@ class TrainLoop:
     def _seed(self, seed):
         """Per-rank generators for the global torch RNG (dropout), the training noise and the sampler."""
         self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
-        streams = np.random.SeedSequence(self.seed, spawn_key=(self.rank,)).generate_state(3, np.uint64)
+        streams = np.random.SeedSequence(self.seed, spawn_key=(self.rank,)).generate_state(4, np.uint64)
         torch.manual_seed(int(streams[0]))
         self.noise_gen = torch.Generator().manual_seed(int(streams[1]))
         self.schedule_sampler.seed(int(streams[2]))
+        self.label_gen = torch.Generator().manual_seed(int(streams[3]))  # class dropout
 
     def _find_resume(self):
         found = find_resume_checkpoint(self.run_dir)
@@ -188,6 +198,8 @@ class TrainLoop:
         mine = ranks[self.rank]
         torch.set_rng_state(mine["torch_rng"])
         self.noise_gen.set_state(mine["noise_rng"])
+        if mine.get("label_rng") is not None:
+            self.label_gen.set_state(mine["label_rng"])
         self.schedule_sampler.load_state_dict(mine["sampler"])
         if mine.get("data") is not None and hasattr(self.data, "load_state_dict"):
             self.data.load_state_dict(mine["data"])
@@ -242,13 +254,22 @@ class TrainLoop:
 
     def run_step(self, batch, cond):
         self._set_lr()
-        self.forward_backward(batch, cond)
+        self.forward_backward(batch, self.drop_labels(cond))
         if self.optimize():
             self._update_ema()
         self.step += 1
         self.metrics.logkv("step", self.step)
         self.metrics.logkv("samples", self.step * self.global_batch)
         self.metrics.logkv("lr", self.opt.param_groups[0]["lr"])
+
+    def drop_labels(self, cond):
+        """Class dropout: each label becomes the null label with probability `class_dropout_prob`, so the
+        model also learns the unconditional prediction that classifier-free guidance needs."""
+        if not self.class_dropout_prob or "y" not in cond:
+            return cond
+        labels = cond["y"]
+        drop = torch.rand(labels.shape, generator=self.label_gen) < self.class_dropout_prob
+        return {**cond, "y": torch.where(drop.to(labels.device), torch.full_like(labels, self.null_label), labels)}
 
     def _set_lr(self):
         lr = self.lr
@@ -375,6 +396,7 @@ class TrainLoop:
 
     def _rank_state(self):
         return {"torch_rng": torch.get_rng_state(), "noise_rng": self.noise_gen.get_state(),
+                "label_rng": self.label_gen.get_state(),
                 "sampler": self.schedule_sampler.state_dict(),
                 "data": self.data.state_dict() if hasattr(self.data, "state_dict") else None}
 
