@@ -13,6 +13,7 @@ from guided_diffusion.sampling.pictures import (
     BAR_WIDTH,
     COLOUR_BAR,
     COLUMNS,
+    figure_layout,
     guidance_snapshots,
     save_guidance_figure,
 )
@@ -38,31 +39,73 @@ def test_snapshots_follow_the_guided_sampler_and_figure_is_written(tmp_path):
         assert (snap["guided"] - snap["perturbed"]).abs().mean() >= (snap["normal"] - snap["perturbed"]).abs().mean()
     path = save_guidance_figure(snaps, tmp_path / "fig.png", tile=40)
     image = np.asarray(Image.open(path))
-    assert image.shape[0] == 18 + 40 * 3 and image.shape[1] == 70 + 40 * len(COLUMNS) + COLOUR_BAR
-    assert image[18:, 70:70 + 40 * len(COLUMNS)].std() > 10  # real pictures, not a blank canvas
+    layout = figure_layout(40, 3)
+    assert image.shape[1::-1] == layout.size and layout.column >= 40
+    assert image[layout.header:, 70:70 + layout.column * len(COLUMNS)].std() > 10  # real pictures, not a blank canvas
 
 
-def test_guidance_panel_has_a_labelled_colour_bar(tmp_path):
-    peaks = [0.5, 0.02]
-    snaps = [{"step": i, "t": 10 * i, "normal": torch.zeros(1, 3, 8, 8), "perturbed": torch.zeros(1, 3, 8, 8),
-              "guided": torch.zeros(1, 3, 8, 8), "signal": torch.linspace(0, peak, 64).reshape(1, 8, 8)}
-             for i, peak in enumerate(peaks)]
-    path = save_guidance_figure(snaps, tmp_path / "fig.png", tile=40)
-    figure = Image.open(path)
-    # the range of every row's |guidance| panel, as the labels give it
+def snapshots(peaks, size=8):
+    """One recorded step per peak: random x0 panels and a |guidance| ramp from 0 to the peak."""
+    generator = torch.Generator().manual_seed(0)
+    return [{"step": i, "t": 10 * i, **{k: torch.rand(1, 3, size, size, generator=generator) * 2 - 1
+                                       for k in ("normal", "perturbed", "guided")},
+             "signal": torch.linspace(0, peak, size * size).reshape(1, size, size)} for i, peak in enumerate(peaks)]
+
+
+def geometry(image, rows):
+    """(column width, header height) of a drawn figure: the row labels take 70 pixels, the colour bar
+    COLOUR_BAR, the rest is len(COLUMNS) square columns of `rows` rows under the header."""
+    height, width = image.shape[:2]
+    column = (width - 70 - COLOUR_BAR) // len(COLUMNS)
+    return column, height - rows * column
+
+
+def test_rows_share_one_colour_scale_with_one_labelled_bar(tmp_path):
+    peaks = [0.5, 0.02, 0.1]
+    figure = Image.open(save_guidance_figure(snapshots(peaks), tmp_path / "fig.png", tile=64))
+    # every row is drawn on one scale: vmin 0 and vmax the figure's largest |guidance|
     ranges = json.loads(figure.text["guidance_range"])
-    assert [(r["t"], r["min"]) for r in ranges] == [(0, 0.0), (10, 0.0)]
-    assert [r["max"] for r in ranges] == pytest.approx(peaks)
+    assert [r["t"] for r in ranges] == [0, 10, 20]
+    assert [r["min"] for r in ranges] == [0.0] * 3 and [r["max"] for r in ranges] == pytest.approx([0.5] * 3)
+    assert [r["peak"] for r in ranges] == pytest.approx(peaks)
     image = np.asarray(figure.convert("RGB")).astype(int)
-    bar_left = 70 + 40 * len(COLUMNS) + BAR_GAP
-    for row in range(2):
-        top = 18 + 40 * row + 2
-        bar = image[top:top + 36, bar_left + BAR_WIDTH // 2]
-        assert tuple(bar[0]) == (255, 255, 0) and tuple(bar[-1]) == (0, 0, 0)  # yellow = the maximum, black = 0
-        brightness = bar.sum(axis=1)
-        assert (np.diff(brightness) <= 0).all() and brightness[0] > brightness[-1]
-        labels = image[top:top + 36, bar_left + BAR_WIDTH + 2:]
-        assert (labels[:12] < 128).any() and (labels[-12:] < 128).any()  # text at the top and at the bottom
-    # the panel uses the same scale: its brightest pixel is the bar's top colour
-    panel = image[18:58, 70 + 40 * 3:70 + 40 * 4]
-    assert panel.reshape(-1, 3).max(axis=0).tolist() == [255, 255, 0]
+    column, header = geometry(image, len(peaks))
+    for row, peak in enumerate(peaks):
+        panel = image[header + column * row:header + column * (row + 1), 70 + column * 3:70 + column * 4]
+        # black -> red -> yellow: red + green grows linearly with the value on the shared scale
+        assert (panel[..., 0] + panel[..., 1]).max() / 510 == pytest.approx(peak / max(peaks), abs=0.01), row
+    # one bar from the first row's top to the last row's bottom: yellow (the maximum) down to black (0)
+    bar_left = 70 + column * len(COLUMNS) + BAR_GAP
+    bar = image[header + 2:image.shape[0] - 2, bar_left + BAR_WIDTH // 2]
+    assert tuple(bar[0]) == (255, 255, 0) and tuple(bar[-1]) == (0, 0, 0)
+    brightness = bar.sum(axis=1)
+    assert (np.diff(brightness) <= 0).all() and brightness[0] > brightness[-1]
+    labels = image[header:, bar_left + BAR_WIDTH + 2:]
+    assert (labels[:14] < 128).any() and (labels[-14:] < 128).any()  # its range: text at the top and the bottom
+    assert (image[:header, bar_left:] < 128).any()  # and a caption saying what it measures
+    assert not (labels[column - 14:column + 14] < 128).any()  # no other labels between the rows
+
+
+@pytest.mark.parametrize("tile", [16, 40, 64, 96])
+def test_column_titles_stay_within_their_columns(tmp_path, tile):
+    image = np.asarray(Image.open(save_guidance_figure(snapshots([0.5, 0.2]), tmp_path / "fig.png", tile=tile))
+                       .convert("L"))
+    column, header = geometry(image, 2)
+    assert column >= tile
+    ink = image[:header] < 160
+    edges = [70 + column * c for c in range(len(COLUMNS) + 1)]
+    for c, (left, right) in enumerate(zip(edges, edges[1:])):
+        assert not ink[:, left].any(), f"a title crosses the left edge of column {c} ({COLUMNS[c]!r})"
+        assert ink[:, left + 1:right].any(), f"column {c} has no title"
+    assert not ink[:, edges[-1]].any(), "the last title runs into the colour bar"
+    # the renderer's own extents of every header line: inside the header, inside its column, and apart
+    layout = figure_layout(tile, 2)
+    assert (layout.column, layout.header) == (column, header)
+    boxes = [box for _, _, box in layout.titles]
+    assert len(boxes) >= len(COLUMNS) + 1  # the titles and the colour bar's caption
+    for (x0, y0, x1, y1) in boxes:
+        assert 0 <= y0 and y1 <= header and 0 <= x0 and x1 <= image.shape[1]
+        assert sum(left <= x0 and x1 < right for left, right in zip(edges, edges[1:] + [image.shape[1]])) == 1
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], f"title boxes {a} and {b} overlap"
