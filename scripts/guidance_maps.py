@@ -7,6 +7,10 @@ attention or SAG's blurred input), by the guided combination, and the size of th
     python -m scripts.guidance_maps --config configs/digits/model.yaml \\
         --model_path checkpoints/digits_adm16_ema.pt --pag_scale 3 --pag_layers middle_block.1 \\
         --timestep_respacing ddim25 --use_ddim True --out guidance.png
+
+It takes pag-image-sample's flags and config files (e.g. configs/fashion32/table1/uncond_pag.yaml): the flags
+that only a sampling run uses (--num_samples, --batch_size, --output_dir, ...) are accepted and named in a
+note as not used; classifier guidance (or any guidance by a second network) is not drawn, with a warning.
 """
 
 import logging
@@ -15,11 +19,21 @@ import torch
 
 from guided_diffusion.cli.flags import Flag, FlagGroup, check_flags, create_parser, parse
 from guided_diffusion.data.image_io import save_image_grid, to_uint8
-from guided_diffusion.guidance import guidance_flags, guidance_from_flags, network_free_methods
+from guided_diffusion.guidance import guidance_flags, guidance_from_flags, network_free_methods, registered_methods
 from guided_diffusion.runtime import distributed as dist_util
 from guided_diffusion.runtime.logs import log_to_console
-from guided_diffusion.sampling.images import ETA, MODEL_FLAGS, MODEL_PATH, PRECISION, USE_DDIM, load_model
+from guided_diffusion.sampling.images import (
+    CLASSIFIER_FLAGS,
+    CLIP_DENOISED,
+    ETA,
+    MODEL_FLAGS,
+    MODEL_PATH,
+    PRECISION,
+    USE_DDIM,
+    load_model,
+)
 from guided_diffusion.sampling.pictures import guidance_snapshots, save_guidance_figure
+from guided_diffusion.sampling.run import FLAG_GROUPS as SAMPLER_FLAG_GROUPS
 from guided_diffusion.sampling.seeding import ImageNoise
 
 log = logging.getLogger("scripts.guidance_maps")
@@ -33,13 +47,20 @@ FIGURE_FLAGS = FlagGroup("figure", [
                                      "noise), 0.0 = last"),
     USE_DDIM.but(default=True, help="DDIM steps (else DDPM)"),
     ETA.but(help="DDIM eta"),
+    CLIP_DENOISED,
     PRECISION,
     Flag("out", "guidance.png", "PNG to write"),
     Flag("class_label", -1, "class label for conditional models (-1: image index mod --num_classes)"),
 ])
 
 
-FLAG_GROUPS = (FIGURE_FLAGS, guidance_flags(network_free_methods()), MODEL_FLAGS)
+USED_GROUPS = (FIGURE_FLAGS, guidance_flags(network_free_methods()), MODEL_FLAGS)
+# pag-image-sample's other flags, so that its config files and command lines work here too
+SAMPLER_ONLY = FlagGroup.not_used("pag-image-sample flags that the figure does not use", SAMPLER_FLAG_GROUPS,
+                                  USED_GROUPS)
+# the flags of methods that need another network (a classifier, ...), which the figure leaves out
+NOT_DRAWN = {*CLASSIFIER_FLAGS.names, *guidance_flags([m for m in registered_methods() if m.needs_network]).names}
+FLAG_GROUPS = (*USED_GROUPS, SAMPLER_ONLY)
 
 
 def create_argparser():
@@ -68,9 +89,23 @@ def main(argv=None):
     return 0
 
 
+def note_flags_not_used(args):
+    """One line for the sampler's flags that were set and are not used here (a config file of a sampling run);
+    a warning where they ask for guidance by another network (a classifier), which the figure leaves out."""
+    names = SAMPLER_ONLY.changed(args)
+    skipped = [f"--{name}" for name in names if name in NOT_DRAWN]
+    others = [f"--{name}" for name in names if name not in NOT_DRAWN]
+    if skipped:
+        log.warning("classifier guidance (and any guidance by a second network) is not drawn: %s not used",
+                    ", ".join(skipped))
+    if others:
+        log.info("not used by the figure (flags of a sampling run): %s", ", ".join(others))
+
+
 def draw(args):
     """Sample, draw the figure and the grid of samples; returns the figure's path."""
     check_flags(args, FLAG_GROUPS)
+    note_flags_not_used(args)
     guidance = guidance_from_flags(args)
     if not guidance:
         raise SystemExit("nothing to draw: set --pag_scale and/or --sag_scale")
@@ -85,7 +120,7 @@ def draw(args):
     steps = step_indices(args.steps, diffusion.num_timesteps)
     final, snapshots = guidance_snapshots(diffusion, model, noise.initial(), guidance, steps,
                                           model_kwargs=model_kwargs, use_ddim=args.use_ddim, eta=args.eta,
-                                          step_noise_fn=noise.step)
+                                          clip_denoised=args.clip_denoised, step_noise_fn=noise.step)
     save_guidance_figure(snapshots, args.out, image_index=args.image_index)
     grid = args.out.rsplit(".", 1)[0] + "_samples.png"
     save_image_grid(to_uint8(final), grid)

@@ -107,6 +107,19 @@ class FlagGroup:
         """The group restricted to `names` (in the group's order)."""
         return FlagGroup(title or self.title, [flag for flag in self.flags if flag.name in names])
 
+    @classmethod
+    def not_used(cls, title, groups, used):
+        """Every flag of `groups` that none of the groups `used` declares, accepted but not used and not
+        checked: so that a script takes another script's config files and command lines (`changed` names
+        those that were set)."""
+        declared = {name for group in used for name in group.names}
+        flags = {flag.name: flag for group in groups for flag in group.flags if flag.name not in declared}
+        return cls(title, [flag.but(help=f"not used here; {flag.help}", check=None) for flag in flags.values()])
+
+    def changed(self, args):
+        """The names of the group's flags whose values in `args` are not their defaults."""
+        return [flag.name for flag in self.flags if getattr(args, flag.name) != flag.default]
+
     def add_to(self, parser):
         group = parser.add_argument_group(self.title)
         for flag in self.flags:

@@ -19,14 +19,14 @@ COLUMNS = ("normal x0", "perturbed x0", "guided x0", "|guidance|")
 
 
 def guidance_snapshots(diffusion, model, noise, guidance, steps, model_kwargs=None, use_ddim=True, eta=0.0,
-                       step_noise_fn=None):
+                       step_noise_fn=None, clip_denoised=True):
     """Sample from `noise` with `guidance`; at the step indices in `steps` record the four panels.
 
     The panels come from the sampling step's own guided prediction (the loop's callback), so recording
     changes nothing. Returns (final sample, [{"step", "t", "normal", "perturbed", "guided", "signal"}, ...])
     with images in [-1, 1] ([B, 3, H, W]) and the signal as [B, H, W].
     """
-    denoiser = GuidedDenoiser(diffusion, model, guidance, model_kwargs=model_kwargs)
+    denoiser = GuidedDenoiser(diffusion, model, guidance, model_kwargs=model_kwargs, clip_denoised=clip_denoised)
     wanted = set(int(s) for s in steps)
     snapshots = []
 
