@@ -2,7 +2,8 @@
 
 A script lists its `FlagGroup`s; `create_parser` turns them into argparse groups behind the one shared
 `--config FILE.yaml` flag (repeatable, see `config.parse_args`), `check_flags` runs every flag's check and
-reports all problems in one ValueError, and `FlagGroup.values` gives a group's values for a manifest.
+reports all problems in one ValueError (and logs the warnings of settings that run but are likely a mistake),
+and `FlagGroup.values` gives a group's values for a manifest.
 
 A flag's type follows its default, as in the ADM release: booleans parse True/False, yes/no...; a list
 default takes one or more values; a None default takes a string (or `type`).
@@ -10,12 +11,16 @@ default takes one or more values; a None default takes a string (or `type`).
 
 import argparse
 import dataclasses
+import logging
 from typing import Any, Callable, Optional
 
 from guided_diffusion.cli.scales import check_scale
 from guided_diffusion.cli.yaml_config import parse_args
+from guided_diffusion.runtime import distributed
 
 CONFIG_FLAG = "config"
+
+log = logging.getLogger(__name__)
 
 
 def str2bool(v):
@@ -41,7 +46,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 @dataclasses.dataclass(frozen=True)
 class Flag:
     """`--name`: its default, help, optional `choices` and `check(flag, value, args)`, which returns a
-    problem message (naming `flag`, e.g. "--seed") or None; it sees all of `args` for checks across flags."""
+    problem message (naming `flag`, e.g. "--seed") or None; it sees all of `args` for checks across flags.
+    `warn(flag, value, args)` is called alike for a setting that works but is likely a mistake: it returns
+    a warning that says what to set, or None."""
 
     name: str
     default: Any
@@ -49,6 +56,7 @@ class Flag:
     check: Optional[Callable] = None
     choices: Optional[tuple] = None
     type: Optional[Callable] = None
+    warn: Optional[Callable] = None
 
     def argparse_kwargs(self):
         kwargs = {"default": self.default, "help": self.help}
@@ -64,6 +72,9 @@ class Flag:
 
     def problem(self, args):
         return None if self.check is None else self.check(f"--{self.name}", getattr(args, self.name), args)
+
+    def warning(self, args):
+        return None if self.warn is None else self.warn(f"--{self.name}", getattr(args, self.name), args)
 
     def but(self, **changes):
         """This flag with other fields (e.g. the help of another script)."""
@@ -114,7 +125,8 @@ class FlagGroup:
         those that were set)."""
         declared = {name for group in used for name in group.names}
         flags = {flag.name: flag for group in groups for flag in group.flags if flag.name not in declared}
-        return cls(title, [flag.but(help=f"not used here; {flag.help}", check=None) for flag in flags.values()])
+        return cls(title, [flag.but(help=f"not used here; {flag.help}", check=None, warn=None)
+                           for flag in flags.values()])
 
     def changed(self, args):
         """The names of the group's flags whose values in `args` are not their defaults."""
@@ -127,6 +139,9 @@ class FlagGroup:
 
     def problems(self, args):
         return [p for flag in self.flags if (p := flag.problem(args)) is not None]
+
+    def warnings(self, args):
+        return [w for flag in self.flags if (w := flag.warning(args)) is not None]
 
 
 def create_parser(description, groups):
@@ -146,10 +161,14 @@ def parse(parser, argv=None):
 
 
 def check_flags(args, groups):
-    """Raise one ValueError listing every problem the groups' checks find in `args`."""
+    """Raise one ValueError listing every problem the groups' checks find in `args`; else log each warning of
+    their flags once (on rank 0 of a multi-process launch)."""
     problems = [p for group in groups for p in group.problems(args)]
     if problems:
         raise ValueError("; ".join(problems))
+    if distributed.rank() == 0:
+        for warning in [w for group in groups for w in group.warnings(args)]:
+            log.warning("warning: %s", warning)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -47,11 +47,22 @@ def _eta_problem(flag, value, args):
     return f"{flag} is a DDIM setting: add --use_ddim True" if value and not args.use_ddim else None
 
 
+def _ddim_spacing_warning(flag, value, args):
+    """DDPM on DDIM's step spacing is a valid respaced DDPM (another set of steps than --timestep_respacing N),
+    so it runs; but it is mostly a DDIM config that lacks --use_ddim True."""
+    spacing = str(getattr(args, "timestep_respacing", "") or "")
+    if value or not spacing.startswith("ddim"):
+        return None
+    return (f"--timestep_respacing {spacing} with {flag} False samples with DDPM steps on DDIM's step spacing: "
+            f"set {flag} True for DDIM, or --timestep_respacing {spacing[len('ddim'):]} for DDPM's even spacing")
+
+
 # Flags that several scripts declare alike (each may give its own help with `Flag.but`).
 MODEL_PATH = Flag("model_path", "", "diffusion model checkpoint (e.g. models/256x256_diffusion_uncond.pt)", required)
 BATCH_SIZE = Flag("batch_size", 16, "images per forward pass and per shard (does not change the samples)",
                   at_least(1))
-USE_DDIM = Flag("use_ddim", False, "DDIM steps instead of ancestral DDPM steps (use with --timestep_respacing ddimN)")
+USE_DDIM = Flag("use_ddim", False, "DDIM steps instead of ancestral DDPM steps (use with --timestep_respacing ddimN)",
+                warn=_ddim_spacing_warning)
 ETA = Flag("eta", 0.0, "DDIM eta (0 = deterministic DDIM)", _eta_problem)
 CLIP_DENOISED = Flag("clip_denoised", True, "clip the x0 prediction to [-1, 1]")
 PRECISION = Flag("precision", "", f"one of {', '.join(PRECISIONS)}; empty: fp16 with --use_fp16 True (the "
