@@ -7,6 +7,8 @@
 * :mod:`evaluations.inception` - the ADM reference Inception graph backend (TensorFlow);
 * :mod:`evaluations.evaluator` - :class:`Evaluator` and the ``adm-evaluate`` command line;
 * :mod:`evaluations.npz` - streaming reader for ``.npz`` image batches;
+* :mod:`evaluations.activation_cache` - per-batch activations cached in a user cache folder, never beside
+  the batches (``--cache_dir``, ``$PAG_EVAL_CACHE``, default ``~/.cache/pag_adm/activations``);
 * :mod:`evaluations.resolution` - refuses a sample resolution other than the reference's (or resizes);
 * :mod:`evaluations.kid` - KID (unbiased MMD^2, cubic kernel, subset average) and its feature scaling;
 * :mod:`evaluations.bootstrap` - bootstrap intervals and seed-paired comparisons of sample batches;

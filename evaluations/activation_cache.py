@@ -1,12 +1,17 @@
-"""Per-batch activations and their on-disk cache (``SAMPLE.<backend>.acts.npz`` beside each batch).
+"""Per-batch activations and their on-disk cache, kept in a user cache folder and never beside the batches.
 
-A cache is keyed by the backend's fingerprint and the batch file's size, mtime and end hashes, so a changed
-batch or other weights recompute; an unreadable or stale cache is recomputed, an unwritable one only warned.
+The folder is the evaluator's ``--cache_dir``, else ``$PAG_EVAL_CACHE``, else ``pag_adm/activations`` under the
+user cache (``$XDG_CACHE_HOME`` or ``~/.cache``): scoring against a reference in the source tree or in a
+read-only dataset folder writes nothing there. Each batch has one entry per backend (and resize target); the
+entry records the key it was made under (the backend's weights and the batch file's fingerprint), so a changed
+batch or other weights recompute. An unreadable or stale entry is recomputed, an unwritable folder only warned.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -18,8 +23,10 @@ import numpy as np
 from guided_diffusion.runtime.files import atomic_write, file_fingerprint
 
 from .backends import FEATURE_KEYS
+from .user_cache import user_cache_root
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: entries in the cache folder, keyed by the batch's resolved path as well
+CACHE_ENV_VAR = "PAG_EVAL_CACHE"
 
 Stats = Tuple[np.ndarray, np.ndarray]
 
@@ -41,23 +48,49 @@ class BatchFeatures:
 # ----------------------------------------------------------------------------------------------------
 
 
-def cache_path_for(batch_path, backend_name):
-    """``dir/SAMPLE.npz`` -> ``dir/SAMPLE.<backend>.acts.npz``."""
+def resolve_cache_dir(cache_dir=None):
+    """The activation-cache folder: `cache_dir`, else ``$PAG_EVAL_CACHE``, else ``<user cache>/activations``."""
+    chosen = cache_dir or os.environ.get(CACHE_ENV_VAR)
+    return Path(chosen).expanduser() if chosen else user_cache_root() / "activations"
+
+
+def cache_path_for(batch_path, backend_name, cache_dir=None, resize_to=None):
+    """``.../SAMPLE.npz`` -> ``<cache folder>/SAMPLE.<backend>.<path hash>.acts.npz``.
+
+    The name holds a hash of the batch's resolved path, not of its content: hashing a whole 10 GB batch at
+    each lookup would cost a full read, while the entry's key (size, mtime and the hashes of the first and
+    last MiB) changes whenever the file is rewritten. One entry per path also means a rewritten batch
+    replaces its stale entry instead of leaving a gigabyte-sized orphan; a copy elsewhere gets its own.
+    """
     batch_path = Path(batch_path)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backend_name)
     stem = batch_path.name[: -len(".npz")] if batch_path.name.endswith(".npz") else batch_path.name
-    return batch_path.with_name(f"{stem}.{safe}.acts.npz")
+    slot = json.dumps([str(batch_path.resolve()), None if resize_to is None else [int(v) for v in resize_to]])
+    digest = hashlib.sha256(slot.encode()).hexdigest()[:16]
+    return resolve_cache_dir(cache_dir) / f"{stem}.{safe}.{digest}.acts.npz"
 
 
-def _cache_key(batch_path, fingerprint, resize_to=None):
-    """The dict a cache file must hold to stand for the batch at `batch_path` under these weights."""
-    key = {"format": CACHE_FORMAT, "backend": fingerprint, "source": file_fingerprint(batch_path)}
-    if resize_to is not None:  # resized images give other activations (absent: as before, old caches hold)
+def cache_key(batch_path, fingerprint, resize_to=None):
+    """The dict a cache entry must hold to stand for the batch at `batch_path` under these weights."""
+    key = {
+        "format": CACHE_FORMAT,
+        "backend": fingerprint,
+        "path": str(Path(batch_path).resolve()),
+        "source": file_fingerprint(batch_path),
+    }
+    if resize_to is not None:  # resized images give other activations
         key["resize_to"] = [int(v) for v in resize_to]
     return key
 
 
-def _load_cache(cache, key):
+def cache_entry(batch_path, backend_name, fingerprint, cache_dir=None, resize_to=None):
+    """``(cache file, key)`` of a batch under a backend with weights `fingerprint`. Taken before any activations
+    are computed, so that a batch rewritten meanwhile is not cached under its new key."""
+    return (cache_path_for(batch_path, backend_name, cache_dir, resize_to),
+            cache_key(batch_path, fingerprint, resize_to))
+
+
+def load_cache(cache, key):
     """The `BatchFeatures` cached in file `cache` under `key`, or None (missing, stale or unreadable)."""
     if not cache.is_file():
         return None
@@ -75,7 +108,7 @@ def _load_cache(cache, key):
     return BatchFeatures(acts=acts, stats=stats)
 
 
-def _save_cache(cache, key, feats):
+def save_cache(cache, key, feats):
     arrays = dict(feats.acts)
     arrays.update(
         mu=feats.stats["pool"][0],
@@ -85,6 +118,11 @@ def _save_cache(cache, key, feats):
         meta=np.array(json.dumps(key)),
     )
     try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(str(cache), lambda f: np.savez(f, **arrays))
-    except OSError as exc:  # a cache is an optimisation: a read-only folder must not fail the evaluation
-        warnings.warn(f"cannot write activation cache {cache}: {exc}", RuntimeWarning)
+    except OSError as exc:  # a cache is an optimisation: an unwritable folder must not fail the evaluation
+        warnings.warn(
+            f"cannot write activation cache {cache}: {exc}; set --cache_dir or ${CACHE_ENV_VAR} to a writable "
+            "folder, or pass --no_cache",
+            RuntimeWarning,
+        )

@@ -75,6 +75,7 @@ __all__ = [
     "compare",
     "seed_sets",
     "check_seed_sets",
+    "unchecked_seeds_note",
     "check_paired_batches",
     "resolve_device",
 ]
@@ -537,6 +538,18 @@ def _manifest_sampling(path):
         return json.loads(manifest.read_text())["config"]["sampling"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def unchecked_seeds_note(path_a, path_b):
+    """A one-line note naming the batches whose sampling seed is not recorded (no readable ``manifest.json``
+    with a seed beside them), so that their being made from the same seeds cannot be checked; else None."""
+    sampling = {p: _manifest_sampling(Path(p)) for p in (path_a, path_b)}
+    unchecked = [str(p) for p, s in sampling.items() if not isinstance(s, dict) or s.get("seed") is None]
+    if not unchecked:
+        return None
+    return (f"Note: the seeds could not be checked: no manifest.json recording the sampling --seed beside "
+            f"{' or '.join(unchecked)}; the pairing assumes both batches were sampled with the same --seed "
+            "and --num_samples.")
 
 
 def check_paired_batches(path_a, path_b):

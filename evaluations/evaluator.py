@@ -1,8 +1,8 @@
 """ADM sample-quality evaluator: Inception Score, FID, sFID, precision, recall and KID of an image batch.
 
     python -m evaluations.evaluator REF.npz SAMPLE.npz [--json OUT] [--batch_size N] [--backend NAME]
-                                    [--inception_graph PATH] [--no_cache] [--download] [--device DEV]
-                                    [--resize]
+                                    [--inception_graph PATH] [--cache_dir DIR] [--no_cache] [--download]
+                                    [--device DEV] [--resize]
                                     [--intervals N_BOOT] [--compare OTHER.npz [--seed_sets K]]
 
 ``--intervals`` adds bootstrap 95% intervals (the sample batch resampled, the reference held fixed);
@@ -12,9 +12,9 @@ paired interval and per-seed-set differences (see :mod:`evaluations.bootstrap`).
 A reimplementation of OpenAI's ``guided-diffusion/evaluations/evaluator.py`` that gives the same
 numbers on current numpy / scipy / TensorFlow 2: images are streamed from the ``.npz`` files in
 batches, features come from a pluggable backend (default: the ADM reference Inception graph), and
-precision/recall runs in torch.  Per-batch activations and statistics are cached next to each batch
-(``SAMPLE.npz`` -> ``SAMPLE.<backend>.acts.npz``) and reused while the batch file, the backend and its
-weights are unchanged.
+precision/recall runs in torch.  Per-batch activations and statistics are cached in a user cache folder
+(``--cache_dir``, ``$PAG_EVAL_CACHE`` or ``~/.cache/pag_adm/activations``), never beside the batches, and
+reused while the batch file, the backend and its weights are unchanged.
 """
 
 import argparse
@@ -30,11 +30,20 @@ from guided_diffusion.runtime.files import atomic_write_text
 
 from . import bootstrap, metrics
 from . import kid as kid_module
-from .activation_cache import BatchFeatures, _cache_key, _load_cache, _save_cache, cache_path_for
+from .activation_cache import (
+    CACHE_ENV_VAR,
+    BatchFeatures,
+    cache_entry,
+    cache_path_for,
+    load_cache,
+    resolve_cache_dir,
+    save_cache,
+)
 from .backends import backend_fingerprint, check_features, create_backend
 from .npz import (
     IMAGES_KEY,
     NpzImageReader,
+    check_member_intact,
     inspect_npz,
     read_npz_statistics,
     validate_image_header,
@@ -57,7 +66,7 @@ class Evaluator:
     `backend` is a registered backend name (default "inception") or a backend object (anything with `name`
     and `compute(batch_uint8_nhwc) -> {"pool", "spatial", "probs"}`); a named backend is only built when some
     activations actually have to be computed. It is called on `batch_size` images at a time; with
-    `use_cache`, activations are read from and written to `<batch>.<backend>.acts.npz` next to each batch.
+    `use_cache`, activations are kept in the folder `cache_dir` (default: see `evaluations.activation_cache`).
     Precision and recall run on `device` (default: CUDA when available, else CPU) with neighbourhood size `k`
     (the ADM evaluator uses 3), summing float16 squared norms as `norms` says (see
     `evaluations.metrics.NORM_MODES`; "tf_cpu" reproduces the reference on CPU). `inception_graph` is the
@@ -75,6 +84,7 @@ class Evaluator:
         *,
         batch_size=DEFAULT_BATCH_SIZE,
         use_cache=True,
+        cache_dir=None,
         device=None,
         k=3,
         inception_graph=None,
@@ -100,6 +110,7 @@ class Evaluator:
             self._backend_name, self._backend = str(backend.name), backend
         self.batch_size = batch_size
         self.use_cache = use_cache
+        self.cache_dir = resolve_cache_dir(cache_dir)
         self.device = device
         self.k = k
         self.inception_graph = inception_graph
@@ -184,22 +195,31 @@ class Evaluator:
                     bar.update(len(batch))
         return out
 
+    def _cache_entry(self, path, resize_to=None):
+        """``(cache file, key)`` of the batch at ``path`` (see `cache_entry`), or None without a cache."""
+        if not self.use_cache:
+            return None
+        return cache_entry(path, self._backend_name, self._fingerprint(), self.cache_dir, resize_to)
+
+    def cached_features(self, path, resize_to=None):
+        """The batch's activations and statistics from a valid cache entry, or None."""
+        entry = self._cache_entry(Path(path), resize_to)
+        return None if entry is None else load_cache(*entry)
+
     def batch_features(self, path, resize_to=None):
         """Activations and their statistics for the images of ``path``, from the cache when valid."""
         path = Path(path)
-        cache = cache_path_for(path, self._backend_name)
-        key = None
-        if self.use_cache:
-            key = _cache_key(path, self._fingerprint(), resize_to)
-            cached = _load_cache(cache, key)
+        entry = self._cache_entry(path, resize_to)
+        if entry is not None:
+            cached = load_cache(*entry)
             if cached is not None:
                 return cached
         acts = self.compute_activations(path, resize_to)
         feats = BatchFeatures(
             acts=acts, stats={kind: metrics.statistics(acts[kind]) for kind in ("pool", "spatial")}
         )
-        if self.use_cache:
-            _save_cache(cache, key, feats)
+        if entry is not None:
+            save_cache(*entry, feats)
         return feats
 
     # -- evaluation -----------------------------------------------------------------------------
@@ -229,8 +249,10 @@ class Evaluator:
         for info in (ref, sample):
             _check_stored_statistics(info)
 
-    def _load_batch(self, info, resize_to=None):
-        feats = self.batch_features(info.path, resize_to) if info.has_images else BatchFeatures()
+    def _load_batch(self, info, resize_to=None, feats=None):
+        """`feats` (already read from the cache), else the batch's features; stored statistics override."""
+        if feats is None:
+            feats = self.batch_features(info.path, resize_to) if info.has_images else BatchFeatures()
         # As in the ADM evaluator, statistics stored in the .npz take precedence over the activations.
         for kind in ("pool", "spatial"):
             stored = read_npz_statistics(info.path, kind)
@@ -243,9 +265,20 @@ class Evaluator:
         ref_info, sample_info = inspect_npz(ref_path), inspect_npz(sample_path)
         self._check_inputs(ref_info, sample_info)
         resize_to = sample_resize_target(ref_info, sample_info, self.resize)
-        ref = self._load_batch(ref_info)
-        sample = self._load_batch(sample_info, resize_to)
+        ref, (sample,) = self._load_batches(ref_info, [sample_info], resize_to)
         return self.compute_metrics(ref, sample, ref_name=str(ref_path))
+
+    def _load_batches(self, ref_info, sample_infos, resize_to=None):
+        """Features of the reference and of each sample batch: ``(ref, [samples])``. A sample not served from
+        the cache is first read through (its zip CRC): a damaged one then fails in the time of one read, not
+        after the reference is featurised. A valid cache entry stands for a batch read intact, unchanged since.
+        """
+        cached = [self.cached_features(info.path, resize_to) for info in sample_infos]
+        for info, feats in zip(sample_infos, cached):
+            if feats is None:
+                check_member_intact(info.path, IMAGES_KEY)
+        ref = self._load_batch(ref_info)
+        return ref, [self._load_batch(info, resize_to, feats) for info, feats in zip(sample_infos, cached)]
 
     def compute_metrics(
         self, ref, sample, *, ref_name="reference"
@@ -302,7 +335,7 @@ class Evaluator:
         infos = [inspect_npz(p) for p in sample_paths]
         for info in infos:
             self._check_inputs(ref_info, info)
-        return self._load_batch(ref_info), [self._load_batch(info) for info in infos]
+        return self._load_batches(ref_info, infos)
 
     def reference(self, ref):
         """The reference prepared for bootstrap replicates, with this evaluator's settings."""
@@ -374,6 +407,9 @@ def _parser():
         help="classify_image_graph_def.pb (default: $ADM_INCEPTION_GRAPH or "
         "~/.cache/pag_adm/classify_image_graph_def.pb)",
     )
+    p.add_argument("--cache_dir", default=None, metavar="DIR", help="folder of the activation caches, reused "
+                   "while a batch file is unchanged; nothing is written beside the batches (default: "
+                   f"${CACHE_ENV_VAR}, else $XDG_CACHE_HOME/pag_adm/activations or ~/.cache/pag_adm/activations)")
     p.add_argument("--no_cache", action="store_true", help="neither read nor write activation caches")
     p.add_argument("--download", action="store_true", help="download the Inception graph if missing")
     p.add_argument("--device", default=None, help="torch device for precision/recall (default: auto)")
@@ -440,6 +476,7 @@ def _make_evaluator(args):
         args.backend,
         batch_size=args.batch_size,
         use_cache=not args.no_cache,
+        cache_dir=args.cache_dir,
         device=args.device,
         inception_graph=args.inception_graph,
         progress=not args.quiet,
@@ -539,6 +576,9 @@ def _main_compare(args):
     print(f"[...]: 95% bootstrap intervals ({n_boot} resamples, seed {args.bootstrap_seed}, reference held "
           "fixed; B - A paired: the same resampled indices in both). Bold: the interval excludes 0. "
           f"Seed sets: {args.seed_sets} disjoint sets of consecutive image indices.")
+    seed_note = bootstrap.unchecked_seeds_note(args.sample_batch, args.compare)
+    if seed_note:
+        print(seed_note)
     if args.json:
         _write_json(args.json, {
             "ref_batch": str(args.ref_batch),
@@ -546,6 +586,7 @@ def _main_compare(args):
             "batch_b": str(args.compare),
             "names": {"a": name_a, "b": name_b},
             "backend": args.backend,
+            "seeds_checked": seed_note is None,
             **result,
             "kid_options": _kid_json(evaluator, result["a"]["kid"] is not None),
         })

@@ -24,6 +24,7 @@ import numpy as np
 from guided_diffusion.runtime.files import file_sha256
 
 from .backend_base import FeatureBackend
+from .user_cache import user_cache_root
 
 INCEPTION_GRAPH_URL = (
     "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/"
@@ -66,8 +67,7 @@ def default_graph_path():
     env = os.environ.get(GRAPH_ENV_VAR)
     if env:
         return Path(env).expanduser()
-    cache_root = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
-    return cache_root / "pag_adm" / INCEPTION_GRAPH_FILENAME
+    return user_cache_root() / INCEPTION_GRAPH_FILENAME
 
 
 def resolve_graph_path(graph_path=None):

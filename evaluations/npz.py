@@ -28,6 +28,7 @@ __all__ = [
     "STAT_KEYS",
     "NpzInfo",
     "NpzImageReader",
+    "check_member_intact",
     "inspect_npz",
     "read_npz_statistics",
     "validate_image_header",
@@ -163,6 +164,22 @@ def _check_member_size(path, info, header_bytes, shape, dtype):
             f"its header describes {tuple(shape)} {np.dtype(dtype)} ({data_bytes} bytes of data) but "
             f"it holds {info.file_size - header_bytes}",
         )
+
+
+def check_member_intact(path, key=IMAGES_KEY, chunk_bytes=16 << 20):
+    """Read member ``key`` of ``path`` through to its end, a chunk at a time, so that zipfile checks its CRC.
+
+    A changed byte in the middle of a member is only seen at the member's end; this finds it in the time
+    of one read, before any features are computed. Raises the damaged-member ``ValueError``.
+    """
+    path = Path(path)
+    member = _member_name(key)
+    with _open_zip(path) as zf:
+        if member not in zf.namelist():
+            raise ValueError(f"{path} has no '{key}' array")
+        with _reading_member(path, member), zf.open(member) as fp:
+            while fp.read(chunk_bytes):
+                pass
 
 
 def validate_image_header(info, *, min_images=1):

@@ -4,6 +4,7 @@ Helper modules beside this file: golden.py (the reference fixtures), programs.py
 launchers), sampling_cases.py (golden sampling calls).
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -79,3 +80,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def activation_cache_in_a_temporary_folder(tmp_path_factory):
+    """The evaluator's activation caches (and those of the console scripts the tests start) go to a folder of
+    the test session, not into the user's ~/.cache."""
+    before = os.environ.get("PAG_EVAL_CACHE")
+    os.environ["PAG_EVAL_CACHE"] = str(tmp_path_factory.mktemp("activation_cache"))
+    yield
+    if before is None:
+        os.environ.pop("PAG_EVAL_CACHE", None)
+    else:
+        os.environ["PAG_EVAL_CACHE"] = before

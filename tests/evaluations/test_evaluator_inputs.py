@@ -101,6 +101,53 @@ def test_damaged_member_through_the_installed_command(tmp_path):
     _assert_one_line_error(result, str(sample), "'arr_0.npy' is damaged", "copy it again")
 
 
+class SpyBackend(MeanBackend):
+    """Records the length of every batch it is given (the reference and the samples differ in length)."""
+
+    name = "spy-test"
+    seen = []
+
+    def compute(self, batch):
+        SpyBackend.seen.append(len(batch))
+        return super().compute(batch)
+
+
+@pytest.mark.parametrize("mode", ["plain", "intervals", "compare"])
+def test_damaged_sample_fails_before_the_reference_is_featurised(tmp_path, capsys, mode):
+    from evaluations.backends import register_backend
+
+    register_backend("spy-test", SpyBackend)
+    SpyBackend.seen = []
+    ref, sample, other = tmp_path / "ref.npz", tmp_path / "s.npz", tmp_path / "other.npz"
+    np.savez(ref, _images(12, 32, 0))  # one batch of 12 when featurised
+    # larger than zipfile's read-ahead, so that reading the header does not already meet the CRC
+    np.savez(sample, _images(64, 32, 1))
+    np.savez(other, _images(64, 32, 2))
+    damaged = other if mode == "compare" else sample
+    _flip_bytes(damaged, "arr_0.npy")  # in the middle: only the member's CRC at its end shows it
+    extra = {"plain": [], "intervals": ["--intervals", "10"],
+             "compare": ["--compare", str(other), "--intervals", "10", "--seed_sets", "2"]}[mode]
+    assert main([str(ref), str(sample), "--backend", "spy-test", "--quiet", "--no_cache", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"adm-evaluate: error: {damaged}: member 'arr_0.npy' is damaged"), err
+    assert 12 not in SpyBackend.seen, "the reference was featurised before the damaged sample was found"
+
+
+@pytest.mark.e2e
+def test_damaged_sample_is_named_before_a_damaged_reference_by_the_installed_command(tmp_path):
+    """Both damaged: the reference's damage would be found while featurising it, so an error naming the
+    sample shows that the sample was checked first."""
+    ref, sample = tmp_path / "ref.npz", tmp_path / "s.npz"
+    np.savez(ref, _images(64, 16, 0))  # both larger than zipfile's read-ahead
+    np.savez(sample, _images(64, 16, 1))
+    _flip_bytes(ref, "arr_0.npy")
+    _flip_bytes(sample, "arr_0.npy")
+    result = _run_cli(ref, sample, "--backend", "digits", "--no_cache")
+    err = _assert_one_line_error(result, f"{sample}: member 'arr_0.npy' is damaged", "copy it again")
+    assert str(ref) not in err
+
+
 def test_damaged_image_header_is_refused_before_any_feature(tmp_path):
     ref, sample = tmp_path / "ref.npz", tmp_path / "s.npz"
     np.savez(ref, _images(8, 8, 0))
@@ -273,3 +320,53 @@ def test_non_finite_score_fails_the_command(tmp_path, capsys):
     assert main([str(ref), str(sample), "--backend", "nan-test", "--quiet", "--no_cache"]) == 2
     captured = capsys.readouterr()
     assert "non-finite inception_score" in captured.err and "Inception Score" not in captured.out
+
+
+# --------------------------------------------------------------------------------------------------
+# a paired comparison whose seeds cannot be checked
+
+
+@pytest.mark.e2e
+def test_compare_without_manifests_says_the_seeds_were_not_checked(tmp_path):
+    import json
+
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, load_digits_split(16, "heldout")[0][:60])
+    train = load_digits_split(16, "train")[0]
+    runs = {name: tmp_path / name for name in ("run_a", "run_b")}
+    for i, folder in enumerate(runs.values()):
+        folder.mkdir()
+        np.savez(folder / "samples.npz", train[20 * i : 20 * (i + 1)])
+    a, b = runs["run_a"] / "samples.npz", runs["run_b"] / "samples.npz"
+    flags = ["--compare", b, "--intervals", "10", "--seed_sets", "2", "--backend", "digits", "--no_cache"]
+
+    bare = _run_cli(ref, a, *flags, "--json", tmp_path / "bare.json")
+    assert bare.returncode == 0, bare.stderr
+    note = [line for line in bare.stdout.splitlines() if "could not be checked" in line]
+    assert len(note) == 1, bare.stdout
+    assert str(a) in note[0] and str(b) in note[0] and "manifest.json" in note[0] and "--seed" in note[0]
+    assert json.loads((tmp_path / "bare.json").read_text())["seeds_checked"] is False
+
+    for folder in runs.values():  # as sampling runs write them: the same seed and count
+        (folder / "manifest.json").write_text(json.dumps({"config": {"sampling": {"seed": 3, "num_samples": 20}}}))
+    checked = _run_cli(ref, a, *flags, "--json", tmp_path / "checked.json")
+    assert checked.returncode == 0, checked.stderr
+    assert "could not be checked" not in checked.stdout
+    assert json.loads((tmp_path / "checked.json").read_text())["seeds_checked"] is True
+
+
+def test_unchecked_seeds_note_names_only_the_batches_without_a_recorded_seed(tmp_path):
+    import json
+
+    from evaluations.bootstrap import unchecked_seeds_note
+
+    for name in ("with", "without", "broken"):
+        (tmp_path / name).mkdir()
+        np.savez(tmp_path / name / "s.npz", _images(4, 8, 0))
+    (tmp_path / "with" / "manifest.json").write_text(json.dumps({"config": {"sampling": {"seed": 0}}}))
+    (tmp_path / "broken" / "manifest.json").write_text("{not json")
+    a, b, c = (tmp_path / name / "s.npz" for name in ("with", "without", "broken"))
+    assert unchecked_seeds_note(a, a) is None
+    for note, named, unnamed in ((unchecked_seeds_note(a, b), b, a), (unchecked_seeds_note(c, a), c, a)):
+        assert "could not be checked" in note and len(note.splitlines()) == 1
+        assert str(named) in note and str(unnamed) not in note
