@@ -4,13 +4,18 @@ then write a Table-1-style table (values with 95% intervals, paired differences 
     python -m scripts.sweep configs/sweeps/digits/pag_scale_layers.yaml       # run locally, point after point
     python -m scripts.sweep configs/sweeps/imagenet256/pag_scale.yaml --dry_run
                                 # print each point's commands instead (to submit with mpiexec/torchrun/sbatch)
-Reruns skip finished points; failed points are recorded and retried on the next run.
+Reruns skip finished points; failed points are recorded and retried on the next run. The spec, and every
+point's flags, are checked before anything runs. SIGTERM or SIGINT (Ctrl-C) stops the running command and
+the sweep (exit status 143 / 130); a rerun continues.
 """
 
 import argparse
+import logging
 from pathlib import Path
 
+from guided_diffusion.experiments.child_signals import Interrupted, StopSignals
 from guided_diffusion.experiments.sweep import (
+    check_point_flags,
     load_spec,
     planned_commands,
     plot_results,
@@ -21,6 +26,8 @@ from guided_diffusion.experiments.sweep import (
 from guided_diffusion.runtime.files import atomic_write_text
 from guided_diffusion.runtime.logs import log_to_console, stop_logging
 
+log = logging.getLogger("scripts.sweep")
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,19 +36,34 @@ def main(argv=None):
     parser.add_argument("--output_dir", help="override the spec's output_dir")
     args = parser.parse_args(argv)
 
-    spec = load_spec(args.spec)
+    log_to_console()
+    try:
+        with StopSignals() as stop:
+            status = _sweep(args)
+            stop.check()  # a signal after the last command: the table is written, the exit status says stopped
+        return status
+    except Interrupted as stopped:
+        log.warning("sweep stopped by %s (passed on to the running command, which has ended); finished points "
+                    "are kept: run the same command again to continue", stopped.signum.name)
+        return stopped.exit_status
+    finally:
+        stop_logging()
+
+
+def _sweep(args):
+    try:  # a bad spec, or a flag the sampler would refuse in any point: one line, before anything runs
+        spec = load_spec(args.spec)
+        check_point_flags(spec)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     if args.output_dir:
         spec["output_dir"] = args.output_dir
     if args.dry_run:
         for command in planned_commands(spec):
             print(command)
         return 0
-    log_to_console()
-    try:
-        results = run_sweep(spec)
-        comparisons = run_comparisons(spec, results)
-    finally:
-        stop_logging()
+    results = run_sweep(spec)
+    comparisons = run_comparisons(spec, results)
     table = results_table(spec, results, comparisons)
     out = Path(spec["output_dir"])
     atomic_write_text(out / "table.md", table)

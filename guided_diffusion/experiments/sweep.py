@@ -7,17 +7,22 @@ A sweep spec (YAML):
     reference: VIRTUAL_imagenet256_labeled.npz      # evaluator reference batch
     evaluator_args: []                              # extra evaluator flags, e.g. [--backend, digits]
     output_dir: runs/pag_scale                      # point folders and results.jsonl go here
-    grid:                                           # every combination ...
-      pag_scale: [1.0, 2.0, 3.0, 4.0]
-    points:                                         # ... or an explicit list (both may be given)
+    points:                                         # an explicit list of points ...
       - {pag_scale: 0.0}
+    grid:                                           # ... and/or every combination (lists of values)
+      pag_scale: [1.0, 2.0, 3.0, 4.0]
     launch: "mpiexec -n 8"                          # optional prefix of the sampling command
     prepare_reference: [python, -m, guided_diffusion.data.digits, --split, heldout, --out, "{reference}"]
                                                     # optional: makes the reference batch when it is missing
     baseline: {pag_scale: 0.0}                      # optional: the row every other row is compared with
-                                                    # (its overrides or its label; default: the first point)
+                                                    # (its overrides or its label; default: the first row)
     intervals: 1000                                 # optional: bootstrap resamples (0: no intervals and no
                                                     # comparisons); seed_sets: 5, bootstrap_seed: 0
+
+The spec is checked before anything runs (guided_diffusion/experiments/sweep_spec.py): an unknown key, a
+value of the wrong type, or a flag name or value the sampler would refuse in any point is an error naming
+the point, with the closest known name. The rows are the explicit `points` first, then the grid's
+combinations, whatever their order in the file; the default baseline is the first row.
 
 Commands run from the repository root, so paths inside sampling configs (model_path) are relative to it.
 Each point is keyed by its overrides; `results.jsonl` holds one line per finished or failed point, and a
@@ -35,13 +40,15 @@ point on the same seeds (`python -m evaluations.evaluator REF BASELINE.npz --com
 the point's `compare.json`). The table shows each value with its interval and, below, each row's paired
 difference from the baseline; a difference is bold only when its interval excludes zero, and no value is
 marked as the best.
+
+Run from `scripts/sweep.py`, a SIGTERM or SIGINT is passed on to the running command, which the sweep waits
+for (guided_diffusion/experiments/child_signals.py); the interrupted point is not recorded, so a rerun
+continues it.
 """
 
 import hashlib
-import itertools
 import json
 import logging
-import os
 import shlex
 import subprocess
 import sys
@@ -50,76 +57,32 @@ from pathlib import Path
 
 import yaml
 
-from guided_diffusion.cli.yaml_config import load_config
 from guided_diffusion.diffusion.factory import model_and_diffusion_defaults
+from guided_diffusion.experiments.child_signals import StopSignals
+from guided_diffusion.experiments.sweep_spec import (
+    REPO_ROOT,
+    STATISTICS_DEFAULTS,
+    baseline_point,
+    baseline_rule,
+    check_point_flags,
+    expand_points,
+    load_spec,
+    point_config,
+)
 from guided_diffusion.runtime.files import append_line, atomic_write_text, file_identity
 from guided_diffusion.sampling.run import SAMPLE_FLAGS
 from guided_diffusion.sampling.store import batch_name
 
-log = logging.getLogger(__name__)
+__all__ = ["load_spec", "check_point_flags", "expand_points", "baseline_point", "point_config", "point_key",
+           "read_results", "point_commands", "planned_commands", "run_sweep", "run_comparisons", "results_table",
+           "plot_results"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger(__name__)
 
 METRICS = (("FID", "min"), ("sFID", "min"), ("KID", "min"), ("IS", "max"), ("Precision", "max"),
            ("Recall", "max"))
 _METRIC_KEYS = {"FID": "fid", "sFID": "sfid", "KID": "kid", "IS": "inception_score", "Precision": "precision",
                 "Recall": "recall"}
-STATISTICS_DEFAULTS = {"intervals": 1000, "seed_sets": 5, "bootstrap_seed": 0}
-
-
-def load_spec(path):
-    path = Path(path)
-    spec = yaml.safe_load(path.read_text()) or {}
-    if "reference" not in spec:
-        raise ValueError(f"sweep spec {path} has no 'reference' entry")
-    if "grid" not in spec and "points" not in spec:
-        raise ValueError(f"sweep spec {path} needs a 'grid' or a 'points' list")
-    if "base" not in spec and (spec.get("grid") or not all("config" in p for p in spec["points"])):
-        raise ValueError(f"sweep spec {path} has no 'base' entry (needed unless every point names its 'config')")
-    root = REPO_ROOT  # like every config path in the project, spec paths are relative to the repository root
-    for key in ("base", "reference", "output_dir"):
-        if key in spec and not os.path.isabs(str(spec[key])):
-            spec[key] = str(root / spec[key])
-    for point in spec.get("points") or []:
-        for config_path in _config_files(point):
-            if not (root / config_path).exists():
-                raise ValueError(f"sweep spec {path}: point {point.get('label', point)} names the config file "
-                                 f"{config_path}, which does not exist")
-    spec.setdefault("name", path.stem)
-    spec.setdefault("output_dir", str(root / "runs" / spec["name"]))
-    for key, default in STATISTICS_DEFAULTS.items():
-        value = spec.setdefault(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"sweep spec {path}: '{key}' must be a non-negative integer; got {value!r}")
-    if spec["intervals"] == 1 or spec["seed_sets"] < 1:
-        raise ValueError(f"sweep spec {path}: 'intervals' must be 0 or at least 2 and 'seed_sets' at least 1")
-    baseline_point(spec)  # a baseline that matches no point fails here, before any sampling
-    return spec
-
-
-def baseline_point(spec):
-    """The point every other point is compared with: the spec's `baseline` (overrides or label) or the first."""
-    points = expand_points(spec)
-    wanted = spec.get("baseline")
-    if wanted is None:
-        return points[0] if points else None
-    for point in points:
-        if (isinstance(wanted, dict) and point == wanted) or (isinstance(wanted, str) and point.get("label") == wanted):
-            return point
-    listed = "; ".join(json.dumps(p, sort_keys=True) for p in points)
-    raise ValueError(f"sweep baseline {wanted!r} matches no point (by overrides, or by label); points: {listed}")
-
-
-def expand_points(spec):
-    """The list of override dicts: the grid's product (in the spec's key order), then explicit points."""
-    points = []
-    grid = spec.get("grid") or {}
-    if grid:
-        keys = list(grid)
-        for values in itertools.product(*(grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys)):
-            points.append(dict(zip(keys, values)))
-    points.extend(dict(p) for p in spec.get("points") or [])
-    return points
 
 
 def point_key(overrides):
@@ -136,21 +99,6 @@ def read_results(path):
                 record = json.loads(line)
                 results[record["key"]] = record
     return results
-
-
-def _config_files(point):
-    files = point.get("config") or []
-    return [files] if isinstance(files, str) else list(files)
-
-
-def point_config(spec, overrides):
-    """The point's flag values: its own `config` files (else the spec's `base`), then its overrides."""
-    files = [str(REPO_ROOT / f) for f in _config_files(overrides)] or [spec["base"]]
-    config = {}
-    for path in files:
-        config.update(load_config(path))
-    config.update({k: v for k, v in overrides.items() if k not in ("label", "config")})
-    return config
 
 
 def point_commands(spec, overrides, point_dir):
@@ -227,7 +175,9 @@ def run_comparisons(spec, results, env=None):
 
 def planned_commands(spec):
     """The shell commands a run would start: each pending point's sampling and evaluation, then each
-    comparison with the baseline (to submit after the points' own jobs). Writes the points' configs."""
+    comparison with the baseline (to submit after the points' own jobs). Writes the points' configs.
+    Every point's flags are checked first, as the sampler will check them (ValueError)."""
+    check_point_flags(spec)
     out = Path(spec["output_dir"])
     done = {k for k, r in read_results(out / "results.jsonl").items() if r["status"] == "ok"}
     points = expand_points(spec)
@@ -245,7 +195,8 @@ def planned_commands(spec):
 
 
 def run_sweep(spec, env=None):
-    """Run every pending point; return {key: record}."""
+    """Run every pending point; return {key: record}. Every point's flags are checked before the first runs."""
+    check_point_flags(spec)
     out = Path(spec["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
@@ -284,11 +235,15 @@ def _last_line(error):
 
 
 def _run(cmd, log_path, env):
+    """Run one command to its end, its output in `log_path`. Under StopSignals (the sweep's command line), a
+    stop signal is passed on to the command, which is waited for, and raises Interrupted."""
     with open(log_path, "w") as log_file:
-        proc = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-    if proc.returncode != 0:
+        options = dict(stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        stop = StopSignals.active
+        status = stop.run(cmd, **options) if stop else subprocess.run(cmd, **options).returncode
+    if status != 0:
         tail = Path(log_path).read_text()[-1500:]
-        raise RuntimeError(f"{shlex.join(cmd[:4])} ... exited with {proc.returncode}; log {log_path}:\n{tail}")
+        raise RuntimeError(f"{shlex.join(cmd[:4])} ... exited with {status}; log {log_path}:\n{tail}")
 
 
 def results_table(spec, results, comparisons=None):
@@ -309,7 +264,7 @@ def results_table(spec, results, comparisons=None):
     if not comparisons:
         return table
     base = baseline_point(spec)
-    base_text = ", ".join(f"{k}={_format_value(v)}" for k, v in base.items()) or "the first point"
+    base_text = base.get("label") or ", ".join(f"{k}={_format_value(v)}" for k, v in base.items() if k != "config")
     diff_rows = []
     for overrides, (cells, _, status) in zip(points, rows):
         if overrides == base:
@@ -321,7 +276,8 @@ def results_table(spec, results, comparisons=None):
             comparison = None
         diff_rows.append((cells, comparison, status))
     sets = spec.get("seed_sets", STATISTICS_DEFAULTS["seed_sets"])
-    caption = (f"\nDifference from the baseline ({base_text}) on the same seeds: row − baseline [paired 95% "
+    caption = (f"\nDifference from the baseline ({base_text}; {baseline_rule(spec)}) on the same seeds: row − "
+               "baseline [paired 95% "
                f"interval]; **bold**: the interval excludes 0; (w/{sets}): of {sets} disjoint seed sets, those where "
                "the row is better.\n\n")
     return table + caption + differences_table(columns, diff_rows)

@@ -74,10 +74,11 @@ def test_digits_sweep_records_skips_and_survives_a_failing_point(tmp_path, caplo
     values, differences = lines[:7], lines[lines.index("| pag_scale | pag_layers | ΔFID↓ | ΔsFID↓ | ΔKID×10³↓ | ΔIS↑ "
                                                        "| ΔPrecision↑ | ΔRecall↑ |"):]
     assert values[0] == "| pag_scale | pag_layers | FID↓ | sFID↓ | KID×10³↓ | IS↑ | Precision↑ | Recall↑ |"
-    assert "failed" in values[-1] and values[2].count("[") == 6  # value [low, high] in every metric cell
+    # the explicit (failing) point is the first row, then the grid's
+    assert "failed" in values[2] and values[3].count("[") == 6  # value [low, high] in every metric cell
     assert not any("**" in line for line in values)  # nothing is marked as "best"
-    assert len(differences) == 2 + 4 and "failed" in differences[-1]  # every point but the baseline
-    assert all(line.count("(") >= 6 for line in differences[2:5])  # seed-set tallies (w/2)
+    assert len(differences) == 2 + 4 and "failed" in differences[2]  # every point but the baseline
+    assert all(line.count("(") >= 6 for line in differences[3:6])  # seed-set tallies (w/2)
     assert "3.0 | middle_block.1" not in "\n".join(differences)
     # a difference is bold exactly when its interval excludes zero
     order = ["fid", "sfid", "kid", "inception_score", "precision", "recall"]
