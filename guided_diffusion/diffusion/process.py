@@ -177,6 +177,14 @@ class GaussianDiffusion:
             return mean_output
         return self.predict_xstart_from_eps(x, t, mean_output)
 
+    def output_from_xstart(self, x, t, xstart):
+        """The mean output that stands for the x0 prediction `xstart` (the inverse of `xstart_from_output`)."""
+        if self.model_mean_type == ModelMeanType.PREVIOUS_X:
+            return self.q_posterior_mean_variance(xstart, x, t)[0]
+        if self.model_mean_type == ModelMeanType.START_X:
+            return xstart
+        return self.predict_eps_from_xstart(x, t, xstart)
+
     def eps_from_output(self, x, t, mean_output):
         """The noise prediction that a model's mean output stands for (eps- and x0-predicting models)."""
         if self.model_mean_type == ModelMeanType.EPSILON:

@@ -9,14 +9,18 @@ for the contract tests), import it below, and add a YAML under `configs/methods/
 from guided_diffusion.model.attention import select_blocks
 
 from .base import SCHEDULES, GuidanceMethod, GuidanceRun, Term, option, register, registered_methods  # noqa: F401
-from .classifier import ClassifierGuidance  # noqa: F401
-
-# isort: on
 from .flags import describe, guidance_flags, guidance_from_flags, method_from_flags, network_free_methods  # noqa: F401
 
-# isort: off  (the import order is the registration order, which orders the terms)
+# The import order below is the registration order, which orders the terms.
+# isort: off
+from .classifier import ClassifierGuidance  # noqa: F401
 from .pag import OFFICIAL_PAG_LAYERS_256, PerturbedAttentionGuidance  # noqa: F401
-from .sag import SelfAttentionGuidance, gaussian_blur  # noqa: F401
+from .sag import SelfAttentionGuidance  # noqa: F401
+from .seg import SmoothedEnergyGuidance  # noqa: F401
+from .cfg import ClassifierFreeGuidance  # noqa: F401
+from .autoguidance import Autoguidance  # noqa: F401
+from .apg import AdaptiveProjectedGuidance  # noqa: F401
+# isort: on
 
 
 def as_list(guidance):

@@ -86,6 +86,7 @@ class GuidanceMethod:
 
     prefix: ClassVar[str] = ""
     needs_network: ClassVar[bool] = False  # True: a loaded network (not a flag) completes it, e.g. a classifier
+    network_field: ClassVar[str] = ""  # the field that holds that network
     # Flag help and default of the common fields, per method: {"scale": {"help": ..., "default": ...}}.
     flag_overrides: ClassVar[Dict[str, Dict[str, Any]]] = {}
 
@@ -117,6 +118,16 @@ class GuidanceMethod:
         """{field: value} of the flagged fields, tuples as lists (manifests, `describe`)."""
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
                 for f in dataclasses.fields(self) if f.metadata.get("flag", True)}
+
+    def flag_settings(self):
+        """{flag name: value}: this method's entries in `describe()` and in manifests."""
+        return {f"{self.prefix}_{name}": value for name, value in self.settings().items()}
+
+    @classmethod
+    def from_flag_values(cls, values, args, **resources):
+        """The method from its parsed flag values `{field: value}` (`args`: all flags, for methods that wrap
+        another) and non-flag fields such as a loaded network."""
+        return cls(**values, **resources)
 
     def layer_names(self):
         """The attention blocks this method names (checked against a model at binding)."""

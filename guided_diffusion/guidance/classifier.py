@@ -20,6 +20,7 @@ class ClassifierGuidance(GuidanceMethod):
 
     prefix = "classifier"
     needs_network = True
+    network_field = "classifier"
     flag_overrides = {"scale": {"default": 1.0, "help": "classifier guidance scale (used only with "
                                                         "--classifier_path, as in the release; negative values "
                                                         "push away from the class)"}}

@@ -62,7 +62,7 @@ def _flag_values(cls, args):
 
 def method_from_flags(cls, args, **resources):
     """`cls` with its settings from the flags in `args` (and non-flag fields such as a loaded network)."""
-    return cls(**_flag_values(cls, args), **resources)
+    return cls.from_flag_values(_flag_values(cls, args), args, **resources)
 
 
 def guidance_from_flags(args, methods=None):
@@ -75,7 +75,7 @@ def guidance_from_flags(args, methods=None):
             continue
         values = _flag_values(cls, args)
         if cls.enabled_by(values):
-            items.append(cls(**values))
+            items.append(cls.from_flag_values(values, args))
     return items
 
 
@@ -85,5 +85,5 @@ def describe(items):
     Only guidances that are given appear, so flags of a guidance that is off change nothing."""
     out = {}
     for item in items:
-        out.update({f"{item.prefix}_{name}": value for name, value in item.settings().items()})
+        out.update(item.flag_settings())
     return out

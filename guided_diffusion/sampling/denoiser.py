@@ -42,10 +42,12 @@ class GuidedStep:
             self._noise = self.diffusion.eps_from_output(self.x, self.t, self.eps)
         return self._noise
 
-    def evaluate(self, x):
-        """The mean output of an unedited pass of the model on `x` at this step."""
-        output = self.diffusion.run_model(self.denoiser.model, x, self.t, **self.denoiser.model_kwargs)
-        return self.diffusion.split_output(output, x)[0]
+    def evaluate(self, x, model=None, **model_kwargs):
+        """The mean output of an unedited pass on `x` at this step: of the run's model with its model_kwargs,
+        or of another `model` (autoguidance's weak one) and/or with `model_kwargs` replaced (CFG's null label)."""
+        output = self.diffusion.run_model(model or self.denoiser.model, x, self.t,
+                                          **{**self.denoiser.model_kwargs, **model_kwargs})
+        return output[:, :x.shape[1]]  # the mean part, whether or not that network learns its variance
 
 
 class GuidedDenoiser:
