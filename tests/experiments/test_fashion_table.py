@@ -14,7 +14,7 @@ from programs import REPO, assert_ok, run_script
 
 TABLE = REPO / "configs" / "fashion32" / "table1"
 ROWS = sorted(p for p in TABLE.rglob("*.yaml") if p.name != "run.yaml")
-MODEL_KEYS = set(model_and_diffusion_defaults()) - {"class_cond", "num_classes", "timestep_respacing"}
+MODEL_KEYS = set(model_and_diffusion_defaults()) - {"class_cond", "num_classes", "null_label", "timestep_respacing"}
 
 
 def row(name):
