@@ -32,8 +32,13 @@ def as_list(guidance):
     return [guidance]
 
 
-def validate(guidance, model):
-    """Check every method's layer names against `model` before sampling starts (as binding does)."""
+def validate(guidance, model, model_kwargs=None):
+    """Check every method's layer names against `model` before sampling starts (as binding does); with the
+    run's `model_kwargs` (labels: any of the right shape), also bind each method once, so that a setting the
+    model cannot serve (CFG without a null label, a weak model of another family) fails before any step."""
     names = [name for method in as_list(guidance) for name in method.layer_names()]
     if names:  # a model without attention blocks (or a plain function) is fine for methods that name none
         select_blocks(model, names)
+    if model_kwargs is not None:
+        for method in as_list(guidance):
+            method.bind(model, model_kwargs)

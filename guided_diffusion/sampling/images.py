@@ -19,6 +19,7 @@ from guided_diffusion.diffusion.factory import (
     create_model_and_diffusion,
     model_and_diffusion_defaults,
 )
+from guided_diffusion.guidance.autoguidance import weak_model_flags
 from guided_diffusion.model.checkpoints import load_checkpoint
 from guided_diffusion.model.precision import PRECISIONS, apply_precision
 from guided_diffusion.sampling.denoiser import GuidedDenoiser
@@ -81,6 +82,18 @@ def load_model(flags, device="cpu", model_path=None):
     model, diffusion = create_model_and_diffusion(**MODEL_FLAGS.values(settings))
     load_checkpoint(model, str(model_path or settings.model_path))
     return apply_precision(model, precision(settings)).to(device).eval(), diffusion
+
+
+def weak_model_settings(args):
+    """Autoguidance's weak model flags: the main model's (with --precision) except those --auto_model_config sets."""
+    if not args.auto_model_path:
+        raise ValueError("--auto_scale needs --auto_model_path: the weak model's checkpoint")
+    return weak_model_flags({**MODEL_FLAGS.values(args), "precision": args.precision}, args.auto_model_config)
+
+
+def load_weak_model(args, device):
+    """Autoguidance's weak model from --auto_model_path (see `weak_model_settings`)."""
+    return load_model(weak_model_settings(args), device, args.auto_model_path)[0]
 
 
 def load_classifier(args, device):

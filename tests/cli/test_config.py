@@ -268,3 +268,29 @@ def test_classifier_guidance_method_file_composes_with_the_conditional_model():
     assert (args.classifier_width, args.classifier_depth, args.classifier_pool) == (128, 2, "attention")
     method = method_from_flags(ClassifierGuidance, args)
     assert (method.scale, method.interval, method.schedule) == (1.0, None, "constant")
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("seg", {"SmoothedEnergyGuidance"}), ("cfg", {"ClassifierFreeGuidance"}),
+    ("cfg_pag", {"ClassifierFreeGuidance", "PerturbedAttentionGuidance"}), ("apg_pag", {"AdaptiveProjectedGuidance"}),
+    ("apg_cfg", {"AdaptiveProjectedGuidance"}), ("pag", {"PerturbedAttentionGuidance"}),
+    ("sag", {"SelfAttentionGuidance"})])
+def test_testbed_method_files_give_their_methods(name, expected):
+    args = parse_args(sampler_parser(), ["--config", str(CONFIGS / "fashion32" / "uncond.yaml"),
+                                         "--config", str(CONFIGS / "fashion32" / "methods" / f"{name}.yaml")])
+    methods = guidance_from_flags(args)
+    assert {type(m).__name__ for m in methods} == expected
+    if name == "apg_pag":  # APG reshapes PAG's tuned difference; PAG itself is off
+        (apg,) = methods
+        assert apg.inner.layers == load_yaml(CONFIGS / "fashion32" / "methods" / "pag.yaml")["pag_layers"]
+
+
+def test_autoguidance_method_file_loads_its_shipped_weak_model():
+    from guided_diffusion.guidance import Autoguidance, method_from_flags
+    from guided_diffusion.sampling.images import load_weak_model
+
+    args = parse_args(sampler_parser(), ["--config", str(CONFIGS / "fashion32" / "uncond.yaml"),
+                                         "--config", str(CONFIGS / "fashion32" / "methods" / "auto.yaml")])
+    weak = load_weak_model(args, "cpu")
+    method = method_from_flags(Autoguidance, args, weak_model=weak)
+    assert method.scale == 1.0 and weak.num_classes is None and weak.image_size == 32
