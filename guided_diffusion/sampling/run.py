@@ -29,6 +29,7 @@ from guided_diffusion.cli.flags import Flag, FlagGroup, at_least, check_flags, c
 from guided_diffusion.data.image_io import to_uint8
 from guided_diffusion.diffusion.factory import NUM_CLASSES
 from guided_diffusion.guidance import (
+    Autoguidance,
     ClassifierGuidance,
     describe,
     guidance_flags,
@@ -53,8 +54,10 @@ from guided_diffusion.sampling.images import (
     batches,
     load_classifier,
     load_model,
+    load_weak_model,
     precision,
     sample_images,
+    weak_model_settings,
 )
 from guided_diffusion.sampling.seeding import LabelSource
 from guided_diffusion.sampling.store import SampleStore, config_digest
@@ -185,7 +188,10 @@ class Run:
                                                    classifier=load_classifier(args, self.device)))
             if not args.class_cond:  # the classifier needs the labels, an unconditional model must not get them
                 self.model = LabelBlind(self.model)
-        guidance_lib.validate(self.guidance, self.model)  # unknown PAG / SAG layers
+        if args.auto_scale:
+            self.guidance.append(method_from_flags(Autoguidance, args, weak_model=load_weak_model(args, self.device)))
+        labels = {"y": torch.zeros(1, dtype=torch.long)} if self.labels.enabled else {}
+        guidance_lib.validate(self.guidance, self.model, labels)  # unknown layers, settings the model cannot serve
 
 
 def run_config(args, attention_items, labels):
@@ -208,6 +214,11 @@ def run_config(args, attention_items, labels):
         config["classifier"]["checkpoint"] = checkpoint_identity(args.classifier_path, "--classifier_path")
         # built here without the classifier, so that a bad interval or schedule fails early
         config["classifier"]["guidance"] = method_from_flags(ClassifierGuidance, args).settings()
+    if args.auto_scale:  # the weak model by its flags and checkpoint identity, not by file paths
+        settings = method_from_flags(Autoguidance, args).settings()
+        config["autoguidance"] = {**{k: v for k, v in settings.items() if k not in ("model_path", "model_config")},
+                                  "model": weak_model_settings(args),
+                                  "checkpoint": checkpoint_identity(args.auto_model_path, "--auto_model_path")}
     return config
 
 
