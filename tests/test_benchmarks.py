@@ -24,3 +24,22 @@ def test_adm_release_speed_measures_ours_without_a_release():
         assert float(ours) > 0, name
         assert release == ratio == "—", name  # no release given: nothing to compare with
     assert "release: not measured" in result.stdout
+
+
+@pytest.mark.slow
+def test_training_speed_prints_every_variant_against_bf16():
+    variants = ["fp32", "bf16 + channels_last"]
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "training_speed.py"), "--train_batch", "2",
+                             "--forward_batch", "2", "--repeats", "1", "--warmup", "0", "--variants", *variants],
+                            cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in result.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| task")]
+    assert [(task, variant) for task, variant, *_ in rows] == [
+        (task, variant) for task in ("train", "forward") for variant in ["bf16", *variants]]
+    for task, variant, speed, ratio, first, diff in rows:
+        assert float(speed) > 0 and ratio.endswith("x") and float(first) > 0, (task, variant)
+        if variant == "bf16":
+            assert ratio == "1.00x" and float(diff) == 0.0  # the reference row
+        elif task == "forward":  # other arithmetic: within bf16's rounding of the trained model's output, not equal
+            assert 0.0 < float(diff) < 0.1, (task, variant, diff)
