@@ -58,6 +58,9 @@ def open_dataset(data_dir, image_size, class_cond=False, random_crop=False):
         split, _, folder = name.partition(":")[2].partition(":")
         images, labels = load_fashion_split(split or "train", folder or None)
         return ArrayImages(images, labels if class_cond else None, image_size, random_crop=random_crop)
+    if not bf.exists(name):
+        raise FileNotFoundError(f"data {name} does not exist: give an image folder, an .npz file (arr_0 images, "
+                                "arr_1 labels), 'digits' or 'fashion:train'")
     if name.endswith(".npz"):
         with bf.BlobFile(name, "rb") as f:
             data = np.load(f)
@@ -67,7 +70,8 @@ def open_dataset(data_dir, image_size, class_cond=False, random_crop=False):
             raise ValueError(f"{name} has no labels (arr_1) but --class_cond is True")
         return ArrayImages(images, labels if class_cond else None, image_size, random_crop=random_crop)
     if not bf.isdir(name):
-        raise FileNotFoundError(f"data_dir {name} is neither a folder, an .npz file, 'digits' nor 'fashion'")
+        raise ValueError(f"data {name} is a file but not an .npz batch: give an image folder, an .npz file, "
+                         "'digits' or 'fashion:train'")
     files = list_image_files_recursively(name)
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {name}")

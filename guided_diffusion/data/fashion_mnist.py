@@ -37,8 +37,8 @@ def _find(folder, stem):
             return path
     raise FileNotFoundError(
         f"Fashion-MNIST file {stem}(.gz) not found in {folder}: install Debian's package "
-        f"(apt-get install dataset-fashion-mnist, which puts the four idx files in {DEBIAN_DIR}) or pass the "
-        f"folder that holds {', '.join(s + '.gz' for pair in SPLITS.values() for s in pair)}")
+        f"(apt-get install dataset-fashion-mnist, which puts the four idx files in {DEBIAN_DIR}) or set "
+        f"FASHION_MNIST_DIR to the folder that holds {', '.join(s + '.gz' for pair in SPLITS.values() for s in pair)}")
 
 
 def read_idx(path):

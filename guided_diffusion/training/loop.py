@@ -22,7 +22,7 @@ Semantics (the release's, with the differences spelled out):
   (the release's file N holds N + 1 steps), plus `train_state{N:06d}.pt` with what an exact resume also
   needs (every rank's random generators and data position, the loss-aware sampler's history, the loss
   scale). Every file is written to a temporary name and renamed, `train_state` last, so a step whose
-  `train_state` file exists is complete.
+  `train_state` file exists is complete. The temporary of a write killed midway is removed at the next start.
 * Resuming: from the latest complete checkpoint in `run_dir` if there is one, else from
   `resume_checkpoint` (a `modelNNNNNN.pt` path whose EMA / opt / train_state siblings are used when they
   exist). With the same seed and world size, a resumed CPU run repeats the uninterrupted run bit for bit.
@@ -47,7 +47,7 @@ from guided_diffusion.diffusion.timestep_samplers import LossAwareSampler, Unifo
 from guided_diffusion.model.attention import unwrap
 from guided_diffusion.model.checkpoints import load_checkpoint
 from guided_diffusion.runtime import distributed as dist_util
-from guided_diffusion.runtime.files import atomic_write
+from guided_diffusion.runtime.files import atomic_write, is_temporary, remove_if_present
 from guided_diffusion.training import metrics_log as logger
 
 log = logging.getLogger(__name__)
@@ -111,11 +111,13 @@ class TrainLoop:
         self._seed(seed)
         self.model_params = [p for _, p in model.named_parameters()]
 
+        if self.rank == 0:
+            remove_interrupted_writes(self.run_dir)
         resume = self._find_resume()
         if resume:
             self.step = parse_resume_step_from_filename(resume)
             log.info("loading model from checkpoint: %s (step %d)", resume, self.step)
-            load_checkpoint(self.model, _load(resume))
+            load_checkpoint(self.model, resume)  # a mismatch names the flags that differ
         # Float32 master weights: the model's own parameters, or copies when the model runs in float16.
         if use_fp16:
             self.master_params = [p.detach().float().clone().requires_grad_(True) for p in self.model_params]
@@ -462,6 +464,20 @@ def parse_resume_step_from_filename(filename):
     """N from `.../modelNNNNNN.pt` (0 when the name has no step)."""
     match = _STEP_FILE.search(os.path.basename(str(filename)))
     return int(match.group(1)) if match else 0
+
+
+def remove_interrupted_writes(run_dir):
+    """Delete the temporary files that checkpoint writes killed midway left in `run_dir` (each as large as a
+    checkpoint, and never renamed into place); returns their names."""
+    if not run_dir or not os.path.isdir(run_dir):
+        return []
+    names = sorted(name for name in os.listdir(run_dir) if is_temporary(name))
+    for name in names:
+        path = os.path.join(run_dir, name)
+        size = os.path.getsize(path)
+        remove_if_present(path)
+        log.info("removed %s (%s bytes), left in %s by an interrupted checkpoint write", name, f"{size:,}", run_dir)
+    return names
 
 
 def find_resume_checkpoint(run_dir):

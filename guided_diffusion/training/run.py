@@ -75,10 +75,29 @@ def run_training(args, build, *, use_fp16, class_labels):
     log_to_console(rank)
     try:
         _train(args, build, launch, run_dir, use_fp16=use_fp16, class_labels=class_labels)
+    except SystemExit as stop:
+        if not isinstance(stop.code, str):
+            raise
+        _stop_with_error(stop.code)
+    except USER_ERRORS as error:
+        _stop_with_error(f"error: {error}")
+    except Exception:
+        log.exception("training failed")  # a bug: its traceback goes to log.txt as well
+        raise SystemExit(1) from None
     finally:
         stop_logging()
     dist_util.cleanup()
     return 0
+
+
+# What bad flags, files, data or a diverging run raise: reported in one message, without a traceback.
+USER_ERRORS = (ValueError, OSError, ArithmeticError)
+
+
+def _stop_with_error(message):
+    """Report `message` on the console and in the run's log.txt, then exit with status 1."""
+    log.error("%s", message)
+    raise SystemExit(1) from None
 
 
 def _train(args, build, launch, run_dir, *, use_fp16, class_labels):
@@ -90,15 +109,23 @@ def _train(args, build, launch, run_dir, *, use_fp16, class_labels):
     log.info("launcher %s, %d process(es), device %s, run dir %s", launch.launcher, world_size, dist_util.dev(),
              run_dir)
 
+    # The data first: a missing dataset should not wait for the network to be built (minutes for a big one).
+    data, error = None, None
+    try:
+        data = load_data(data_dir=args.data_dir, batch_size=args.batch_size, image_size=args.image_size,
+                         class_cond=class_labels, random_flip=args.random_flip, random_crop=args.random_crop,
+                         seed=args.seed, shard=rank, num_shards=world_size)
+    except USER_ERRORS as exc:
+        error = exc
+    dist_util.raise_if_any_failed(error)  # every rank stops, none waits for the others in a collective
+    log.info("data %s: %s images, %s on this process", args.data_dir, f"{len(data.dataset):,}",
+             f"{len(data.local):,}")
+
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     network, objective = build()
     network.to(dist_util.dev())
     log.info("model: %s parameters", f"{sum(p.numel() for p in network.parameters()):,}")
     schedule_sampler = create_named_schedule_sampler(args.schedule_sampler, objective)
-
-    data = load_data(data_dir=args.data_dir, batch_size=args.batch_size, image_size=args.image_size,
-                     class_cond=class_labels, random_flip=args.random_flip, random_crop=args.random_crop,
-                     seed=args.seed, shard=rank, num_shards=world_size)
     log.info("training...")
     TrainLoop(
         model=network, diffusion=objective, data=data, batch_size=args.batch_size, microbatch=args.microbatch,
