@@ -6,7 +6,6 @@ continue to the same result, damaged shards must be redone, and bad flags must f
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -21,68 +20,31 @@ from guided_diffusion.sampling.seeding import LabelSource
 from guided_diffusion.script_util import classifier_defaults, create_classifier
 
 from conftest import TINY_ADM, random_weights, tiny_adm
-from programs import (
-    MPI_HINT,
-    REPO,
-    TORCHRUN_HINT,
-    assert_ok,
-    child_env,
-    cli_flags,
-    find_program,
-    require_module,
-    run_script,
-    start_script,
+from programs import MPI_HINT, REPO, TORCHRUN_HINT, child_env, cli_flags, find_program, require_module
+from sampler_runs import (
+    NUM_SAMPLES,
+    SAMPLE_FLAGS,
+    TINY_MODEL,
+    assert_same_samples,
+    claims,
+    final_arrays,
+    images_sampled,
+    make_tiny,
+    run_sample,
+    shards,
+    wait_for,
 )
 
 pytestmark = pytest.mark.e2e
 
 
-TINY_MODEL = dict(TINY_ADM, learn_sigma=True, resblock_updown=True)  # the flags the CLI gets
-NUM_SAMPLES = 10
-# PAG and SAG together, so every guided path (batched perturbed pass, SAG's second pass) is covered.
-SAMPLE_FLAGS = ["--timestep_respacing", "4", "--num_samples", str(NUM_SAMPLES), "--seed", "3", "--progress", "False",
-                "--pag_scale", "2.0", "--pag_layers", "input_blocks.3.1", "middle_block.1",
-                "--sag_scale", "0.5", "--sag_layer", "output_blocks.1.1", "--sag_blur_sigma", "1.0"]
-
-
-def run_sample(output_dir, *extra, launcher=(), batch_size=4, check=True, config_flags=None, wait=True,
-               script="pag-image-sample"):
-    """Run the installed console script; with `check`, it must exit with status 0."""
-    args = [*(config_flags or []), "--batch_size", batch_size, "--output_dir", output_dir, *extra]
-    if not wait:
-        return start_script(script, *args)
-    result = run_script(script, *args, launcher=launcher)
-    if check:
-        assert_ok(result)
-    return result
-
-
-def final_arrays(output_dir, num=NUM_SAMPLES, size=16):
-    with np.load(Path(output_dir) / f"samples_{num}x{size}x{size}x3.npz") as data:
-        return {k: data[k] for k in data.files}
-
-
-def assert_same_samples(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape
-        assert a[key].tobytes() == b[key].tobytes(), f"{key} differs"
-
-
-def shards(output_dir):
-    return sorted((Path(output_dir) / "shards").glob("*.npz"))
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    model, _ = tiny_adm(weights_seed=0, **TINY_MODEL)
-    torch.save(model.state_dict(), root / "model.pt")
-    model_flags = cli_flags(TINY_MODEL) + ["--model_path", str(root / "model.pt")]
+    flags = make_tiny(root)
     reference_dir = root / "reference"
-    run_sample(reference_dir, *model_flags, *SAMPLE_FLAGS, batch_size=4)
-    return {"root": root, "flags": model_flags + SAMPLE_FLAGS, "reference_dir": reference_dir,
-            "reference": final_arrays(reference_dir)}
+    run_sample(reference_dir, *flags, batch_size=4)
+    return {"root": root, "flags": flags, "reference_dir": reference_dir, "reference": final_arrays(reference_dir)}
 
 
 def test_reference_run_outputs(tiny):
@@ -157,26 +119,6 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_samples(tiny, tmp_path):
     result = run_sample(out, *tiny["flags"], batch_size=2)
     assert f"continuing; {done} of {NUM_SAMPLES} samples done" in result.stderr
     assert_same_samples(final_arrays(out), tiny["reference"])
-
-
-def claims(output_dir):
-    folder = Path(output_dir) / "claims"
-    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-
-
-def wait_for(condition, process=None, seconds=120, what="the condition"):
-    deadline = time.time() + seconds
-    while not condition():
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"the job ended before {what}:\n{process.stderr.read()[-3000:]}")
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
-def images_sampled(stderr):
-    """The number of images one job (one process) sampled itself, from its log line."""
-    return int(re.search(r"rank 0/1 finished: (\d+) images", stderr).group(1))
 
 
 def stopped_while_sampling(tiny, out):
