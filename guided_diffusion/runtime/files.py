@@ -46,8 +46,10 @@ def _write_temporary(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _FILE_MODE)  # mkstemp makes it private; the outputs are ordinary files
-    except BaseException:
+    except BaseException as error:
         remove_if_present(tmp)
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = tmp  # a failed write or fsync (a full disk) does not say which file it was
         raise
     return tmp
 

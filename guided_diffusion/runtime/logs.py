@@ -7,11 +7,13 @@ Only the project's loggers get handlers (other libraries' messages keep their ow
     log_to_file(path)          # every message, DEBUG up, with its level (e.g. a sampling folder's logs/rank*.log)
     stop_logging()             # detach and close them (a `main` may run several times in one process)
 
-Console lines are written around tqdm progress bars, so that a message does not tear a bar.
+Console lines are written around tqdm progress bars, so that a message does not tear a bar. A log file that
+cannot be written any more (a full disk) stops taking messages, with one warning on the console.
 """
 
 import logging
 import os
+import sys
 
 from tqdm.auto import tqdm
 
@@ -29,6 +31,16 @@ class _ConsoleHandler(logging.StreamHandler):
             self.flush()
         except Exception:
             self.handleError(record)
+
+
+class _FileHandler(logging.FileHandler):
+    def handleError(self, record):
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            return super().handleError(record)
+        self.setLevel(logging.CRITICAL + 1)  # a traceback per message would bury the run's own error line
+        logging.getLogger(__name__).warning("cannot write the log file %s (%s): its messages stop here",
+                                            self.baseFilename, error.strerror or error)
 
 
 def _detach(handler):
@@ -60,7 +72,7 @@ def log_to_console(rank=0):
 def log_to_file(path):
     """Append every message to `path` (its folder is created)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    handler = logging.FileHandler(path)
+    handler = _FileHandler(path)
     handler.setFormatter(FILE_FORMAT)
     handler.setLevel(logging.DEBUG)
     return _attach(handler)

@@ -1,6 +1,7 @@
 """Atomic writes, exclusive creation and fingerprints (guided_diffusion/runtime/files.py); where messages go
 (runtime/logs.py)."""
 
+import errno
 import hashlib
 import logging
 import os
@@ -87,3 +88,35 @@ def test_log_setup_routes_project_messages_only(tmp_path, capsys):
     assert err.count("to both") == 1 and "to the file only" not in err and "after" not in err
     text = path.read_text()
     assert "INFO to both" in text and "DEBUG to the file only" in text and "not ours" not in text
+
+
+class FullDiskStream:
+    """A log file's stream on a full disk: every write fails."""
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_log_file_on_a_full_disk_stops_with_one_warning_not_a_traceback_per_message(tmp_path, capsys):
+    path = tmp_path / "logs" / "rank0.log"
+    log_setup.log_to_console(rank=0)
+    handler = log_setup.log_to_file(str(path))
+    logger = logging.getLogger("guided_diffusion.x")
+    try:
+        logger.info("before")
+        handler.stream = FullDiskStream()
+        logger.info("while full")
+        logger.info("still full")
+    finally:
+        log_setup.stop_logging()
+    err = capsys.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err
+    assert err.count(f"cannot write the log file {path} (No space left on device)") == 1
+    assert "while full" in err and "still full" in err  # the console still gets every message
+    assert path.read_text().count("INFO") == 1
