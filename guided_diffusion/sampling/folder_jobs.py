@@ -230,11 +230,32 @@ class FolderJobs:
                 log.info("claim %s is stale (its job is gone): taking it over", path)
                 remove_if_present(path)
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(self.name)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(self.name)
+            except OSError as error:  # a full disk: left empty, the claim would hold the work for `timeout`
+                remove_if_present(path)
+                error.filename = error.filename or path
+                raise
             self._claims.add(claim)
             return True
         return False
+
+    def holders(self, claims):
+        """[(record, seconds since its heartbeat, time of its first claim, number of claims)] of the live
+        processes holding any of `claims`, for saying what a job waits for."""
+        now, records, held = self.now(), self.records(), {}
+        for claim in claims:
+            found = self._owner(claim)
+            if found is None or found[0] not in records or found[0] == self.name:
+                continue
+            owner, stamp = found
+            record, beat = records[owner]
+            if self._alive(record, beat, now):
+                first, count = held.get(owner, (stamp, 0))
+                held[owner] = (min(first, stamp), count + 1)
+        return [(records[owner][0], max(0.0, now - records[owner][1]), first, count)
+                for owner, (first, count) in sorted(held.items())]
 
     def release(self, claim):
         """Give up `claim` if this process holds it."""
@@ -245,8 +266,10 @@ class FolderJobs:
 
 
 def describe(record, age=None):
-    """`host:pid (rank r of w, started ..., last heartbeat N s ago)` for messages."""
+    """`host:pid (Slurm job j, rank r of w, started ..., last heartbeat N s ago)` for messages."""
     parts = []
+    if record.get("slurm_job"):
+        parts.append(f"Slurm job {record['slurm_job']}")
     if "rank" in record and "world_size" in record:
         parts.append(f"rank {record['rank']} of {record['world_size']}")
     if record.get("started"):

@@ -5,6 +5,9 @@
   non-determinism);
 - every finished block of images is written atomically to --output_dir; running the same command again
   continues where it stopped, redoing damaged shards, and a different config in the same folder is refused;
+  a larger --num_samples grows the run (only the new images are sampled);
+- a full disk (checked before sampling and before the final npz), SIGTERM or Ctrl-C stops the run with one
+  line, releasing its claims; the finished shards stay for the rerun;
 - several jobs with the same config may share --output_dir (also from several nodes of a shared
   filesystem): each process claims the blocks it samples; a job with another config is refused at once;
 - at the end, `samples_{N}x{H}x{W}x3.npz` (the ADM evaluator's format: `arr_0` uint8 NHWC, `arr_1` labels)
@@ -14,6 +17,7 @@
 with the flags of `FLAG_GROUPS`.
 """
 
+import json
 import logging
 import os
 import socket
@@ -37,8 +41,10 @@ from guided_diffusion.guidance import (
     method_from_flags,
 )
 from guided_diffusion.runtime import distributed as dist_util
+from guided_diffusion.runtime.disk_space import disk_full_message, is_disk_full
 from guided_diffusion.runtime.files import file_identity
 from guided_diffusion.runtime.logs import log_to_console, log_to_file, stop_logging
+from guided_diffusion.runtime.stop_signals import Stopped, stop_on_signals
 from guided_diffusion.sampling.folder_jobs import DEFAULT_TIMEOUT
 from guided_diffusion.sampling.folder_jobs import describe as describe_job
 from guided_diffusion.sampling.images import (
@@ -60,7 +66,7 @@ from guided_diffusion.sampling.images import (
     weak_model_settings,
 )
 from guided_diffusion.sampling.seeding import LabelSource
-from guided_diffusion.sampling.store import SampleStore, config_digest
+from guided_diffusion.sampling.store import OutputFolderError, SampleStore, config_digest
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +147,8 @@ def run(args):
     dist_util.setup_dist()
     log_to_console(dist_util.rank())
     try:
-        return sample(args)
+        with stop_on_signals():  # SIGTERM / SIGINT / SIGHUP: `Stopped`, through every cleanup
+            return sample(args)
     finally:
         dist_util.cleanup()
         stop_logging()
@@ -164,11 +171,11 @@ class Run:
                                   args.num_classes if (args.class_cond or self.uses_classifier) else None,
                                   balanced=args.classes_balanced)
         self.config = run_config(args, self.attention_guidance, self.labels)
-        self.output_dir = args.output_dir or os.path.join("samples", "run_" + config_digest(self.config)[:12])
+        self.output_dir = args.output_dir or default_output_dir(self.config, self.legacy_config(args.num_samples))
         self.store = SampleStore(self.output_dir, self.config, args.num_samples,
                                  (args.image_size, args.image_size, 3),
                                  expected_labels=self.labels.labels if self.labels.enabled else None,
-                                 claim_timeout=args.claim_timeout)
+                                 claim_timeout=args.claim_timeout, legacy_config=self.legacy_config)
         self.resuming = False
         if dist_util.rank() == 0:  # cheap folder checks before loading any weights
             self.store.check_writable()
@@ -179,6 +186,14 @@ class Run:
         except BaseException:
             self.store.close()
             raise
+
+    def legacy_config(self, num_samples):
+        """This run's config as manifests of format 1 recorded it with `num_samples` images (in the config), so
+        that their folders continue and grow; balanced labels depend on the count, so theirs is this run's."""
+        config = json.loads(json.dumps(self.config))
+        config["sampling"].pop("classes_balanced_over", None)
+        config["sampling"]["num_samples"] = self.args.num_samples if self.labels.balanced else num_samples
+        return config
 
     def _load(self, args):
         self.model, self.diffusion = load_model(args, self.device)
@@ -195,20 +210,24 @@ class Run:
 
 
 def run_config(args, attention_items, labels):
-    """Everything that changes the samples (recorded in, and compared with, the output folder's manifest).
+    """Everything that changes image i (recorded in, and compared with, the output folder's manifest).
 
     Operational flags (batch size, output folder, progress bar, config file) are left out, and the
-    checkpoints are identified by size and a hash of their first MiB rather than by their path.
+    checkpoints are identified by size and a hash of their first MiB rather than by their path. So is
+    --num_samples: image i is the same for any count, and a run may grow; but balanced labels are spread
+    over all the images, so with them the count is part of every image.
     """
     config = {
         "model": model_flags(args),
         "model_checkpoint": checkpoint_identity(args.model_path, "--model_path"),
-        "sampling": {"num_samples": args.num_samples, "seed": args.seed, "use_ddim": args.use_ddim,
-                     "eta": args.eta, "clip_denoised": args.clip_denoised, "precision": precision(args),
+        "sampling": {"seed": args.seed, "use_ddim": args.use_ddim, "eta": args.eta,
+                     "clip_denoised": args.clip_denoised, "precision": precision(args),
                      "labels": "balanced" if labels.balanced else ("random" if labels.enabled else "none"),
                      "seeding": SEEDING_SCHEME},
         "guidance": describe(attention_items),
     }
+    if labels.balanced:
+        config["sampling"]["classes_balanced_over"] = args.num_samples
     if args.classifier_path:
         config["classifier"] = CLASSIFIER_FLAGS.values(args, exclude=("classifier_path",))
         config["classifier"]["checkpoint"] = checkpoint_identity(args.classifier_path, "--classifier_path")
@@ -220,6 +239,12 @@ def run_config(args, attention_items, labels):
                                   "model": weak_model_settings(args),
                                   "checkpoint": checkpoint_identity(args.auto_model_path, "--auto_model_path")}
     return config
+
+
+def default_output_dir(config, legacy_config):
+    """samples/run_<config digest>, or the folder an earlier version named after the config with the count."""
+    legacy = os.path.join("samples", "run_" + config_digest(legacy_config)[:12])
+    return legacy if os.path.isdir(legacy) else os.path.join("samples", "run_" + config_digest(config)[:12])
 
 
 def checkpoint_identity(path, flag):
@@ -247,17 +272,31 @@ def sample(args):
     rank, world = dist_util.rank(), dist_util.world_size()
     run, error = None, None
     try:
-        run = Run(args)
-    except Exception as exc:  # reported on every rank, so no process waits for one that gave up
-        if not isinstance(exc, (ValueError, OSError, RuntimeError)):
-            log.exception("unexpected error before sampling")
-        error = exc
-    try:
+        try:
+            run = Run(args)
+        except Exception as exc:  # reported on every rank, so no process waits for one that gave up
+            if not isinstance(exc, (ValueError, OSError, RuntimeError)):
+                log.exception("unexpected error before sampling")
+            error = problem(exc)
         dist_util.raise_if_any_failed(error)
         return sample_in_folder(run, args, rank, world)
+    except Stopped as stop:
+        folder = run.output_dir if run is not None else "the output folder"
+        (log.warning if rank == 0 else log.info)(
+            "stopped by %s: the finished shards stay in %s; run the same command again to continue", stop.name, folder)
+        raise SystemExit(stop.exit_status) from None
+    except OSError as exc:  # a full disk while sampling: one line, not a traceback
+        if not is_disk_full(exc):
+            raise
+        raise SystemExit("error: " + problem(exc)) from None
     finally:
         if run is not None:
             run.store.close()  # this process leaves the folder: its claims and record go
+
+
+def problem(exc):
+    """The one-line message of an error that stops the run (a full disk names the folder to clean up)."""
+    return disk_full_message(exc) if is_disk_full(exc) else str(exc)
 
 
 def sample_in_folder(run, args, rank, world):
@@ -271,13 +310,17 @@ def sample_in_folder(run, args, rank, world):
         try:
             store.write_manifest(info=run_info(args), shard_size=args.batch_size)  # unless the folder has one
             done = store.scan()
+            if len(done) < args.num_samples:  # (the final npz alone is checked before it is written)
+                store.check_free_space(args.num_samples - len(done))
             others = store.jobs.live_jobs()
             prepared = (store.shard_size, done)
             log.info("output folder %s: %s; %d of %d samples done, %d to sample on %d process(es) (%s)%s",
-                     run.output_dir, "continuing" if run.resuming else "new run", len(done), args.num_samples,
+                     run.output_dir, folder_state(run), len(done), args.num_samples,
                      args.num_samples - len(done), world, dist_util.launcher(),
                      f"; shared with {len(others)} running process(es) of the same config: "
                      + ", ".join(describe_job(record) for _, record, _ in others) if others else "")
+        except (OutputFolderError, OSError) as exc:  # a folder in use, a full disk: one line
+            prepared = problem(exc) if is_disk_full(exc) else f"cannot prepare the output folder: {exc}"
         except Exception as exc:
             log.exception("cannot prepare the output folder")
             prepared = f"cannot prepare the output folder {run.output_dir}: {exc}"
@@ -324,18 +367,30 @@ def sample_in_folder(run, args, rank, world):
             for r, (n, s) in enumerate(stats):
                 log.info("  rank %d: %d images, %.3f img/s", r, n, n / max(s, 1e-9))
         try:
-            path = store.assemble()  # checks count and coverage first
+            path = store.assemble()  # checks free space, count and coverage first
             log.info("wrote %s and %s", path, store.grid_path)
         except (ValueError, OSError) as exc:
-            error = exc
+            error = problem(exc)
     dist_util.raise_if_any_failed(error)
     return run.output_dir
 
 
+def folder_state(run):
+    store = run.store
+    if store.grown_from is not None:
+        return f"extending the run from {store.grown_from} to {store.num_samples} images"
+    if store.folder_num_samples and store.folder_num_samples > store.num_samples:
+        return f"continuing; the final npz of the first {store.num_samples} of its {store.folder_num_samples} images"
+    return "continuing" if run.resuming else "new run"
+
+
 def job_details(args):
     """What other jobs in the output folder learn about this process (besides its config, host and pid)."""
-    return {"rank": dist_util.rank(), "world_size": dist_util.world_size(), "launcher": dist_util.launcher(),
-            "torch_threads": torch.get_num_threads(), "argv": sys.argv}
+    details = {"rank": dist_util.rank(), "world_size": dist_util.world_size(), "launcher": dist_util.launcher(),
+               "torch_threads": torch.get_num_threads(), "argv": sys.argv}
+    if os.environ.get("SLURM_JOB_ID"):
+        details["slurm_job"] = os.environ["SLURM_JOB_ID"]
+    return details
 
 
 def run_info(args):

@@ -1,8 +1,11 @@
 """The shard store and the jobs that share its folder (guided_diffusion.sampling.folder_jobs): shards, the manifest,
 damage detection, claims, and blocks shared out between jobs."""
 
+import errno
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,7 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from guided_diffusion.sampling.folder_jobs import FolderJobs
+from guided_diffusion.runtime.disk_space import is_disk_full
+from guided_diffusion.sampling import store as store_module
+from guided_diffusion.sampling.folder_jobs import FolderJobs, describe
 from guided_diffusion.sampling.store import (
     OutputFolderError,
     SampleStore,
@@ -21,10 +26,13 @@ from guided_diffusion.sampling.store import (
     describe_differences,
 )
 
+CONFIG = {"a": 1, "nested": {"b": (1, 2)}}
 
-def make_store(root, labels=False, config=None):
+
+def make_store(root, labels=False, config=None, num_samples=6, legacy_config=None):
     expected = (lambda idx: np.asarray(idx, dtype=np.int64) % 7) if labels else None
-    return SampleStore(str(root), config or {"a": 1, "nested": {"b": (1, 2)}}, 6, (2, 3, 3), expected_labels=expected)
+    extra = {"legacy_config": legacy_config} if legacy_config else {}
+    return SampleStore(str(root), config or CONFIG, num_samples, (2, 3, 3), expected_labels=expected, **extra)
 
 
 def images_for(indices):
@@ -101,12 +109,14 @@ def test_manifest_with_another_config_is_refused(tmp_path):
         make_store(tmp_path, config={"a": 1, "nested": {"b": (1, 3)}}).check_manifest()
 
 
-def test_shards_without_manifest_are_refused(tmp_path):
+def test_shards_without_manifest_are_used_when_their_digests_are_this_runs(tmp_path):
     store = make_store(tmp_path)
     store.check_writable()
     store.write_shard([0], images_for([0]))
-    with pytest.raises(OutputFolderError, match="no manifest"):
-        store.check_manifest()
+    assert store.check_manifest() is False  # a new run, which the copied shard belongs to
+    make_store(tmp_path, config={"a": 2}).write_shard([1], images_for([1]))
+    with pytest.raises(OutputFolderError, match="holds 1 shards of another config and no manifest.json"):
+        make_store(tmp_path).check_manifest()
 
 
 def test_manifest_is_created_once_and_another_config_finds_it(tmp_path):
@@ -274,3 +284,170 @@ def test_describe_differences_and_digest():
     assert describe_differences({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": 4}) == [
         "  b.c: 2 -> 3", '  d: "<absent>" -> 4']
     assert config_digest({"a": 1, "b": 2}) == config_digest(json.loads('{"b": 2, "a": 1}'))
+
+
+def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def sample_all(store):
+    """What a job's processes do: sample (here: make up) and store every block still to sample."""
+    todo = store.blocks_to_sample(store.scan())
+    store.join()
+    try:
+        for batch in store.claimed_batches(todo, images_per_batch=4):
+            for block, indices in batch:
+                store.write_shard(indices, images_for(indices), block=block)
+        return todo
+    finally:
+        store.close()
+
+
+def hidden(folder):
+    return [n for n in os.listdir(folder) if n.startswith(".")]
+
+
+@pytest.mark.parametrize("failing", ["npz", "scratch"])
+def test_assembly_on_a_full_disk_names_the_file_and_leaves_no_scratch(tmp_path, monkeypatch, failing):
+    store = make_store(tmp_path)
+    store.check_writable()
+    store.write_manifest(shard_size=4)
+    sample_all(store)
+    if failing == "npz":
+        monkeypatch.setattr(np, "savez", full_disk)
+    else:  # the disk fills up after the free-space check: writing the scratch array fails (not a mapped page)
+        monkeypatch.setattr(store_module, "require_free_space", lambda *args, **kwargs: None)
+        monkeypatch.setattr(os, "pwrite", full_disk)
+    with pytest.raises(OSError) as info:
+        store.assemble()
+    assert is_disk_full(info.value) and os.path.dirname(info.value.filename) == str(tmp_path)
+    assert hidden(tmp_path) == [] and not os.path.exists(store.final_path)
+
+
+def test_free_space_is_checked_before_sampling_and_before_the_final_npz(tmp_path, monkeypatch):
+    store = make_store(tmp_path, num_samples=1000)
+    store.check_writable()
+    store.write_manifest(shard_size=4)
+    images = 1000 * 2 * 3 * 3  # the bytes of the images, which the shards, the npz and its scratch copy each hold
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: disk_with(2 * images))
+    with pytest.raises(OSError, match=rf"not enough free space in {tmp_path} to sample 1000 images and write the final "
+                                      r"npz: it needs about [\d.]+ [kM]B \([\d,]+ bytes: shards [\d,]+, final npz "
+                                      r"[\d,]+, its scratch copy [\d,]+, grid [\d,]+\), and 36.0 kB \(36,000 bytes\) "
+                                      r"are free; .* run the same command again") as info:
+        store.check_free_space(1000)
+    needed = int(re.search(r"\(([\d,]+) bytes:", str(info.value)).group(1).replace(",", ""))
+    assert needed > 3 * images
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: disk_with(needed))
+    store.check_free_space(1000)  # just enough
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: disk_with(images))
+    with pytest.raises(OSError, match=r"to write the final npz: it needs .*, and 18.0 kB \(18,000 bytes\) are free"):
+        store.assemble()
+    assert hidden(tmp_path) == []
+
+
+ROOT_USAGE = shutil.disk_usage("/")
+
+
+def disk_with(free):
+    return ROOT_USAGE._replace(free=free)
+
+
+def test_run_grows_in_an_unfinished_folder_and_a_smaller_job_still_finds_its_images(tmp_path):
+    small = make_store(tmp_path, num_samples=6)  # blocks of 4: 0-3, and 4-5 cut short by the count
+    small.check_writable()
+    small.write_manifest(shard_size=4)
+    small.join()
+    small.write_shard([4, 5], images_for([4, 5]), block=1)  # unfinished: block 0 is missing
+    small.close()
+    big = make_store(tmp_path, num_samples=10)
+    assert big.check_manifest() is True
+    big.write_manifest({"argv": ["grow"]}, shard_size=2)
+    assert big.grown_from == 6 and big.shard_size == 4  # the folder's blocks hold
+    todo = sample_all(big)
+    assert {k: v.tolist() for k, v in todo.items()} == {0: [0, 1, 2, 3], 1: [6, 7], 2: [8, 9]}
+    with np.load(big.assemble()) as data:
+        assert np.array_equal(data["arr_0"], images_for(range(10)))
+    manifest = json.loads(open(big.manifest_path()).read())
+    assert manifest["num_samples"] == 10 and [e["num_samples"] for e in manifest["history"]] == [6, 10]
+    assert manifest["history"][1]["argv"] == ["grow"]
+    # a job asking for the first 6 again uses the shards, ignoring (not deleting) the images beyond its count
+    again = make_store(tmp_path, num_samples=6)
+    assert again.check_manifest() is True and again.scan().tolist() == list(range(6))
+    with np.load(again.assemble()) as data:
+        assert np.array_equal(data["arr_0"], images_for(range(6)))
+    assert make_store(tmp_path, num_samples=10).scan().tolist() == list(range(10))
+
+
+def test_folder_of_an_earlier_version_continues_grows_and_is_rewritten(tmp_path):
+    def legacy(n):  # as format 1 recorded the run: the count in the config
+        return {**CONFIG, "nested": {"b": [1, 2]}, "num_samples": n}
+
+    old = make_store(tmp_path, config=legacy(6))  # the shards of an earlier version carry that config's digest
+    old.check_writable()
+    old.shard_size = 4
+    old.write_shard([0, 1, 2, 3], images_for(range(4)), block=0)
+    cut = old.write_shard([4, 5], images_for([4, 5]))
+    os.replace(cut, os.path.join(old.shard_dir, "shard_00000004_block4.npz"))  # its last block named like a whole one
+    manifest = {"format": 1, "digest": config_digest(legacy(6)), "num_samples": 6, "image_shape": [2, 3, 3],
+                "shard_size": 4, "config": legacy(6), "info": {"created": "2026-01-01"}}
+    open(old.manifest_path(), "w").write(json.dumps(manifest))
+    with pytest.raises(OutputFolderError, match=r"different config.*\n  a: 1 -> 2"):
+        make_store(tmp_path, config={**CONFIG, "a": 2}, legacy_config=lambda n: {**legacy(n), "a": 2}).check_manifest()
+    big = make_store(tmp_path, num_samples=10, legacy_config=legacy)
+    assert big.check_manifest() is True
+    big.write_manifest(shard_size=4)
+    written = json.loads(open(big.manifest_path()).read())
+    assert written["format"] == 2 and written["config"] == {"a": 1, "nested": {"b": [1, 2]}}
+    assert written["legacy_digests"] == [config_digest(legacy(6))]
+    assert [e["num_samples"] for e in written["history"]] == [6, 10]
+    todo = sample_all(big)
+    assert {k: v.tolist() for k, v in todo.items()} == {1: [6, 7], 2: [8, 9]}
+    with np.load(big.assemble()) as data:
+        assert np.array_equal(data["arr_0"], images_for(range(10)))
+
+
+def test_a_claim_that_cannot_be_written_is_not_left_behind(tmp_path, monkeypatch):
+    mine, other = FolderJobs(str(tmp_path), timeout=600), FolderJobs(str(tmp_path), timeout=600)
+    mine.register()
+    other.register()
+
+    class FullFile:  # what os.fdopen gives on a full disk: writing the record name fails
+        def __init__(self, fd, mode):
+            self.fd = fd
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            os.close(self.fd)
+
+        def write(self, text):
+            full_disk()
+
+    try:
+        monkeypatch.setattr(os, "fdopen", FullFile)
+        with pytest.raises(OSError) as info:
+            mine.claim("block1_00000000")
+        monkeypatch.undo()
+        assert info.value.filename == os.path.join(mine.claims_dir, "block1_00000000")
+        assert os.listdir(mine.claims_dir) == []
+        assert other.claim("block1_00000000")  # nobody waits --claim_timeout for an empty claim
+    finally:
+        mine.close()
+        other.close()
+
+
+def test_holders_and_description_name_whose_claims_a_job_waits_for(tmp_path):
+    jobs = FolderJobs(str(tmp_path), timeout=60)
+    jobs.register()
+    try:
+        remote = fake_record(jobs, "node7", 4242, age=5)
+        for block in (3, 4):
+            fake_claim(jobs, f"block1_{block:08d}", remote)
+        fake_claim(jobs, "block1_00000005", fake_record(jobs, "node8", 1, age=100))  # gone: not waited for
+        ((record, age, since, count),) = jobs.holders([f"block1_{k:08d}" for k in range(6)])
+        assert record["host"] == "node7" and count == 2 and 4 <= age < 30 and since <= time.time()
+        assert describe({**record, "slurm_job": "1234", "rank": 1, "world_size": 2}, age).startswith(
+            "node7:4242 (Slurm job 1234, rank 1 of 2, last heartbeat ")
+    finally:
+        jobs.close()
