@@ -6,6 +6,8 @@
   :mod:`evaluations.backend_base`);
 * :mod:`evaluations.inception` - the ADM reference Inception graph backend (TensorFlow);
 * :mod:`evaluations.evaluator` - :class:`Evaluator` and the ``adm-evaluate`` command line;
+* :mod:`evaluations.scoring` - :class:`Scorer`, the one way every caller scores sample batches against a
+  reference: metrics, bootstrap intervals and paired comparisons;
 * :mod:`evaluations.npz` - streaming reader for ``.npz`` image batches;
 * :mod:`evaluations.activation_cache` - per-batch activations cached in a user cache folder, never beside
   the batches (``--cache_dir``, ``$PAG_EVAL_CACHE``, default ``~/.cache/pag_adm/activations``);
@@ -35,7 +37,7 @@ from .metrics import (
 
 def __getattr__(name):
     # Imported lazily so that `python -m evaluations.evaluator` does not find the module pre-imported.
-    if name in ("BatchFeatures", "Evaluator", "cache_path_for"):
+    if name in ("BatchFeatures", "Evaluator", "Scorer", "cache_path_for"):
         from . import evaluator
 
         return getattr(evaluator, name)
@@ -46,6 +48,7 @@ __all__ = [
     "BatchFeatures",
     "Evaluator",
     "FeatureBackend",
+    "Scorer",
     "available_backends",
     "cache_path_for",
     "create_backend",

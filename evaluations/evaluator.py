@@ -40,20 +40,14 @@ from .activation_cache import (
     save_cache,
 )
 from .backends import backend_fingerprint, check_features, create_backend
-from .npz import (
-    IMAGES_KEY,
-    NpzImageReader,
-    check_member_intact,
-    inspect_npz,
-    read_npz_statistics,
-    validate_image_header,
-)
-from .resolution import resize_images, sample_resize_target
+from .npz import IMAGES_KEY, NpzImageReader, inspect_npz, validate_image_header
+from .resolution import resize_images
+from .scoring import Scorer
 
 DEFAULT_BATCH_SIZE = 64
 METRIC_KEYS = ("inception_score", "fid", "sfid", "precision", "recall", "kid")
 
-__all__ = ["BatchFeatures", "Evaluator", "cache_path_for", "main", "METRIC_KEYS"]
+__all__ = ["BatchFeatures", "Evaluator", "Scorer", "cache_path_for", "main", "METRIC_KEYS"]
 
 # ----------------------------------------------------------------------------------------------------
 # evaluator
@@ -224,61 +218,9 @@ class Evaluator:
 
     # -- evaluation -----------------------------------------------------------------------------
 
-    def _check_inputs(self, ref, sample):
-        need = max(self.k + 1, 2)
-        validate_image_header(sample, min_images=1)
-        if sample.num_images < need:
-            raise ValueError(
-                f"{sample.path} holds {sample.num_images} images, but precision/recall with k={self.k} "
-                f"needs at least {self.k + 1} (and a covariance at least 2); evaluate more samples."
-            )
-        if ref.has_images:
-            validate_image_header(ref, min_images=1)
-            if ref.num_images < need:
-                raise ValueError(
-                    f"{ref.path} holds {ref.num_images} reference images, but precision/recall with "
-                    f"k={self.k} needs at least {self.k + 1}."
-                )
-        elif not (ref.has_statistics("pool") and ref.has_statistics("spatial")):
-            found = ", ".join(ref.keys) or "nothing"
-            raise ValueError(
-                f"reference batch {ref.path} has neither images ('{IMAGES_KEY}') nor precomputed "
-                f"statistics ('mu', 'sigma', 'mu_s', 'sigma_s'); found: {found}. Use an ADM reference "
-                "batch such as VIRTUAL_imagenet256_labeled.npz, or save reference images as arr_0."
-            )
-        for info in (ref, sample):
-            _check_stored_statistics(info)
-
-    def _load_batch(self, info, resize_to=None, feats=None):
-        """`feats` (already read from the cache), else the batch's features; stored statistics override."""
-        if feats is None:
-            feats = self.batch_features(info.path, resize_to) if info.has_images else BatchFeatures()
-        # As in the ADM evaluator, statistics stored in the .npz take precedence over the activations.
-        for kind in ("pool", "spatial"):
-            stored = read_npz_statistics(info.path, kind)
-            if stored is not None:
-                feats.stats[kind] = stored
-        return feats
-
     def evaluate(self, ref_path, sample_path):
-        """All five metrics of ``sample_path`` against ``ref_path`` (both ``.npz`` batches)."""
-        ref_info, sample_info = inspect_npz(ref_path), inspect_npz(sample_path)
-        self._check_inputs(ref_info, sample_info)
-        resize_to = sample_resize_target(ref_info, sample_info, self.resize)
-        ref, (sample,) = self._load_batches(ref_info, [sample_info], resize_to)
-        return self.compute_metrics(ref, sample, ref_name=str(ref_path))
-
-    def _load_batches(self, ref_info, sample_infos, resize_to=None):
-        """Features of the reference and of each sample batch: ``(ref, [samples])``. A sample not served from
-        the cache is first read through (its zip CRC): a damaged one then fails in the time of one read, not
-        after the reference is featurised. A valid cache entry stands for a batch read intact, unchanged since.
-        """
-        cached = [self.cached_features(info.path, resize_to) for info in sample_infos]
-        for info, feats in zip(sample_infos, cached):
-            if feats is None:
-                check_member_intact(info.path, IMAGES_KEY)
-        ref = self._load_batch(ref_info)
-        return ref, [self._load_batch(info, resize_to, feats) for info, feats in zip(sample_infos, cached)]
+        """All the metrics of ``sample_path`` against ``ref_path`` (both ``.npz`` batches); see `Scorer`."""
+        return Scorer(self, ref_path).score(sample_path)
 
     def compute_metrics(
         self, ref, sample, *, ref_name="reference"
@@ -327,15 +269,7 @@ class Evaluator:
             device=bootstrap.resolve_device(self.device), **self.kid_options,
         )[0]
 
-    # -- intervals and paired comparisons (evaluations.bootstrap) --------------------------------
-
-    def load(self, ref_path, *sample_paths):
-        """Checked features of the reference and of each sample batch: ``(ref, [samples])``."""
-        ref_info = inspect_npz(ref_path)
-        infos = [inspect_npz(p) for p in sample_paths]
-        for info in infos:
-            self._check_inputs(ref_info, info)
-        return self._load_batches(ref_info, infos)
+    # -- intervals and paired comparisons (evaluations.scoring, evaluations.bootstrap) ---------------
 
     def reference(self, ref):
         """The reference prepared for bootstrap replicates, with this evaluator's settings."""
@@ -344,39 +278,6 @@ class Evaluator:
             kid_normalisation=self.kid_normalisation, kid_subsets=self.kid_options["subsets"],
             kid_subset_size=self.kid_options["subset_size"], kid_seed=self.kid_options["seed"],
         )
-
-    def evaluate_with_intervals(
-        self, ref_path, sample_path, n_boot=bootstrap.DEFAULT_BOOTSTRAP, seed=0,
-        level=bootstrap.DEFAULT_LEVEL,
-    ):
-        """:meth:`evaluate`'s metrics plus ``"intervals"`` (bootstrap over the sample batch, reference fixed)."""
-        ref, (sample,) = self.load(ref_path, sample_path)
-        results = self.compute_metrics(ref, sample, ref_name=str(ref_path))
-        replicates = bootstrap.SampleBootstrap(self.reference(ref), sample.acts).replicates(n_boot, seed)
-        results["intervals"] = bootstrap.intervals(results, replicates, level)
-        return results
-
-    def compare(
-        self, ref_path, a_path, b_path, n_boot=bootstrap.DEFAULT_BOOTSTRAP, seed=0,
-        num_seed_sets=bootstrap.DEFAULT_SEED_SETS, level=bootstrap.DEFAULT_LEVEL,
-    ):
-        """Batch B against batch A, both made from the same seeds: see :func:`evaluations.bootstrap.compare`."""
-        count = bootstrap.check_paired_batches(a_path, b_path)
-        bootstrap.check_seed_sets(count, num_seed_sets, max(self.k + 1, 2), self.k)  # before any features
-        ref, (a, b) = self.load(ref_path, a_path, b_path)
-        reference = self.reference(ref)
-        return bootstrap.compare(
-            bootstrap.SampleBootstrap(reference, a.acts), bootstrap.SampleBootstrap(reference, b.acts),
-            n_boot=n_boot, seed=seed, num_seed_sets=num_seed_sets, level=level,
-            a_metrics=self.compute_metrics(ref, a, ref_name=str(ref_path)),
-            b_metrics=self.compute_metrics(ref, b, ref_name=str(ref_path)),
-        )
-
-
-def _check_stored_statistics(info):
-    """Read (and so validate: pairs, shapes, finite values) a batch's stored statistics up front."""
-    for kind in ("pool", "spatial"):
-        read_npz_statistics(info.path, kind)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -516,12 +417,9 @@ def main(argv=None):
     try:
         evaluator = _make_evaluator(args)
         try:
-            if args.intervals:
-                results = evaluator.evaluate_with_intervals(
-                    args.ref_batch, args.sample_batch, args.intervals, args.bootstrap_seed
-                )
-            else:
-                results = evaluator.evaluate(args.ref_batch, args.sample_batch)
+            scorer = Scorer(evaluator, args.ref_batch, intervals=args.intervals or 0,
+                            bootstrap_seed=args.bootstrap_seed)
+            results = scorer.score(args.sample_batch)
         finally:
             evaluator.close()
         _check_finite_results(results)
@@ -562,9 +460,9 @@ def _main_compare(args):
     try:
         evaluator = _make_evaluator(args)
         try:
-            result = evaluator.compare(
-                args.ref_batch, args.sample_batch, args.compare, n_boot, args.bootstrap_seed, args.seed_sets
-            )
+            scorer = Scorer(evaluator, args.ref_batch, intervals=n_boot, bootstrap_seed=args.bootstrap_seed,
+                            seed_sets=args.seed_sets)
+            result = scorer.compare(args.sample_batch, args.compare)
         finally:
             evaluator.close()
     except (ValueError, FileNotFoundError, ImportError) as exc:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluations.evaluator import Evaluator
+from evaluations.scoring import Scorer
 from guided_diffusion.cli.flags import Flag, FlagGroup, check_flags, create_parser, parse
 from guided_diffusion.runtime.logs import log_to_console
 from guided_diffusion.sampling.images import MODEL_FLAGS, MODEL_PATH, load_model, sample_uint8
@@ -27,6 +28,8 @@ QUALITY_FLAGS = FlagGroup("quality", [
                    check=None),
     Flag("backend", "fashion", "evaluator feature backend"),
     Flag("reference", "", "reference batch (.npz)", lambda flag, value, args: None if value else f"{flag} is required"),
+    Flag("resize", False, "resize the samples to the reference images' resolution (bicubic) before scoring; "
+                          "without it a reference of another resolution is refused"),
     Flag("num_samples", 200, "samples per checkpoint (the same seeds for all)"),
     Flag("seed", 200000, "base seed (keep it apart from tuning and table seeds)"),
     Flag("batch_size", 100, "images per forward pass"),
@@ -57,8 +60,7 @@ def score(args):
     indices = np.arange(args.num_samples)
     labels = LabelSource(args.seed, args.num_samples, args.num_classes if args.class_cond else None)
     labels = labels.labels(indices) if labels.enabled else None
-    evaluator = Evaluator(args.backend, progress=False, use_cache=False)
-    reference = evaluator.batch_features(args.reference)
+    scorer = Scorer(Evaluator(args.backend, progress=False, use_cache=False, resize=args.resize), args.reference)
     lines = ["| checkpoint | FID↓ | precision↑ | recall↑ | mean confidence↑ | share p < 0.5↓ | sampling s |",
              "|---|---|---|---|---|---|---|"]
     for path in args.checkpoints or [args.model_path]:
@@ -69,9 +71,8 @@ def score(args):
         seconds = time.time() - start
         batch_path = out / f"{Path(path).stem}_{args.num_samples}.npz"
         np.savez(batch_path, arr_0=images)
-        features = evaluator.batch_features(batch_path)
-        metrics = evaluator.compute_metrics(reference, features)
-        confidence = features.acts["probs"].max(axis=1)
+        metrics = scorer.score(batch_path)
+        confidence = scorer.features(batch_path).acts["probs"].max(axis=1)
         lines.append(f"| {Path(path).name} | {metrics['fid']:.2f} | {metrics['precision']:.3f} | "
                      f"{metrics['recall']:.3f} | {confidence.mean():.3f} | {(confidence < 0.5).mean():.3f} | "
                      f"{seconds:.0f} |")
