@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluations.evaluator import Evaluator
+from evaluations.scoring import Scorer
 from guided_diffusion.cli.flags import Flag, FlagGroup, check_flags, create_parser, finite, parse, raising
 from guided_diffusion.cli.scales import check_scale
 from guided_diffusion.guidance import PerturbedAttentionGuidance
@@ -23,7 +25,7 @@ from guided_diffusion.runtime import cpu_allocator
 from guided_diffusion.sampling.images import sample_uint8
 from guided_diffusion.sampling.pictures import guidance_snapshots, save_guidance_figure
 from guided_diffusion.sampling.seeding import ImageNoise
-from guided_diffusion.testbeds.demo import TESTBEDS, Scorer, load_demo_model, side_by_side
+from guided_diffusion.testbeds.demo import TESTBEDS, SettingScores, load_demo_model, side_by_side
 
 DEMO_FLAGS = FlagGroup("demo", [
     Flag("testbed", "fashion", "the shipped model to guide and score", choices=tuple(TESTBEDS)),
@@ -68,15 +70,18 @@ def run(args):
     """The demo with parsed flags; returns the Markdown table."""
     testbed = TESTBEDS[args.testbed]
     respacing = args.timestep_respacing or testbed.respacing
-    rows = testbed.settings(pag_scales(args.pag_scales or testbed.pag_scales),
-                            testbed.sag_scale if args.sag_scale is None else args.sag_scale)
+    default_pag_scales, default_sag_scale = testbed.scales()
+    rows = testbed.settings(pag_scales(args.pag_scales or default_pag_scales),
+                            default_sag_scale if args.sag_scale is None else args.sag_scale)
     cpu_allocator.use_on_cpu()  # the demo runs on the CPU, where this halves the time of large forward passes
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, diffusion, flags = load_demo_model(testbed, respacing, args.checkpoint)
     use_ddim = respacing.startswith("ddim")
     reference = testbed.reference(out, flags["image_size"])
-    scorer = Scorer(reference, args.intervals, args.bootstrap_seed, args.seed_sets, backend=testbed.backend)
+    scores = SettingScores(Scorer(Evaluator(testbed.backend, progress=False, use_cache=False), reference,
+                                  intervals=args.intervals, bootstrap_seed=args.bootstrap_seed,
+                                  seed_sets=args.seed_sets))
     print(f"{args.testbed} testbed: {testbed.description}; {respacing}", flush=True)
 
     grids, names = [], []
@@ -88,16 +93,16 @@ def run(args):
         seconds = time.time() - start
         path = out / f"samples_{name.replace(' ', '_').replace(',', '').replace('=', '')}.npz"
         np.savez(path, arr_0=images)
-        metrics = scorer.add(name, path)
+        metrics = scores.add(name, path)
         grids.append(images)
         names.append(name)
         print(f"{name:<32} FID {metrics['fid']:7.2f}  KID×10³ {1e3 * metrics['kid']:6.2f}  "
               f"IS {metrics['inception_score']:5.2f}  P {metrics['precision']:.3f}  R {metrics['recall']:.3f}  "
               f"({seconds:.1f} s sampling)", flush=True)
 
-    table = scorer.table()
+    table = scores.table()
     (out / "table.md").write_text(table)
-    (out / "results.json").write_text(json.dumps(scorer.summary(), indent=2))
+    (out / "results.json").write_text(json.dumps(scores.summary(), indent=2))
     side_by_side(grids, names, out / "samples_side_by_side.png")
     noise = ImageNoise(args.seed, list(range(8)), (3, flags["image_size"], flags["image_size"]))
     figure_guidance = next(g for name, g in rows if isinstance(g, PerturbedAttentionGuidance))

@@ -1,6 +1,8 @@
 """The CPU demo's parts: its two testbeds (the Fashion-MNIST ADM and the small digits ADM, both shipped), the
-settings it compares on them, the model loader, scoring with bootstrap intervals and paired differences, and
-the side-by-side picture (`scripts/demo.py` runs them).
+settings it compares on them, the model loader, its table of scores (from the one `evaluations.scoring.Scorer`:
+bootstrap intervals and paired differences), and the side-by-side picture (`scripts/demo.py` runs them).
+
+The Fashion-MNIST settings come from configs/fashion32/methods/, read when they are asked for, not on import.
 """
 
 import dataclasses
@@ -10,8 +12,6 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from evaluations.bootstrap import SampleBootstrap, compare, intervals
-from evaluations.evaluator import Evaluator
 from guided_diffusion.cli.yaml_config import load_config
 from guided_diffusion.data.digits import write_digits_npz
 from guided_diffusion.diffusion.factory import model_and_diffusion_defaults
@@ -38,20 +38,26 @@ def settings(pag_scales, sag_scale):
     return rows
 
 
-# The Fashion-MNIST testbed's SAG and PAG, as its Table 1 rows configure them.
-FASHION_SAG = load_config(CONFIGS / "fashion32" / "methods" / "sag.yaml")
-FASHION_PAG = load_config(CONFIGS / "fashion32" / "methods" / "pag.yaml")
+def fashion_method(name):
+    """The flags of configs/fashion32/methods/`name`.yaml: the Fashion-MNIST testbed's SAG or PAG, as its
+    Table 1 rows configure them."""
+    return load_config(CONFIGS / "fashion32" / "methods" / f"{name}.yaml")
 
 
 def fashion_settings(pag_scales, sag_scale):
     """The Fashion-MNIST testbed's pairs: unguided, SAG, and PAG at each of `pag_scales`, on the layers and
     with the blur of configs/fashion32/methods/ (its Table 1 rows' settings)."""
-    sag = SelfAttentionGuidance(scale=sag_scale, blur_sigma=FASHION_SAG["sag_blur_sigma"],
-                                layer=FASHION_SAG["sag_layer"], map_heads=FASHION_SAG["sag_map_heads"])
+    sag_flags, pag_flags = fashion_method("sag"), fashion_method("pag")
+    sag = SelfAttentionGuidance(scale=sag_scale, blur_sigma=sag_flags["sag_blur_sigma"],
+                                layer=sag_flags["sag_layer"], map_heads=sag_flags["sag_map_heads"])
     rows = [("unguided", None), (f"SAG s={sag_scale:g}", sag)]
-    rows += [(f"PAG s={s:g}", PerturbedAttentionGuidance(scale=s, layers=FASHION_PAG["pag_layers"]))
+    rows += [(f"PAG s={s:g}", PerturbedAttentionGuidance(scale=s, layers=pag_flags["pag_layers"]))
              for s in pag_scales]
     return rows
+
+
+def _fashion_scales():
+    return f"{fashion_method('pag')['pag_scale']:g}", fashion_method("sag")["sag_scale"]
 
 
 def _digits_reference(out, image_size):
@@ -68,19 +74,17 @@ class Testbed:
     settings: Callable  # (pag_scales, sag_scale) -> [(name, guidance or None)]
     num_samples: int
     respacing: str
-    pag_scales: str
-    sag_scale: float
+    scales: Callable  # () -> (default --pag_scales text, default --sag_scale)
     description: str
 
 
 TESTBEDS = {
     "fashion": Testbed(CONFIGS / "fashion32" / "uncond.yaml", "fashion",
                        lambda out, size: ROOT / "checkpoints" / "fashion32_test_ref.npz", fashion_settings,
-                       num_samples=64, respacing="ddim16", pag_scales=f"{FASHION_PAG['pag_scale']:g}",
-                       sag_scale=FASHION_SAG["sag_scale"],
+                       num_samples=64, respacing="ddim16", scales=_fashion_scales,
                        description="the unconditional Fashion-MNIST ADM against the 10,000 test images"),
     "digits": Testbed(CONFIGS / "digits" / "sample.yaml", "digits", _digits_reference, settings,
-                      num_samples=297, respacing="ddim25", pag_scales="1,2,3,5", sag_scale=1.0,
+                      num_samples=297, respacing="ddim25", scales=lambda: ("1,2,3,5", 1.0),
                       description="the 16x16 digits ADM against the 297 held-out digits"),
 }
 
@@ -94,37 +98,30 @@ def load_demo_model(testbed, respacing, checkpoint=""):
     return model, diffusion, flags
 
 
-class Scorer:
-    """Scores each setting against the reference batch with bootstrap intervals, and compares every setting
-    after the first with the first on the same seeds (all are resampled with the same indices)."""
+class SettingScores:
+    """The demo's table: each setting's samples scored by `scorer` (an `evaluations.scoring.Scorer` with
+    intervals), and every setting after the first compared with the first on the same seeds."""
 
-    def __init__(self, reference_path, n_boot, bootstrap_seed=0, seed_sets=5, backend="digits"):
-        self.evaluator = Evaluator(backend, progress=False, use_cache=False)
-        self.ref_features = self.evaluator.batch_features(reference_path)
-        self.reference = self.evaluator.reference(self.ref_features)
-        self.n_boot, self.seed, self.seed_sets = n_boot, bootstrap_seed, seed_sets
-        self.names, self.boots, self.results, self.comparisons = [], {}, {}, {}
+    def __init__(self, scorer):
+        self.scorer = scorer
+        self.names, self.paths, self.results, self.comparisons = [], {}, {}, {}
 
     def add(self, name, path):
         """The metrics (with ``"intervals"``) of the batch at ``path``; compares it with the first batch."""
-        features = self.evaluator.batch_features(path)
-        metrics = self.evaluator.compute_metrics(self.ref_features, features)
-        self.boots[name] = SampleBootstrap(self.reference, features.acts)
-        metrics["intervals"] = intervals(metrics, self.boots[name].replicates(self.n_boot, self.seed))
-        self.results[point_key({"setting": name})] = {"status": "ok", "metrics": metrics}
+        metrics = self.scorer.score(path)
+        key = point_key({"setting": name})
+        self.results[key] = {"status": "ok", "metrics": metrics}
         if self.names:
-            first = self.names[0]
-            self.comparisons[point_key({"setting": name})] = compare(
-                self.boots[first], self.boots[name], n_boot=self.n_boot, seed=self.seed,
-                num_seed_sets=self.seed_sets, a_metrics=self.metrics(first), b_metrics=metrics)
+            self.comparisons[key] = self.scorer.compare(self.paths[self.names[0]], path)
         self.names.append(name)
+        self.paths[name] = path
         return metrics
 
     def metrics(self, name):
         return self.results[point_key({"setting": name})]["metrics"]
 
     def table(self):
-        spec = {"points": [{"setting": name} for name in self.names], "seed_sets": self.seed_sets}
+        spec = {"points": [{"setting": name} for name in self.names], "seed_sets": self.scorer.seed_sets}
         return results_table(spec, self.results, self.comparisons)
 
     def summary(self):

@@ -2,15 +2,19 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from evaluations.evaluator import Evaluator
+from evaluations.scoring import Scorer
 from guided_diffusion.sampling.pictures import COLOUR_BAR, COLUMNS
 from guided_diffusion.testbeds.demo import TESTBEDS
 
-from programs import assert_ok, run_script
+from programs import REPO, assert_ok, child_env, run_script
 
 
 @pytest.mark.e2e
@@ -40,6 +44,14 @@ def test_demo_runs_and_reports_every_setting(tmp_path, testbed, size, scales):
         versus = results[name]["vs_unguided"]
         assert versus["difference"]["fid"] == results[name]["fid"] - results["unguided"]["fid"]
         assert versus["seed_sets"]["sizes"] == [4, 4, 4]
+    if testbed == "digits":  # the numbers are the one scorer's (adm-evaluate's), to the last digit
+        scorer = Scorer(Evaluator("digits", progress=False, use_cache=False), tmp_path / "digits16_heldout.npz",
+                        intervals=30, seed_sets=3)
+        assert json.loads(json.dumps(scorer.score(tmp_path / "samples_PAG_s3.npz"))) == \
+            {k: v for k, v in results["PAG s=3"].items() if k != "vs_unguided"}
+        comparison = scorer.compare(tmp_path / "samples_unguided.npz", tmp_path / "samples_PAG_s3.npz")
+        assert json.loads(json.dumps(comparison["difference_intervals"])) == \
+            results["PAG s=3"]["vs_unguided"]["difference_intervals"]
     # Same seeds for every setting: guidance changes the images, scale 0 would not.
     unguided = np.load(tmp_path / "samples_unguided.npz")["arr_0"]
     pag = np.load(tmp_path / "samples_PAG_s3.npz")["arr_0"]
@@ -56,6 +68,35 @@ def test_demo_runs_and_reports_every_setting(tmp_path, testbed, size, scales):
     assert len(ranges) >= 3 and [r["t"] for r in ranges] == sorted((r["t"] for r in ranges), reverse=True)
     assert figure.size == (70 + 64 * len(COLUMNS) + COLOUR_BAR, 18 + 64 * len(ranges))
     assert all(r["max"] > 0 for r in ranges)
+
+
+IMPORT_THEN_SETTINGS = """
+import json, sys
+opened = []
+sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" else None)
+import guided_diffusion.testbeds.demo as demo
+at_import = list(opened)
+print(json.dumps(at_import), flush=True)
+rows = demo.TESTBEDS["fashion"].settings([2.0], 1.5)
+defaults = demo.TESTBEDS["fashion"].scales()
+print(json.dumps({"after": opened[len(at_import):], "defaults": defaults, "pag_layers": rows[2][1].layers}))
+"""
+
+
+def test_the_demo_reads_the_method_files_when_its_settings_are_asked_for_not_on_import():
+    result = subprocess.run([sys.executable, "-c", IMPORT_THEN_SETTINGS], cwd=REPO, env=child_env(),
+                            capture_output=True, text=True, timeout=120)
+    methods = str(REPO / "configs" / "fashion32" / "methods")
+    at_import = json.loads(result.stdout.splitlines()[0])
+    assert [p for p in at_import if p.startswith(methods)] == []
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.splitlines()[1])
+    assert {p for p in found["after"] if p.startswith(methods)} == {f"{methods}/pag.yaml", f"{methods}/sag.yaml"}
+    from guided_diffusion.cli.yaml_config import load_config
+
+    pag, sag = (load_config(f"{methods}/{name}.yaml") for name in ("pag", "sag"))
+    assert found["defaults"] == [f"{pag['pag_scale']:g}", sag["sag_scale"]]
+    assert found["pag_layers"] == pag["pag_layers"]
 
 
 # guided_diffusion.testbeds.demo.side_by_side's layout: 8 samples a row, 2 rows (12 samples), drawn 3x under a
