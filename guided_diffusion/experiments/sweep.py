@@ -37,9 +37,14 @@ the rows of a table from their own files:
 
 Every point is evaluated with bootstrap intervals, and every finished point is compared with the baseline
 point on the same seeds (`python -m evaluations.evaluator REF BASELINE.npz --compare POINT.npz`, written to
-the point's `compare.json`). The table shows each value with its interval and, below, each row's paired
-difference from the baseline; a difference is bold only when its interval excludes zero, and no value is
-marked as the best.
+the point's `compare.json`). Both are runs of adm-evaluate, the command line of the one scorer
+(evaluations.scoring.Scorer, which the demo and pag-checkpoint-quality use in-process). The sweep runs it as a
+command, as it runs the sampler: a stop signal reaches it at once (scoring 50,000 images takes minutes), the
+feature network's TensorFlow and GPU memory leave with it before the next point samples, and `--dry_run`
+prints the same commands to submit as jobs; the activation cache spares the repeated featurising.
+
+The table shows each value with its interval and, below, each row's paired difference from the baseline; a
+difference is bold only when its interval excludes zero, and no value is marked as the best.
 
 Run from `scripts/sweep.py`, a SIGTERM or SIGINT is passed on to the running command, which the sweep waits
 for (guided_diffusion/experiments/child_signals.py); the interrupted point is not recorded, so a rerun
@@ -74,8 +79,8 @@ from guided_diffusion.sampling.run import SAMPLE_FLAGS
 from guided_diffusion.sampling.store import batch_name
 
 __all__ = ["load_spec", "check_point_flags", "expand_points", "baseline_point", "point_config", "point_key",
-           "read_results", "point_commands", "planned_commands", "run_sweep", "run_comparisons", "results_table",
-           "plot_results"]
+           "read_results", "point_commands", "scoring_command", "planned_commands", "run_sweep", "run_comparisons",
+           "results_table", "plot_results"]
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +118,17 @@ def point_commands(spec, overrides, point_dir):
     size = config.get("image_size", model_and_diffusion_defaults()["image_size"])
     num_samples = config.get("num_samples", SAMPLE_FLAGS.defaults()["num_samples"])  # fixes the file name
     samples = point_dir / "samples" / (batch_name(num_samples, (size, size, 3)) + ".npz")
-    evaluate = [sys.executable, "-m", "evaluations.evaluator", spec["reference"], str(samples),
-                "--json", str(point_dir / "metrics.json")] + _statistics_args(spec, compare=False) + \
-        [str(a) for a in spec.get("evaluator_args", [])]
-    return sample, evaluate, samples
+    return sample, scoring_command(spec, samples, point_dir / "metrics.json"), samples
+
+
+def scoring_command(spec, samples, json_path, baseline_samples=None):
+    """The adm-evaluate command (evaluations.scoring.Scorer) that scores `samples` against the spec's reference,
+    or with `baseline_samples` compares them with the baseline's on the same seeds; its JSON goes to
+    `json_path`."""
+    batches = [str(samples)] if baseline_samples is None else [str(baseline_samples), "--compare", str(samples)]
+    return ([sys.executable, "-m", "evaluations.evaluator", spec["reference"], *batches, "--json", str(json_path)]
+            + _statistics_args(spec, compare=baseline_samples is not None)
+            + [str(a) for a in spec.get("evaluator_args", [])])
 
 
 def _statistics_args(spec, compare):
@@ -127,13 +139,6 @@ def _statistics_args(spec, compare):
     if compare:
         args += ["--seed_sets", str(spec.get("seed_sets", STATISTICS_DEFAULTS["seed_sets"]))]
     return args
-
-
-def compare_command(spec, baseline_samples, samples, point_dir):
-    """The evaluator command that compares a point's samples with the baseline's (same seeds)."""
-    return ([sys.executable, "-m", "evaluations.evaluator", spec["reference"], str(baseline_samples),
-             "--compare", str(samples), "--json", str(Path(point_dir) / "compare.json")]
-            + _statistics_args(spec, compare=True) + [str(a) for a in spec.get("evaluator_args", [])])
 
 
 def run_comparisons(spec, results, env=None):
@@ -154,7 +159,7 @@ def run_comparisons(spec, results, env=None):
             continue
         if record.get("status") != "ok" or base_record.get("status") != "ok":
             continue
-        command = compare_command(spec, base_record["samples"], record["samples"], point_dir)
+        command = scoring_command(spec, record["samples"], point_dir / "compare.json", base_record["samples"])
         stamp = {"command": command[3:], "a": file_identity(base_record["samples"]),
                  "b": file_identity(record["samples"])}
         stamp_path, result_path = point_dir / "compare.key.json", point_dir / "compare.json"
@@ -189,8 +194,9 @@ def planned_commands(spec):
     if spec.get("intervals") and base is not None:
         for overrides in points:
             if point_key(overrides) != point_key(base):
-                samples = [point_commands(spec, p, out / point_key(p))[2] for p in (base, overrides)]
-                commands.append(compare_command(spec, *samples, out / point_key(overrides)))
+                base_samples, samples = [point_commands(spec, p, out / point_key(p))[2] for p in (base, overrides)]
+                commands.append(scoring_command(spec, samples, out / point_key(overrides) / "compare.json",
+                                                base_samples))
     return [shlex.join(command) for command in commands]
 
 

@@ -5,11 +5,13 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from evaluations.tables import differences_table
 from guided_diffusion.cli.yaml_config import load_config
+from guided_diffusion.data.digits import load_digits_split
 from guided_diffusion.experiments.sweep import (
     expand_points,
     load_spec,
@@ -139,3 +141,25 @@ def test_spec_with_a_missing_row_file_is_refused(tmp_path):
     spec_path.write_text(yaml.safe_dump({"reference": "r.npz", "points": [{"config": "configs/table1/nope.yaml"}]}))
     with pytest.raises(ValueError, match="nope.yaml, which does not exist"):
         load_spec(spec_path)
+
+
+@pytest.mark.e2e
+def test_sweep_scores_through_the_scorer_which_refuses_another_resolution(tmp_path):
+    """Each point is scored, with intervals, by adm-evaluate (evaluations.scoring.Scorer), which checks the
+    samples against the reference: 16x16 digits against 32x32 ones fail the point with the fix, instead of a
+    score across resolutions."""
+    base = {**load_config(ROOT / "configs/digits/sample.yaml"), "num_samples": 4, "batch_size": 4,
+            "timestep_respacing": "ddim2", "progress": False}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    np.savez(tmp_path / "ref32.npz", load_digits_split(32, "heldout")[0][:40])
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({
+        "base": str(tmp_path / "base.yaml"), "reference": str(tmp_path / "ref32.npz"),
+        "evaluator_args": ["--backend", "digits", "--no_cache", "--quiet"], "output_dir": str(tmp_path / "runs"),
+        "points": [{"pag_scale": 0.0}], "intervals": 20}))
+    spec = load_spec(spec_path)
+    _, scoring, _ = point_commands(spec, spec["points"][0], tmp_path / "probe")
+    assert scoring[1:3] == ["-m", "evaluations.evaluator"] and "--intervals" in scoring
+    (record,) = run_sweep(spec, env={**os.environ, "OMP_NUM_THREADS": "1"}).values()
+    assert record["status"] == "failed"
+    assert "the samples are 16x16" in record["error"] and "--resize" in record["error"], record["error"]
