@@ -3,10 +3,10 @@
 One recipe for both: AdamW under a fixed one-cycle schedule, cross-entropy on augmented training batches,
 the held-out images scored once at the end (nothing is chosen on them). The scripts
 `scripts/train_digits_features.py` and `scripts/train_fashion_features.py` are thin CLIs that give the data,
-the augmentation and the defaults.
+the augmentation and the defaults; their flags are declared in guided_diffusion/testbeds/feature_trainer_flags.py
+(this package may not use the library's command-line layer).
 """
 
-import argparse
 import logging
 import os
 import time
@@ -79,26 +79,18 @@ def save_weights(net, path, dtype=torch.float32):
              f"{sum(p.numel() for p in net.parameters()):,}")
 
 
-def trainer_parser(description, out, epochs, batch_size, lr, weight_decay):
-    """The flags every feature trainer takes, with these defaults; a script adds those of its data."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", default=out, help="where the weights go")
-    parser.add_argument("--epochs", type=int, default=epochs, help="passes over the training images")
-    parser.add_argument("--batch_size", type=int, default=batch_size, help="images per step")
-    parser.add_argument("--lr", type=float, default=lr, help="peak learning rate (one-cycle schedule)")
-    parser.add_argument("--weight_decay", type=float, default=weight_decay, help="AdamW weight decay")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and data order")
-    return parser
-
-
 def run_trainer(args, net_class, load_sets, augment, held_name, dtype=torch.float32, **train_options):
-    """Train as the parsed trainer flags `args` say and write the weights to `args.out`.
+    """Train as the parsed trainer flags `args` say and write the weights to `args.out` (ValueError for a batch
+    larger than the training set).
 
     `load_sets(args)` gives the (train, held-out) sets of `train_feature_net`; `held_name` names the held-out
     split in the log; `dtype` is the precision the weights are stored in.
     """
     start = time.time()
     train_set, held_set = load_sets(args)
+    if args.batch_size > len(train_set[1]):
+        raise ValueError(f"--batch_size {args.batch_size} is more than the {len(train_set[1])} training images; "
+                         "use a smaller batch")
     net, train_acc, held_acc = train_feature_net(net_class, train_set, held_set, augment, args.epochs,
                                                  args.batch_size, args.lr, args.weight_decay, args.seed,
                                                  **train_options)

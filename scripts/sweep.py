@@ -13,6 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from guided_diffusion.cli.flags import Flag, FlagGroup, HelpFormatter
 from guided_diffusion.experiments.child_signals import Interrupted, StopSignals
 from guided_diffusion.experiments.sweep import (
     check_point_flags,
@@ -28,13 +29,24 @@ from guided_diffusion.runtime.logs import log_to_console, stop_logging
 
 log = logging.getLogger("scripts.sweep")
 
+SWEEP_FLAGS = FlagGroup("sweep", [
+    Flag("dry_run", False, "print the sampling, scoring and comparison commands of the pending points (to submit "
+                           "as jobs) and run nothing", switch=True),
+    Flag("output_dir", None, "folder for the points, results.jsonl, table.md and the plots, in place of the spec's "
+                             "output_dir (default: the spec's)"),
+])
+
+
+def create_argparser():
+    # The spec is the sweep's one config file: no --config flag beside it.
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("spec", help="sweep spec YAML (see guided_diffusion/experiments/sweep.py)")
+    SWEEP_FLAGS.add_to(parser)
+    return parser
+
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", help="sweep spec YAML (see guided_diffusion/experiments/sweep.py)")
-    parser.add_argument("--dry_run", action="store_true", help="print the commands of pending points, run nothing")
-    parser.add_argument("--output_dir", help="override the spec's output_dir")
-    args = parser.parse_args(argv)
+    args = create_argparser().parse_args(argv)
 
     log_to_console()
     try:

@@ -16,9 +16,11 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluations.digits_features import INPUT_SIZE, DigitsFeatureNet, preprocess  # noqa: E402
-from evaluations.feature_training import run_trainer, trainer_parser  # noqa: E402
+from evaluations.feature_training import run_trainer  # noqa: E402
+from guided_diffusion.cli.flags import check_flags, create_parser, parse  # noqa: E402
 from guided_diffusion.data.digits import load_digits_split  # noqa: E402
 from guided_diffusion.runtime.logs import log_to_console  # noqa: E402
+from guided_diffusion.testbeds.feature_trainer_flags import trainer_flags  # noqa: E402
 
 
 def augment(x, generator):
@@ -38,12 +40,22 @@ def load_sets(args):
     return tuple((preprocess(images), torch.from_numpy(labels)) for images, labels in splits)
 
 
+FLAG_GROUPS = [trainer_flags(out="checkpoints/digits_features.pt", epochs=40, batch_size=64, lr=2e-3,
+                             weight_decay=1e-4)]
+
+
+def create_argparser():
+    return create_parser(__doc__.split("\n\n")[0], FLAG_GROUPS)
+
+
 def main(argv=None):
-    parser = trainer_parser(__doc__.split("\n\n")[0], out="checkpoints/digits_features.pt", epochs=40,
-                            batch_size=64, lr=2e-3, weight_decay=1e-4)
-    args = parser.parse_args(argv)
+    args = parse(create_argparser(), argv)
     log_to_console()
-    return run_trainer(args, DigitsFeatureNet, load_sets, augment, "held-out", log_every=5)
+    try:
+        check_flags(args, FLAG_GROUPS)
+        return run_trainer(args, DigitsFeatureNet, load_sets, augment, "held-out", log_every=5)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

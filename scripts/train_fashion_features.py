@@ -17,9 +17,11 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluations.fashion_features import INPUT_SIZE, FashionFeatureNet, preprocess  # noqa: E402
-from evaluations.feature_training import run_trainer, trainer_parser  # noqa: E402
-from guided_diffusion.data.fashion_mnist import load_fashion_split  # noqa: E402
+from evaluations.feature_training import run_trainer  # noqa: E402
+from guided_diffusion.cli.flags import Flag, FlagGroup, check_flags, create_parser, parse  # noqa: E402
+from guided_diffusion.data.fashion_mnist import DEBIAN_DIR, load_fashion_split  # noqa: E402
 from guided_diffusion.runtime.logs import log_to_console  # noqa: E402
+from guided_diffusion.testbeds.feature_trainer_flags import trainer_flags  # noqa: E402
 
 SHIFT = 2
 
@@ -40,13 +42,25 @@ def load_sets(args):
     return tuple((preprocess(images[..., :1]), torch.from_numpy(labels)) for images, labels in splits)
 
 
+FLAG_GROUPS = [
+    trainer_flags(out="checkpoints/fashion_features.pt", epochs=12, batch_size=128, lr=3e-3, weight_decay=5e-4),
+    FlagGroup("data", [Flag("data_dir", "", "folder of the Fashion-MNIST idx files (default: $FASHION_MNIST_DIR, "
+                                            f"else Debian's {DEBIAN_DIR})")]),
+]
+
+
+def create_argparser():
+    return create_parser(__doc__.split("\n\n")[0], FLAG_GROUPS)
+
+
 def main(argv=None):
-    parser = trainer_parser(__doc__.split("\n\n")[0], out="checkpoints/fashion_features.pt", epochs=12,
-                            batch_size=128, lr=3e-3, weight_decay=5e-4)
-    parser.add_argument("--data_dir", default=None, help="folder of the idx files (default: Debian's)")
-    args = parser.parse_args(argv)
+    args = parse(create_argparser(), argv)
     log_to_console()
-    return run_trainer(args, FashionFeatureNet, load_sets, augment, "test", dtype=torch.float16, progress=True)
+    try:
+        check_flags(args, FLAG_GROUPS)
+        return run_trainer(args, FashionFeatureNet, load_sets, augment, "test", dtype=torch.float16, progress=True)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ reports all problems in one ValueError (and logs the warnings of settings that r
 and `FlagGroup.values` gives a group's values for a manifest.
 
 A flag's type follows its default, as in the ADM release: booleans parse True/False, yes/no...; a list
-default takes one or more values; a None default takes a string (or `type`).
+default takes one or more values; a None default takes a string (or `type`). A `switch` is a boolean that is
+off by default and given bare (`--dry_run`); a config file sets it with true or false.
 """
 
 import argparse
@@ -57,8 +58,13 @@ class Flag:
     choices: Optional[tuple] = None
     type: Optional[Callable] = None
     warn: Optional[Callable] = None
+    switch: bool = False
 
     def argparse_kwargs(self):
+        if self.switch:
+            if self.default is not False:
+                raise ValueError(f"--{self.name}: a switch is off by default (default False); got {self.default!r}")
+            return {"action": "store_true", "help": self.help}
         kwargs = {"default": self.default, "help": self.help}
         if self.choices is not None:
             kwargs["choices"] = self.choices

@@ -65,6 +65,10 @@ def _convert(action, value):
     """A YAML value converted as if it had been typed on the command line."""
     if value is None:
         return None
+    if action.nargs == 0:  # a switch (store_true): YAML's own booleans
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
     convert = action.type or str
     if action.nargs in ("+", "*") or isinstance(action.nargs, int):
         items = value.split() if isinstance(value, str) else value

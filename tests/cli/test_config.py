@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from guided_diffusion import guidance as guidance_lib
-from guided_diffusion.cli.flags import FlagGroup
+from guided_diffusion.cli.flags import Flag, FlagGroup, create_parser, parse
 from guided_diffusion.cli.yaml_config import load_yaml, parse_args
 from guided_diffusion.guidance import describe, guidance_from_flags
 from guided_diffusion.guidance.base import parse_interval
@@ -249,13 +249,31 @@ def test_flag_groups_parse_check_and_report_their_values(tmp_path):
     assert stricter.names == group.names and stricter.problems(parse(fresh, [])) == ["--fast is off"]
 
 
-@pytest.mark.parametrize("module", ["scripts.image_sample", "scripts.image_train", "scripts.guidance_maps",
-                                    "scripts.inverse_sample", "scripts.layer_probe"])
-def test_every_flag_has_a_help_text(module):
+def test_a_switch_is_given_bare_and_takes_yaml_booleans(tmp_path, capsys):
+    group = FlagGroup("g", [Flag("dry_run", False, "run nothing", switch=True), Flag("count", 1, "how many")])
+    parser = create_parser("test", [group])
+    assert parse(parser, []).dry_run is False
+    assert parse(parser, ["--dry_run", "--count", "2"]).dry_run is True
+    assert parse(create_parser("test", [group]), ["--config", write(tmp_path, "dry_run: true\n")]).dry_run is True
+    with pytest.raises(SystemExit):
+        parse(create_parser("test", [group]), ["--config", write(tmp_path, "dry_run: maybe\n")])
+    assert "bad value 'maybe' for dry_run: expected true or false" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--on: a switch is off by default"):
+        create_parser("test", [FlagGroup("g", [Flag("on", True, "always", switch=True)])])
+
+
+# (module, how many options its parser has at least: the scan sees its flags)
+SCRIPTS_WITH_FLAGS = [("scripts.image_sample", 10), ("scripts.image_train", 10), ("scripts.guidance_maps", 10),
+                      ("scripts.inverse_sample", 10), ("scripts.layer_probe", 10), ("scripts.sweep", 3),
+                      ("scripts.train_digits_features", 7), ("scripts.train_fashion_features", 8)]
+
+
+@pytest.mark.parametrize("module, count", SCRIPTS_WITH_FLAGS)
+def test_every_flag_has_a_help_text(module, count):
     with pytest.raises(ValueError, match="without a help text: size"):
         FlagGroup.from_defaults("", {"size": 1}, {})
     parser = importlib.import_module(module).create_argparser()
-    assert len(parser._actions) > 10
+    assert len(parser._actions) > count
     assert [a.dest for a in parser._actions if not a.help or a.help == "release flag"] == []
 
 
