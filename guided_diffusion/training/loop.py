@@ -63,7 +63,7 @@ class TrainLoop:
                  log_interval=10, save_interval=10000, resume_checkpoint="", use_fp16=False,
                  fp16_scale_growth=1e-3, schedule_sampler=None, weight_decay=0.0, lr_anneal_steps=0,
                  max_steps=0, run_dir=None, seed=None, mixed_precision="none", progress=True,
-                 device=None, ema_warmup=False, class_dropout_prob=0.0):
+                 device=None, ema_warmup=False, class_dropout_prob=0.0, channels_last=False):
         if mixed_precision not in MIXED_PRECISION_MODES:
             raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION_MODES)}, "
                              f"got {mixed_precision!r}")
@@ -78,6 +78,9 @@ class TrainLoop:
         if class_dropout_prob and null_label is None:
             raise ValueError("class_dropout_prob > 0 replaces labels by the null label: build the model with "
                              "--class_cond True --null_label True")
+        self.channels_last = channels_last
+        if channels_last:  # before the optimizer and the EMA copy the parameters, so that they share the layout
+            model.to(memory_format=torch.channels_last)
         self.model = model
         self.diffusion = diffusion
         self.class_dropout_prob = float(class_dropout_prob)
@@ -292,6 +295,8 @@ class TrainLoop:
         total = batch.shape[0]
         for start in range(0, total, self.microbatch):
             micro = batch[start:start + self.microbatch].to(self.device)
+            if self.channels_last:
+                micro = micro.contiguous(memory_format=torch.channels_last)
             micro_cond = {k: v[start:start + self.microbatch].to(self.device) for k, v in cond.items()}
             last = start + self.microbatch >= total
             t, weights = self.schedule_sampler.sample(micro.shape[0], self.device)
