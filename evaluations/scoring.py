@@ -40,7 +40,8 @@ class Scorer:
 
     `intervals`: bootstrap resamples of each batch for 95% intervals (0: none; a comparison needs at least
     2), drawn with `bootstrap_seed`; `seed_sets`: the disjoint sets of consecutive image indices a
-    comparison also reports; `level`: the intervals' coverage.
+    comparison also reports; `level`: the intervals' coverage. The features of every batch scored stay in
+    memory while the scorer lives (a comparison reuses them): one scorer per run of a few batches.
     """
 
     def __init__(self, evaluator, reference, *, intervals=0, bootstrap_seed=0,
