@@ -312,3 +312,15 @@ def test_autoguidance_method_file_loads_its_shipped_weak_model():
     weak = load_weak_model(args, "cpu")
     method = method_from_flags(Autoguidance, args, weak_model=weak)
     assert method.scale == 1.0 and weak.num_classes is None and weak.image_size == 32
+
+
+@pytest.mark.parametrize("name, expected", [("adm256_seg", "SmoothedEnergyGuidance"),
+                                            ("adm256_apg_pag", "AdaptiveProjectedGuidance")])
+def test_adm256_successor_method_files_give_their_methods_on_the_released_blocks(name, expected, adm256_blocks):
+    args = parse_args(sampler_parser(), ["--config", str(CONFIGS / "adm256" / "uncond.yaml"),
+                                         "--config", str(CONFIGS / "methods" / f"{name}.yaml")])
+    (method,) = guidance_from_flags(args)
+    assert type(method).__name__ == expected
+    assert set(method.layer_names()) <= set(adm256_blocks[False].attention_blocks())  # the released model's blocks
+    if expected == "AdaptiveProjectedGuidance":
+        assert method.inner.layer_names() == load_yaml(CONFIGS / "methods" / "adm256_pag.yaml")["pag_layers"]
