@@ -13,20 +13,11 @@ than twice, and a launcher child (mpiexec, torchrun) passes the signal on to its
 import signal
 import subprocess
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+from guided_diffusion.runtime.stop_signals import STOP_SIGNALS, Stopped
 
-
-class Interrupted(BaseException):
-    """A stop signal arrived; the running child got it and has ended. A BaseException, like KeyboardInterrupt,
-    so that code that records a failed step (`except Exception`) does not record an interrupted one."""
-
-    def __init__(self, signum):
-        self.signum = signal.Signals(signum)
-        super().__init__(self.signum.name)
-
-    @property
-    def exit_status(self):
-        return 128 + int(self.signum)
+# The sampler's stop exception and signal set (runtime/stop_signals.py), here under the name a sweep gives it:
+# the running child got the signal and has ended.
+Interrupted = Stopped
 
 
 class StopSignals:
