@@ -52,7 +52,8 @@ def test_each_method_samples_and_records_its_settings(models, tmp_path):
     assert_ok(sample(models, tmp_path / "unguided"))
     unguided = images(tmp_path / "unguided")
     runs = {
-        "seg": ["--seg_scale", "3", "--seg_layers", "middle_block.1", "--seg_blur_sigma", "inf"],
+        "seg": ["--seg_scale", "3", "--seg_blur_sigma", "inf", "--seg_layers",
+                "input_blocks.3.1,middle_block.1,output_blocks.0.1,output_blocks.1.1"],
         "cfg_pag": ["--cfg_scale", "1.5", "--pag_scale", "1", "--pag_layers", "middle_block.1"],
         "apg_pag": ["--apg_on", "pag", "--apg_scale", "2", "--apg_momentum", "-0.5", "--pag_layers",
                     "middle_block.1"],

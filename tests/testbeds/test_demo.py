@@ -17,6 +17,22 @@ from guided_diffusion.testbeds.demo import TESTBEDS
 from programs import REPO, assert_ok, child_env, run_script
 
 
+def assert_same_numbers(actual, expected, rel=1e-6):
+    """Equal structures whose numbers agree to `rel` (the same keys, lengths and strings)."""
+    if isinstance(expected, dict):
+        assert list(actual) == list(expected)
+        for key in expected:
+            assert_same_numbers(actual[key], expected[key], rel)
+    elif isinstance(expected, list):
+        assert len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            assert_same_numbers(a, e, rel)
+    elif isinstance(expected, float):
+        assert actual == pytest.approx(expected, rel=rel, abs=1e-12)
+    else:
+        assert actual == expected
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("testbed, size, scales", [("fashion", 32, [3.0]), ("digits", 16, [1.0, 3.0])])
 def test_demo_runs_and_reports_every_setting(tmp_path, testbed, size, scales):
@@ -44,14 +60,15 @@ def test_demo_runs_and_reports_every_setting(tmp_path, testbed, size, scales):
         versus = results[name]["vs_unguided"]
         assert versus["difference"]["fid"] == results[name]["fid"] - results["unguided"]["fid"]
         assert versus["seed_sets"]["sizes"] == [4, 4, 4]
-    if testbed == "digits":  # the numbers are the one scorer's (adm-evaluate's), to the last digit
+    if testbed == "digits":  # the numbers are the one scorer's (adm-evaluate's)
         scorer = Scorer(Evaluator("digits", progress=False, use_cache=False), tmp_path / "digits16_heldout.npz",
                         intervals=30, seed_sets=3)
-        assert json.loads(json.dumps(scorer.score(tmp_path / "samples_PAG_s3.npz"))) == \
-            {k: v for k, v in results["PAG s=3"].items() if k != "vs_unguided"}
+        # to rounding: the demo ran with one BLAS thread, this process may have more (sums in another order)
+        assert_same_numbers(json.loads(json.dumps(scorer.score(tmp_path / "samples_PAG_s3.npz"))),
+                            {k: v for k, v in results["PAG s=3"].items() if k != "vs_unguided"})
         comparison = scorer.compare(tmp_path / "samples_unguided.npz", tmp_path / "samples_PAG_s3.npz")
-        assert json.loads(json.dumps(comparison["difference_intervals"])) == \
-            results["PAG s=3"]["vs_unguided"]["difference_intervals"]
+        assert_same_numbers(json.loads(json.dumps(comparison["difference_intervals"])),
+                            results["PAG s=3"]["vs_unguided"]["difference_intervals"])
     # Same seeds for every setting: guidance changes the images, scale 0 would not.
     unguided = np.load(tmp_path / "samples_unguided.npz")["arr_0"]
     pag = np.load(tmp_path / "samples_PAG_s3.npz")["arr_0"]
