@@ -22,13 +22,12 @@ longer than a sampling run, which interleaving cannot even out.
 import argparse
 import importlib
 import importlib.util
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from timing import timed  # benchmarks/timing.py, beside this script
 
 from guided_diffusion.cli.yaml_config import load_config
 from guided_diffusion.diffusion.timestep_samplers import create_named_schedule_sampler
@@ -153,20 +152,6 @@ def _autocast_if(enabled, fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def timed_medians(methods, warmup, repeats):
-    """Median seconds of each method, and each method's first output; rounds run every method in turn."""
-    times, outputs = {name: [] for name in methods}, {}
-    for round_index in range(warmup + repeats):
-        for name, fn in methods.items():
-            start = time.perf_counter()
-            out = fn()
-            elapsed = time.perf_counter() - start
-            outputs.setdefault(name, out)
-            if round_index >= warmup:
-                times[name].append(elapsed)
-    return {name: statistics.median(values) for name, values in times.items()}, outputs
-
-
 def main(argv=None):
     args = parse_args(argv)
     release = load_release(args.adm_release) if args.adm_release else None
@@ -181,7 +166,7 @@ def main(argv=None):
                    for key, fn in training_steps(weights, batch, release, run_dir).items()}
         methods.update({("sample",) + key: (fn, args.sample_batch)
                         for key, fn in sampling_runs(weights, 0, args.sample_batch, release).items()})
-        seconds, outputs = timed_medians({k: fn for k, (fn, _) in methods.items()}, args.warmup, args.repeats)
+        seconds, outputs, _ = timed({k: fn for k, (fn, _) in methods.items()}, args.warmup, args.repeats)
     speed = {key: images / seconds[key] for key, (_, images) in methods.items()}
 
     allocator = "freed memory kept for reuse" if cpu_allocator.in_effect() else "glibc default malloc"

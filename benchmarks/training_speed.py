@@ -17,12 +17,11 @@ rounding. Stop other jobs first (`kill -STOP <pid>` ... `kill -CONT <pid>` for a
 
 import argparse
 import copy
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from timing import timed  # benchmarks/timing.py, beside this script
 
 from guided_diffusion.cli.yaml_config import load_config
 from guided_diffusion.model.checkpoints import read_state_dict
@@ -113,21 +112,6 @@ def forward_pass(weights, x, t, variant):
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             return model(x, t).float()
     return run
-
-
-def timed(methods, warmup, repeats):
-    """Median seconds per method, its first output and the seconds of its first call (compile included)."""
-    times, outputs, first = {name: [] for name in methods}, {}, {}
-    for round_index in range(warmup + repeats):
-        for name, fn in methods.items():
-            start = time.perf_counter()
-            out = fn()
-            elapsed = time.perf_counter() - start
-            outputs.setdefault(name, out)
-            first.setdefault(name, elapsed)
-            if round_index >= warmup:
-                times[name].append(elapsed)
-    return {name: statistics.median(values) for name, values in times.items()}, outputs, first
 
 
 def max_difference(a, b):

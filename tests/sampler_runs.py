@@ -89,3 +89,12 @@ def wait_for(condition, process=None, seconds=120, what="the condition"):
 def images_sampled(stderr):
     """The number of images one job (one process) sampled itself, from its log line."""
     return int(re.search(r"rank 0/1 finished: (\d+) images", stderr).group(1))
+
+
+def tiny_reference(root):
+    """The tiny model's flags under `root` and a finished reference run of it (batches of 4): the module fixture
+    of the sampling end-to-end tests."""
+    flags = make_tiny(root)
+    reference_dir = root / "reference"
+    run_sample(reference_dir, *flags, batch_size=4)
+    return {"root": root, "flags": flags, "reference_dir": reference_dir, "reference": final_arrays(reference_dir)}

@@ -29,9 +29,9 @@ from sampler_runs import (
     claims,
     final_arrays,
     images_sampled,
-    make_tiny,
     run_sample,
     shards,
+    tiny_reference,
     wait_for,
 )
 
@@ -40,11 +40,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    flags = make_tiny(root)
-    reference_dir = root / "reference"
-    run_sample(reference_dir, *flags, batch_size=4)
-    return {"root": root, "flags": flags, "reference_dir": reference_dir, "reference": final_arrays(reference_dir)}
+    return tiny_reference(tmp_path_factory.mktemp("tiny"))
 
 
 def test_reference_run_outputs(tiny):

@@ -31,6 +31,7 @@ from sampler_runs import (
     make_tiny,
     run_sample,
     shards,
+    tiny_reference,
     wait_for,
     with_flag,
 )
@@ -42,11 +43,7 @@ TMPFS_BYTES = 4 << 20
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    flags = make_tiny(root)
-    reference_dir = root / "reference"
-    run_sample(reference_dir, *flags, batch_size=4)
-    return {"root": root, "flags": flags, "reference_dir": reference_dir, "reference": final_arrays(reference_dir)}
+    return tiny_reference(tmp_path_factory.mktemp("tiny"))
 
 
 def copy_run(source, target, final=False, manifest=True):
