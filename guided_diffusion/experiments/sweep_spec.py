@@ -7,7 +7,10 @@ checked against the sampler's own parser when the spec is loaded, and each point
 files and overrides, with the sampler's flag checks) before a run or a dry run starts.
 
 The points are the explicit `points:` first, then the grid's combinations, whatever the order of the two in
-the file; the baseline is the spec's `baseline:` (overrides or a label), else the first point.
+the file; the baseline is the spec's `baseline:` (overrides or a label), else the first point. With `pair_by:`
+(a list of point keys, e.g. [model_path, config]) every point has its own baseline: the point that shares its
+values of those keys and has the baseline's overrides, so that one sweep holds many paired comparisons (one
+per checkpoint and sampler, say).
 """
 
 import argparse
@@ -37,6 +40,7 @@ SPEC_KEYS = {  # key: (allowed types, what the error calls them)
     "baseline": ((dict, str), "a point's overrides (a mapping) or its label (a string)"),
     "intervals": (_INTEGER, "an integer"), "seed_sets": (_INTEGER, "an integer"),
     "bootstrap_seed": (_INTEGER, "an integer"),
+    "pair_by": (_LIST, "a list of point keys (flag names or config)"),
 }
 POINT_KEYS = ("label", "config")  # a point's keys that are not flags
 BASELINE_RULE = "by default the first row: the first of the spec's `points`, else the first grid point"
@@ -59,7 +63,7 @@ def load_spec(path):
         raise ValueError(f"sweep spec {path} has no 'reference' entry")
     if not spec.get("grid") and not spec.get("points"):
         raise ValueError(f"sweep spec {path} needs a 'grid' or a 'points' list (neither has any point)")
-    if "base" not in spec and (spec.get("grid") or not all("config" in p for p in spec["points"])):
+    if "base" not in spec and not all("config" in p for p in expand_points(spec)):
         raise ValueError(f"sweep spec {path} has no 'base' entry (needed unless every point names its 'config')")
     root = REPO_ROOT  # like every config path in the project, spec paths are relative to the repository root
     for key in ("base", "reference", "output_dir"):
@@ -82,7 +86,8 @@ def load_spec(path):
             raise ValueError(f"sweep spec {path}: '{key}' must be a non-negative integer; got {value!r}")
     if spec["intervals"] == 1 or spec["seed_sets"] < 1:
         raise ValueError(f"sweep spec {path}: 'intervals' must be 0 or at least 2 and 'seed_sets' at least 1")
-    baseline_point(spec)  # a baseline that matches no point fails here, before any sampling
+    for point in points:  # a baseline that matches no point fails here, before any sampling
+        baseline_for(spec, point)
     return spec
 
 
@@ -192,8 +197,11 @@ def expand_points(spec):
 
 def baseline_point(spec):
     """The point every other point is compared with: the spec's `baseline` (overrides or label), else the
-    first point (the first of `points`, else the first grid point)."""
+    first point (the first of `points`, else the first grid point). With `pair_by`: the first row's baseline
+    (each row has its own: `baseline_for`)."""
     points = expand_points(spec)
+    if spec.get("pair_by") and points:
+        return baseline_for(spec, points[0])
     wanted = spec.get("baseline")
     if wanted is None:
         return points[0] if points else None
@@ -204,8 +212,32 @@ def baseline_point(spec):
     raise ValueError(f"sweep baseline {wanted!r} matches no point (by overrides, or by label); points: {listed}")
 
 
+def baseline_for(spec, point):
+    """The point that `point` is compared with: the baseline, or with `pair_by` the point that has the same
+    values of the `pair_by` keys and the baseline's overrides (ValueError when there is none)."""
+    keys = spec.get("pair_by") or []
+    if not keys:
+        return baseline_point(spec)
+    wanted = spec.get("baseline")
+    if not isinstance(wanted, dict):
+        raise ValueError("sweep spec: 'pair_by' needs a 'baseline' given as overrides (a mapping such as "
+                         "{pag_scale: 0.0}), which each group's baseline point has")
+    target = {**wanted, **{k: point[k] for k in keys if k in point}}
+    for candidate in expand_points(spec):
+        if all(candidate.get(k) == point.get(k) for k in keys) and _has(candidate, wanted):
+            return candidate
+    raise ValueError(f"sweep spec: point {describe_point(point)} has no baseline of its own: pair_by "
+                     f"{', '.join(keys)} needs a point with {json.dumps(target, sort_keys=True)}; add it to the points")
+
+
+def _has(point, overrides):
+    return all(k in point and point[k] == v for k, v in overrides.items())
+
+
 def baseline_rule(spec):
     """Why the baseline is the baseline, in words (for the table)."""
+    if spec.get("pair_by"):
+        return f"set by the spec's `baseline`, each row against the one with the same {', '.join(spec['pair_by'])}"
     return "set by the spec's `baseline`" if spec.get("baseline") is not None else BASELINE_RULE
 
 
