@@ -3,9 +3,10 @@
     python scripts/checkpoint_quality.py --config configs/fashion32/uncond.yaml --backend fashion \
         --reference checkpoints/fashion32_test_ref.npz ../runs/fashion32_uncond/ema_0.999_00{0500,1000,1500}.pt
 
-Every checkpoint samples the same seeds (DDIM, unguided); the table gives FID and precision/recall against
-the reference and the feature network's view of the samples: its mean confidence (top class probability)
-and the share of samples it is unsure of (top probability below 0.5), the signature of collapsed structure.
+Every checkpoint samples the same seeds (unguided; DDIM-25 unless --use_ddim False --timestep_respacing 100);
+the table gives FID and precision/recall against the reference and the feature network's view of the samples:
+its mean confidence (top class probability) and the share of samples it is unsure of (top probability below
+0.5), the signature of collapsed structure. A rerun reuses the sample batches already in --output_dir.
 """
 
 import logging
@@ -17,8 +18,9 @@ import numpy as np
 from evaluations.evaluator import Evaluator
 from evaluations.scoring import Scorer
 from guided_diffusion.cli.flags import Flag, FlagGroup, check_flags, create_parser, parse
+from guided_diffusion.runtime.files import atomic_write
 from guided_diffusion.runtime.logs import log_to_console
-from guided_diffusion.sampling.images import MODEL_FLAGS, MODEL_PATH, load_model, sample_uint8
+from guided_diffusion.sampling.images import MODEL_FLAGS, MODEL_PATH, PRECISION, USE_DDIM, load_model, sample_uint8
 from guided_diffusion.sampling.seeding import LabelSource
 
 log = logging.getLogger("scripts.checkpoint_quality")
@@ -33,6 +35,8 @@ QUALITY_FLAGS = FlagGroup("quality", [
     Flag("num_samples", 200, "samples per checkpoint (the same seeds for all)"),
     Flag("seed", 200000, "base seed (keep it apart from tuning and table seeds)"),
     Flag("batch_size", 100, "images per forward pass"),
+    USE_DDIM.but(default=True, warn=None),
+    PRECISION,
     Flag("output_dir", "outputs/checkpoint_quality", "where the sample batches and table.md go"),
 ])
 
@@ -64,13 +68,17 @@ def score(args):
     lines = ["| checkpoint | FID↓ | precision↑ | recall↑ | mean confidence↑ | share p < 0.5↓ | sampling s |",
              "|---|---|---|---|---|---|---|"]
     for path in args.checkpoints or [args.model_path]:
-        model, diffusion = load_model(args, model_path=path)
-        start = time.time()
-        images = sample_uint8(model, diffusion, indices, args.batch_size, labels=labels, seed=args.seed,
-                              image_size=args.image_size, use_ddim=True)
-        seconds = time.time() - start
-        batch_path = out / f"{Path(path).stem}_{args.num_samples}.npz"
-        np.savez(batch_path, arr_0=images)
+        sampler = f"{'ddim' if args.use_ddim else 'ddpm'}{args.timestep_respacing.removeprefix('ddim')}"
+        batch_path = out / f"{Path(path).stem}_{sampler}_{args.num_samples}.npz"
+        seconds_path = batch_path.with_suffix(".seconds")
+        if not batch_path.exists():  # a rerun keeps the checkpoints already sampled
+            model, diffusion = load_model(args, model_path=path)
+            start = time.time()
+            images = sample_uint8(model, diffusion, indices, args.batch_size, labels=labels, seed=args.seed,
+                                  image_size=args.image_size, use_ddim=args.use_ddim)
+            seconds_path.write_text(f"{time.time() - start:.1f}\n")
+            _write_batch(batch_path, images)
+        seconds = float(seconds_path.read_text()) if seconds_path.exists() else float("nan")
         metrics = scorer.score(batch_path)
         confidence = scorer.features(batch_path).acts["probs"].max(axis=1)
         lines.append(f"| {Path(path).name} | {metrics['fid']:.2f} | {metrics['precision']:.3f} | "
@@ -80,6 +88,10 @@ def score(args):
     table = "\n".join(lines) + "\n"
     (out / "table.md").write_text(table)
     return table
+
+
+def _write_batch(path, images):
+    atomic_write(path, lambda f: np.savez(f, arr_0=images))  # whole or absent: an interrupted write is redone
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from evaluations.evaluator import Evaluator, main
 from evaluations.scoring import Scorer
 from guided_diffusion.data.digits import write_digits_npz
 
-from programs import REPO, run_script
+from programs import REPO, assert_ok, run_script
 
 
 class CountingBackend:
@@ -126,4 +126,26 @@ def test_checkpoint_quality_refuses_a_reference_of_another_resolution(tmp_path):
     err = result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr and err.startswith("error: the samples are 16x16"), result.stderr
     assert "--resize" in err
-    assert (tmp_path / "quality" / "digits_adm16_ema_8.npz").is_file()  # the samples are kept
+    assert (tmp_path / "quality" / "digits_adm16_ema_ddim2_8.npz").is_file()  # the samples are kept
+
+
+@pytest.mark.e2e
+def test_checkpoint_quality_samples_with_either_sampler_and_a_rerun_reuses_the_batches(tmp_path):
+    """The quality curve needs DDIM and DDPM per checkpoint; a rerun (after a stop) keeps what was sampled."""
+    write_digits_npz(str(tmp_path / "heldout.npz"), image_size=16, split="heldout")
+    common = ["--config", REPO / "configs/digits/model.yaml", "--model_path", REPO / "checkpoints/digits_adm16_ema.pt",
+              "--backend", "digits", "--reference", tmp_path / "heldout.npz", "--num_samples", "8",
+              "--output_dir", tmp_path / "quality"]
+    ddim = assert_ok(run_script("pag-checkpoint-quality", *common, "--timestep_respacing", "ddim3"))
+    ddpm = assert_ok(run_script("pag-checkpoint-quality", *common, "--timestep_respacing", "3", "--use_ddim",
+                                "False"))
+    folder = tmp_path / "quality"
+    ddim_batch, ddpm_batch = folder / "digits_adm16_ema_ddim3_8.npz", folder / "digits_adm16_ema_ddpm3_8.npz"
+    assert not np.array_equal(np.load(ddim_batch)["arr_0"], np.load(ddpm_batch)["arr_0"])  # another sampler
+    stamp = ddpm_batch.stat().st_mtime_ns
+    again = assert_ok(run_script("pag-checkpoint-quality", *common, "--timestep_respacing", "3", "--use_ddim",
+                                 "False"))
+    assert ddpm_batch.stat().st_mtime_ns == stamp  # reused, not sampled again
+    row = [line for line in again.stdout.splitlines() if line.startswith("| digits_adm16_ema.pt")]
+    assert row and row == [line for line in ddpm.stdout.splitlines() if line.startswith("| digits_adm16_ema.pt")]
+    assert ddim.stdout != ddpm.stdout
