@@ -21,7 +21,7 @@ from guided_diffusion.experiments.sweep import (
     planned_commands,
     plot_results,
     results_table,
-    run_comparisons,
+    run_all_comparisons,
     run_sweep,
 )
 from guided_diffusion.runtime.files import atomic_write_text
@@ -75,15 +75,16 @@ def _sweep(args):
             print(command)
         return 0
     results = run_sweep(spec)
-    comparisons = run_comparisons(spec, results)
-    table = results_table(spec, results, comparisons)
+    (main_spec, comparisons), *also = run_all_comparisons(spec, results)
+    table = results_table(main_spec, results, comparisons, also)
     out = Path(spec["output_dir"])
     atomic_write_text(out / "table.md", table)
     plots = plot_results(spec, results, out)
     print(table)
     print(f"table: {out / 'table.md'}" + (f"; plots: {', '.join(str(p) for p in plots)}" if plots else ""))
     failed = [r for r in results.values() if r["status"] == "failed"]
-    failed += [c for c in comparisons.values() if c.get("status") == "failed"]
+    failed += [c for _, found in [(main_spec, comparisons), *also] for c in found.values()
+               if c.get("status") == "failed"]
     return 1 if failed else 0
 
 

@@ -51,7 +51,6 @@ for (guided_diffusion/experiments/child_signals.py); the interrupted point is no
 continues it.
 """
 
-import hashlib
 import json
 import logging
 import shlex
@@ -71,9 +70,11 @@ from guided_diffusion.experiments.sweep_spec import (
     baseline_point,
     baseline_rule,
     check_point_flags,
+    comparison_specs,
     expand_points,
     load_spec,
     point_config,
+    point_key,
 )
 from guided_diffusion.runtime.files import append_line, atomic_write_text, file_identity
 from guided_diffusion.sampling.run import SAMPLE_FLAGS
@@ -81,6 +82,7 @@ from guided_diffusion.sampling.store import batch_name
 
 __all__ = ["load_spec", "check_point_flags", "expand_points", "baseline_point", "point_config", "point_key",
            "read_results", "point_commands", "scoring_command", "planned_commands", "run_sweep", "run_comparisons",
+           "run_all_comparisons",
            "results_table", "plot_results"]
 
 log = logging.getLogger(__name__)
@@ -91,10 +93,6 @@ _METRIC_KEYS = {"FID": "fid", "sFID": "sfid", "KID": "kid", "IS": "inception_sco
                 "Recall": "recall"}
 
 
-def point_key(overrides):
-    """A stable, readable key: the overrides as sorted JSON, hashed for the folder name."""
-    text = json.dumps(overrides, sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 def read_results(path):
@@ -180,6 +178,11 @@ def run_comparisons(spec, results, env=None, name="compare"):
     return comparisons
 
 
+def run_all_comparisons(spec, results, env=None):
+    """[(spec with one baseline, {key: comparison})] for the baseline and each `also_compare_with` entry."""
+    return [(one, run_comparisons(one, results, env=env, name=name)) for one, name in comparison_specs(spec)]
+
+
 def planned_commands(spec):
     """The shell commands a run would start: each pending point's sampling and evaluation, then each
     comparison with the baseline (to submit after the points' own jobs). Writes the points' configs.
@@ -192,12 +195,12 @@ def planned_commands(spec):
     for overrides in points:
         if point_key(overrides) not in done:
             commands += point_commands(spec, overrides, out / point_key(overrides))[:2]
-    if spec.get("intervals"):
+    for one, name in comparison_specs(spec) if spec.get("intervals") else ():
         for overrides in points:
-            base = baseline_for(spec, overrides)
+            base = baseline_for(one, overrides)
             if point_key(overrides) != point_key(base):
                 base_samples, samples = [point_commands(spec, p, out / point_key(p))[2] for p in (base, overrides)]
-                commands.append(scoring_command(spec, samples, out / point_key(overrides) / "compare.json",
+                commands.append(scoring_command(spec, samples, out / point_key(overrides) / f"{name}.json",
                                                 base_samples))
     return [shlex.join(command) for command in commands]
 
@@ -227,9 +230,11 @@ def run_sweep(spec, env=None):
         record = {"key": key, "overrides": overrides}
         try:
             _run(sample_cmd, point_dir / "sample.log", env)
+            record["sample_seconds"] = round(time.time() - start, 1)  # the whole command: loading included
             _run(eval_cmd, point_dir / "evaluate.log", env)
             metrics = json.loads((point_dir / "metrics.json").read_text())
-            record.update(status="ok", metrics=metrics, samples=str(samples))
+            images = point_config(spec, overrides).get("num_samples", SAMPLE_FLAGS.defaults()["num_samples"])
+            record.update(status="ok", metrics=metrics, samples=str(samples), num_samples=images)
         except Exception as error:  # one failed point must not stop the sweep
             record.update(status="failed", error=str(error)[-2000:])
             log.warning("    failed: %s", _last_line(error))
@@ -254,11 +259,32 @@ def _run(cmd, log_path, env):
         raise RuntimeError(f"{shlex.join(cmd[:4])} ... exited with {status}; log {log_path}:\n{tail}")
 
 
-def results_table(spec, results, comparisons=None):
-    """Markdown: each point's metrics with their 95% intervals, then each point's paired difference from the
-    baseline point (bold where the interval excludes zero; (w/K): seed sets where the row does better)."""
-    from evaluations.tables import differences_table, values_table
+def results_table(spec, results, comparisons=None, also=()):
+    """Markdown: each point's metrics with their 95% intervals (and sampling seconds per image, where timed),
+    then each point's paired difference from the baseline point (bold where the interval excludes zero; (w/K):
+    seed sets where the row does better), then from each further baseline in `also` ([(spec, comparisons)])."""
+    from evaluations.tables import values_table
 
+    columns, rows = _table_rows(spec, results)
+    timed = any("sample_seconds" in (results.get(point_key(p)) or {}) for p in expand_points(spec))
+    if timed:
+        per_image = [_seconds_per_image(results.get(point_key(p)) or {}) for p in expand_points(spec)]
+        timed_rows = [(cells + [seconds], m, status) for (cells, m, status), seconds in zip(rows, per_image)]
+        table = values_table(columns + ["s/image"], timed_rows)
+    else:
+        table = values_table(columns, rows)
+    for one, found in ([(spec, comparisons)] if comparisons else []) + list(also):
+        table += _differences_section(one, columns, rows, found)
+    return table
+
+
+def _seconds_per_image(record):
+    if "sample_seconds" not in record or not record.get("num_samples"):
+        return ""
+    return f"{record['sample_seconds'] / record['num_samples']:.3f}"
+
+
+def _table_rows(spec, results):
     points = expand_points(spec)
     # the config files show (by name) only when they tell rows apart
     varied_config = len({json.dumps(p.get("config")) for p in points}) > 1
@@ -271,9 +297,13 @@ def results_table(spec, results, comparisons=None):
         metrics = record.get("metrics") if record.get("status") == "ok" else None
         cells = [_config_names(overrides) if c == "config" else _format_value(overrides.get(c, "")) for c in columns]
         rows.append((cells, metrics, record.get("status", "pending")))
-    table = values_table(columns, rows)
-    if not comparisons:
-        return table
+    return columns, rows
+
+
+def _differences_section(spec, columns, rows, comparisons):
+    from evaluations.tables import differences_table
+
+    points = expand_points(spec)
     base = spec["baseline"] if spec.get("pair_by") else baseline_point(spec)
     base_text = base.get("label") or ", ".join(f"{k}={_format_value(v)}" for k, v in base.items() if k != "config")
     diff_rows = []
@@ -291,7 +321,7 @@ def results_table(spec, results, comparisons=None):
                "baseline [paired 95% "
                f"interval]; **bold**: the interval excludes 0; (w/{sets}): of {sets} disjoint seed sets, those where "
                "the row is better.\n\n")
-    return table + caption + differences_table(columns, diff_rows)
+    return caption + differences_table(columns, diff_rows)
 
 
 def _config_names(point):

@@ -15,6 +15,7 @@ per checkpoint and sampler, say).
 
 import argparse
 import difflib
+import hashlib
 import itertools
 import json
 import os
@@ -41,6 +42,7 @@ SPEC_KEYS = {  # key: (allowed types, what the error calls them)
     "intervals": (_INTEGER, "an integer"), "seed_sets": (_INTEGER, "an integer"),
     "bootstrap_seed": (_INTEGER, "an integer"),
     "pair_by": (_LIST, "a list of point keys (flag names or config)"),
+    "also_compare_with": (_LIST, "a list of points (labels or overrides) every row is compared with as well"),
 }
 POINT_KEYS = ("label", "config")  # a point's keys that are not flags
 BASELINE_RULE = "by default the first row: the first of the spec's `points`, else the first grid point"
@@ -86,8 +88,9 @@ def load_spec(path):
             raise ValueError(f"sweep spec {path}: '{key}' must be a non-negative integer; got {value!r}")
     if spec["intervals"] == 1 or spec["seed_sets"] < 1:
         raise ValueError(f"sweep spec {path}: 'intervals' must be 0 or at least 2 and 'seed_sets' at least 1")
-    for point in points:  # a baseline that matches no point fails here, before any sampling
-        baseline_for(spec, point)
+    for one_baseline, _ in comparison_specs(spec):  # a baseline that matches no point fails here, before any sampling
+        for point in points:
+            baseline_for(one_baseline, point)
     return spec
 
 
@@ -184,6 +187,12 @@ def check_point_flags(spec):
             raise ValueError(f"sweep {spec.get('name', '')!r}: point {describe_point(point)}: {error}") from None
 
 
+def point_key(overrides):
+    """A stable, readable key: the overrides as sorted JSON, hashed for the folder name."""
+    text = json.dumps(overrides, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
 def expand_points(spec):
     """The list of override dicts: the explicit points, then the grid's product (in the grid's key order)."""
     points = [dict(p) for p in spec.get("points") or []]
@@ -232,6 +241,19 @@ def baseline_for(spec, point):
 
 def _has(point, overrides):
     return all(k in point and point[k] == v for k, v in overrides.items())
+
+
+def comparison_specs(spec):
+    """[(spec with one baseline, name of its comparison files)]: the baseline's (`compare`), then one per entry
+    of `also_compare_with` (`compare_vs_<its point key>`), so that every row has its paired differences from
+    each (say, from unguided and from PAG)."""
+    specs = [(spec, "compare")]
+    for other in spec.get("also_compare_with") or []:
+        if not isinstance(other, (dict, str)):
+            raise ValueError(f"sweep spec: 'also_compare_with' entries must be labels or overrides; got {other!r}")
+        one = {**spec, "baseline": other}
+        specs.append((one, f"compare_vs_{point_key(baseline_point(one))}"))
+    return specs
 
 
 def baseline_rule(spec):

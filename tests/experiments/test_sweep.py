@@ -24,6 +24,8 @@ from guided_diffusion.experiments.sweep import (
     run_sweep,
 )
 
+from programs import run_script
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -75,7 +77,8 @@ def test_digits_sweep_records_skips_and_survives_a_failing_point(tmp_path, caplo
     lines = results_table(spec, results, comparisons).splitlines()
     values, differences = lines[:7], lines[lines.index("| pag_scale | pag_layers | ΔFID↓ | ΔsFID↓ | ΔKID×10³↓ | ΔIS↑ "
                                                        "| ΔPrecision↑ | ΔRecall↑ |"):]
-    assert values[0] == "| pag_scale | pag_layers | FID↓ | sFID↓ | KID×10³↓ | IS↑ | Precision↑ | Recall↑ |"
+    assert values[0] == ("| pag_scale | pag_layers | s/image | FID↓ | sFID↓ | KID×10³↓ | IS↑ | Precision↑ "
+                         "| Recall↑ |")
     # the explicit (failing) point is the first row, then the grid's
     assert "failed" in values[2] and values[3].count("[") == 6  # value [low, high] in every metric cell
     assert not any("**" in line for line in values)  # nothing is marked as "best"
@@ -163,3 +166,45 @@ def test_sweep_scores_through_the_scorer_which_refuses_another_resolution(tmp_pa
     (record,) = run_sweep(spec, env={**os.environ, "OMP_NUM_THREADS": "1"}).values()
     assert record["status"] == "failed"
     assert "the samples are 16x16" in record["error"] and "--resize" in record["error"], record["error"]
+
+
+@pytest.mark.e2e
+def test_rows_are_compared_with_a_second_baseline_and_timed_per_image(tmp_path):
+    """`also_compare_with: [PAG]`: every row gets its paired difference from unguided and from PAG (own files,
+    own table section), and the table gives each row's sampling seconds per image; run as pag-sweep."""
+    base = {**load_config(ROOT / "configs/digits/sample.yaml"), "num_samples": 8, "batch_size": 8,
+            "timestep_respacing": "ddim3", "progress": False}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    np.savez(tmp_path / "ref.npz", load_digits_split(16, "heldout")[0][:60])
+    points = [{"label": "unguided"}, {"label": "PAG s=1", "pag_scale": 1.0}, {"label": "PAG s=3", "pag_scale": 3.0}]
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({
+        "base": str(tmp_path / "base.yaml"), "reference": str(tmp_path / "ref.npz"),
+        "evaluator_args": ["--backend", "digits", "--no_cache", "--quiet"], "output_dir": str(tmp_path / "runs"),
+        "points": points, "baseline": "unguided", "also_compare_with": ["PAG s=1"], "intervals": 20,
+        "seed_sets": 2}))
+    result = run_script("pag-sweep", spec_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    out, keys = tmp_path / "runs", [point_key(p) for p in points]
+    results = read_results(out / "results.jsonl")
+    fid = {key: results[key]["metrics"]["fid"] for key in keys}
+    for key in (keys[0], keys[2]):  # against PAG s=1: its own files, the difference from PAG's FID
+        against_pag = json.loads((out / key / f"compare_vs_{keys[1]}.json").read_text())
+        assert against_pag["difference"]["fid"] == pytest.approx(fid[key] - fid[keys[1]], rel=1e-9, abs=1e-9)
+    against_unguided = json.loads((out / keys[1] / "compare.json").read_text())
+    assert against_unguided["difference"]["fid"] == pytest.approx(fid[keys[1]] - fid[keys[0]], rel=1e-9, abs=1e-9)
+    assert not (out / keys[1] / f"compare_vs_{keys[1]}.json").exists()  # PAG is not compared with itself
+
+    table = (out / "table.md").read_text()
+    captions = [line for line in table.splitlines() if line.startswith("Difference from the baseline")]
+    assert len(captions) == 2 and "(unguided;" in captions[0] and "(PAG s=1;" in captions[1]
+    header = table.splitlines()[0]
+    assert header.startswith("| label | s/image | FID↓")
+    for key, point in zip(keys, points):
+        record = results[key]
+        assert 0 < record["sample_seconds"] < record["seconds"] and record["num_samples"] == 8
+        (row,) = [line for line in table.splitlines()[:5] if line.startswith(f"| {point['label']} |")]
+        assert row.split(" | ")[1] == f"{record['sample_seconds'] / 8:.3f}"
+    # a dry run lists both comparisons of each row (2 against unguided, 2 against PAG)
+    assert sum("--compare" in c for c in planned_commands(load_spec(spec_path))) == 4
