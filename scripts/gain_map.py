@@ -17,7 +17,7 @@ from pathlib import Path
 
 from guided_diffusion.cli.flags import Flag, FlagGroup, HelpFormatter
 from guided_diffusion.experiments.gain_map import map_rows, map_table, plot_gain_map
-from guided_diffusion.experiments.sweep import load_spec, read_results, run_comparisons
+from guided_diffusion.experiments.sweep import in_feature_space, load_spec, read_results, run_comparisons
 from guided_diffusion.runtime.files import atomic_write_text
 from guided_diffusion.runtime.logs import log_to_console, stop_logging
 
@@ -59,10 +59,9 @@ def _gain_map(args):
         raise SystemExit(f"error: {error}") from None
     if args.output_dir:
         spec["output_dir"] = args.output_dir
-    suffix = ""
     if args.backend:
-        suffix = f"_{args.backend}"
-        spec["evaluator_args"] = _with_backend(spec.get("evaluator_args", []), args.backend)
+        spec = in_feature_space(spec, args.backend)
+    suffix = spec.get("file_suffix", "")
     results = read_results(Path(spec["output_dir"]) / "results.jsonl")
     comparisons = run_comparisons(spec, results, name=f"compare{suffix}")
     rows = map_rows(spec, comparisons, scale_flag)
@@ -84,14 +83,6 @@ def _only_key(overrides):
     if len(overrides) != 1:
         raise ValueError(f"the baseline {overrides} sets {len(overrides)} flags: name the scale with --scale_flag")
     return next(iter(overrides))
-
-
-def _with_backend(evaluator_args, backend):
-    args = [str(a) for a in evaluator_args]
-    if "--backend" in args:
-        index = args.index("--backend")
-        return args[:index + 1] + [backend] + args[index + 2:]
-    return args + ["--backend", backend]
 
 
 if __name__ == "__main__":

@@ -17,9 +17,12 @@ from guided_diffusion.cli.flags import Flag, FlagGroup, HelpFormatter
 from guided_diffusion.experiments.child_signals import Interrupted, StopSignals
 from guided_diffusion.experiments.sweep import (
     check_point_flags,
+    in_feature_space,
     load_spec,
     planned_commands,
     plot_results,
+    read_results,
+    rescore_points,
     results_table,
     run_all_comparisons,
     run_sweep,
@@ -34,6 +37,9 @@ SWEEP_FLAGS = FlagGroup("sweep", [
                            "as jobs) and run nothing", switch=True),
     Flag("output_dir", None, "folder for the points, results.jsonl, table.md and the plots, in place of the spec's "
                              "output_dir (default: the spec's)"),
+    Flag("backend", None, "score the finished points' samples in this evaluator feature space instead of the "
+                          "spec's (e.g. fashion_resnet), sampling nothing: metrics_BACKEND.json, "
+                          "compare_BACKEND.json and table_BACKEND.md beside the first space's files"),
 ])
 
 
@@ -74,14 +80,21 @@ def _sweep(args):
         for command in planned_commands(spec):
             print(command)
         return 0
-    results = run_sweep(spec)
+    out = Path(spec["output_dir"])
+    if args.backend:  # another feature network's view of the same samples
+        spec = in_feature_space(spec, args.backend)
+        results = rescore_points(spec, read_results(out / "results.jsonl"))
+        if not any(r["status"] == "ok" for r in results.values()):
+            raise SystemExit(f"error: no finished points in {out} to score: run the sweep without --backend first")
+    else:
+        results = run_sweep(spec)
     (main_spec, comparisons), *also = run_all_comparisons(spec, results)
     table = results_table(main_spec, results, comparisons, also)
-    out = Path(spec["output_dir"])
-    atomic_write_text(out / "table.md", table)
-    plots = plot_results(spec, results, out)
+    table_path = out / f"table{spec.get('file_suffix', '')}.md"
+    atomic_write_text(table_path, table)
+    plots = [] if args.backend else plot_results(spec, results, out)
     print(table)
-    print(f"table: {out / 'table.md'}" + (f"; plots: {', '.join(str(p) for p in plots)}" if plots else ""))
+    print(f"table: {table_path}" + (f"; plots: {', '.join(str(p) for p in plots)}" if plots else ""))
     failed = [r for r in results.values() if r["status"] == "failed"]
     failed += [c for _, found in [(main_spec, comparisons), *also] for c in found.values()
                if c.get("status") == "failed"]

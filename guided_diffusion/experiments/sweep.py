@@ -82,7 +82,7 @@ from guided_diffusion.sampling.store import batch_name
 
 __all__ = ["load_spec", "check_point_flags", "expand_points", "baseline_point", "point_config", "point_key",
            "read_results", "point_commands", "scoring_command", "planned_commands", "run_sweep", "run_comparisons",
-           "run_all_comparisons",
+           "run_all_comparisons", "in_feature_space", "rescore_points",
            "results_table", "plot_results"]
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,44 @@ def run_comparisons(spec, results, env=None, name="compare"):
 
 def run_all_comparisons(spec, results, env=None):
     """[(spec with one baseline, {key: comparison})] for the baseline and each `also_compare_with` entry."""
-    return [(one, run_comparisons(one, results, env=env, name=name)) for one, name in comparison_specs(spec)]
+    suffix = spec.get("file_suffix", "")
+    return [(one, run_comparisons(one, results, env=env, name=name + suffix)) for one, name in comparison_specs(spec)]
+
+
+def in_feature_space(spec, backend):
+    """The spec scored by the evaluator backend `backend` instead of its own: the same samples, and files with
+    the suffix `_<backend>` (metrics_<backend>.json, compare_<backend>.json, table_<backend>.md), so that a
+    second feature network's verdict sits beside the first's."""
+    args = [str(a) for a in spec.get("evaluator_args", [])]
+    if "--backend" in args:
+        index = args.index("--backend")
+        args = args[:index] + args[index + 2:]
+    return {**spec, "evaluator_args": args + ["--backend", backend], "file_suffix": f"_{backend}"}
+
+
+def rescore_points(spec, results, env=None):
+    """Score every finished point's stored samples with the spec's evaluator settings (e.g. another feature
+    space, `in_feature_space`) into `metrics<suffix>.json`; returns the results with those metrics. A score is
+    reused while the sample file and the settings are unchanged; nothing is sampled."""
+    out, suffix = Path(spec["output_dir"]), spec.get("file_suffix", "")
+    rescored = {}
+    for key, record in results.items():
+        if record.get("status") != "ok":
+            rescored[key] = record
+            continue
+        result_path, stamp_path = out / key / f"metrics{suffix}.json", out / key / f"metrics{suffix}.key.json"
+        command = scoring_command(spec, record["samples"], result_path)
+        stamp = {"command": command[3:], "samples": file_identity(record["samples"])}
+        try:
+            if not (result_path.exists() and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp):
+                log.info("scoring %s (%s)", json.dumps(record["overrides"], sort_keys=True), " ".join(command[-4:]))
+                _run(command, out / key / f"evaluate{suffix}.log", env)
+                atomic_write_text(stamp_path, json.dumps(stamp, sort_keys=True))
+            rescored[key] = {**record, "metrics": json.loads(result_path.read_text())}
+        except Exception as error:  # one failed score leaves the rest of the table intact
+            rescored[key] = {**record, "status": "failed", "error": str(error)[-2000:]}
+            log.warning("    scoring failed: %s", _last_line(error))
+    return rescored
 
 
 def planned_commands(spec):

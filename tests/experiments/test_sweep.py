@@ -208,3 +208,16 @@ def test_rows_are_compared_with_a_second_baseline_and_timed_per_image(tmp_path):
         assert row.split(" | ")[1] == f"{record['sample_seconds'] / 8:.3f}"
     # a dry run lists both comparisons of each row (2 against unguided, 2 against PAG)
     assert sum("--compare" in c for c in planned_commands(load_spec(spec_path))) == 4
+
+    # Another feature space: the stored samples scored again (here by the same network, so the numbers must
+    # agree), nothing sampled, every file with its own suffix.
+    stamps = {key: Path(results[key]["samples"]).stat().st_mtime_ns for key in keys}
+    again = run_script("pag-sweep", spec_path, "--backend", "digits", timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {key: Path(results[key]["samples"]).stat().st_mtime_ns for key in keys} == stamps
+    for key in keys:
+        assert (out / key / "evaluate_digits.log").exists()
+        rescored = json.loads((out / key / "metrics_digits.json").read_text())
+        assert rescored["fid"] == pytest.approx(fid[key], rel=1e-9)
+    assert (out / keys[2] / f"compare_vs_{keys[1]}_digits.json").exists()
+    assert (out / "table_digits.md").read_text() == table
