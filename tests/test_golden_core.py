@@ -70,4 +70,20 @@ def test_unguided_sampling(name, case_name):
     model, diffusion = build_model_and_diffusion(fx, timestep_respacing=case["timestep_respacing"])
     out = run_case(fx, case, model, diffusion)
     for out_key, fx_key in case["expected"].items():
-        assert_close(out[out_key], fx["expected"][fx_key], fx["tolerance"][fx_key], f"{case_name}.{out_key}")
+        tolerance = fx["tolerance"][fx_key]
+        if case["call"] == "p_mean_variance" and out_key == "pred_xstart":
+            tolerance = tolerance + _eps_rounding_in_xstart(diffusion, fx["inputs"][case["inputs"]["t"]])
+        assert_close(out[out_key], fx["expected"][fx_key], tolerance, f"{case_name}.{out_key}")
+
+
+# float32 rounding of the model's eps: kernels that sum in another order (another thread count) move it by
+# about 1e-6 (measured: 1.2e-6 on one thread against the fixture's machine)
+EPS_ROUNDING = 2e-6
+
+
+def _eps_rounding_in_xstart(diffusion, t):
+    """x0 = sqrt(1/abar) x - sqrt(1/abar - 1) eps multiplies eps's rounding by sqrt(1/abar - 1), 157 at t = 999 of
+    the linear schedule: a 1e-4 bound on x0 there would demand eps to 6e-7, finer than float32 kernels agree
+    across thread counts. Per batch element, [B, 1, 1, 1]."""
+    factor = torch.as_tensor(diffusion.sqrt_recipm1_alphas_cumprod)[torch.as_tensor(t)]
+    return (EPS_ROUNDING * factor).reshape(-1, 1, 1, 1)
