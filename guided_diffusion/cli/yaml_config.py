@@ -57,11 +57,12 @@ def load_config(path, origins=None, _chain=()):
     return merged
 
 
-def _flag_actions(parser):
+def flag_actions(parser):
+    """{flag name: argparse action} of a parser's flags (what YAML keys and sweep overrides may name)."""
     return {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
 
 
-def _convert(action, value):
+def convert_value(action, value):
     """A YAML value converted as if it had been typed on the command line."""
     if value is None:
         return None
@@ -99,7 +100,7 @@ def parse_args(parser, argv=None, config_flag="config"):
     known, _ = pre.parse_known_args(argv)
     paths = [path for path in getattr(known, config_flag) if path]
     if paths:
-        actions = _flag_actions(parser)
+        actions = flag_actions(parser)
         defaults = {}
         for path in paths:
             defaults.update(_config_defaults(parser, actions, path, config_flag))
@@ -122,7 +123,7 @@ def _config_defaults(parser, actions, path, config_flag):
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             parser.error(f"config file {where}: {key!r} is not a flag of this script{hint}")
         try:
-            defaults[key] = _convert(actions[key], value)
+            defaults[key] = convert_value(actions[key], value)
         except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
             parser.error(f"config file {where}: bad value {value!r} for {key}: {error}")
     return defaults

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from guided_diffusion.cli.flags import check_flags, parse
-from guided_diffusion.cli.yaml_config import _convert, _flag_actions, load_config
+from guided_diffusion.cli.yaml_config import convert_value, flag_actions, load_config
 from guided_diffusion.sampling.run import FLAG_GROUPS, create_sampler_parser
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -139,7 +139,7 @@ def _sampler_parser():
 def _override_problems(spec):
     """What the sampler would refuse in the points' and the grid's flag names and values; a problem of the
     grid names the first grid point that has it."""
-    actions = _flag_actions(_sampler_parser())
+    actions = flag_actions(_sampler_parser())
     problems = []
     for point in spec.get("points") or []:
         for key, value in _overrides(point).items():
@@ -160,7 +160,7 @@ def _flag_problem(actions, key, value):
     if key not in actions:
         return f"{key!r} is not a flag of the sampler{_did_you_mean(key, actions)}"
     try:
-        _convert(actions[key], value)
+        convert_value(actions[key], value)
     except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
         return f"bad value {value!r} for {key}: {error}"
     return None
@@ -179,9 +179,9 @@ def check_point_flags(spec):
         argv = [arg for path in _point_files(spec, point) for arg in ("--config", path)]
         try:
             args = parse(parser, argv)
-            actions = _flag_actions(parser)
+            actions = flag_actions(parser)
             for key, value in _overrides(point).items():
-                setattr(args, key, _convert(actions[key], value))
+                setattr(args, key, convert_value(actions[key], value))
             check_flags(args, FLAG_GROUPS)
         except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
             raise ValueError(f"sweep {spec.get('name', '')!r}: point {describe_point(point)}: {error}") from None
