@@ -113,3 +113,4 @@ def _inception_factory(graph_path=None):
 register_backend("inception", _inception_factory)
 register_backend("digits", "evaluations.digits_features:DigitsFeatureBackend")
 register_backend("fashion", "evaluations.fashion_features:FashionFeatureBackend")
+register_backend("fashion_resnet", "evaluations.fashion_resnet_features:FashionResNetFeatureBackend")

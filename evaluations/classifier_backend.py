@@ -1,12 +1,13 @@
 """A small trained classifier read as the Inception network is read: the feature-backend glue shared by the
-testbeds' networks (`evaluations.digits_features`, `evaluations.fashion_features`).
+testbeds' networks (`evaluations.digits_features`, `evaluations.fashion_features`,
+`evaluations.fashion_resnet_features`).
 
 A subclass names the backend and its network class and turns uint8 images into the network's input
 (`preprocess`); this class loads the weights, keys caches by their hash and computes the three feature kinds
 in batches. The network's `features(x)` returns {"spatial", "pool", "logits"} and its class attribute
 `feature_dims` their widths; the backend gives {"pool", "spatial", "probs"} as float32 arrays. The backend
-named `name` ships its weights as `checkpoints/{name}_features.pt`, written by
-`scripts/train_{name}_features.py`.
+named `name` ships its weights as `checkpoints/{name}_features.pt`, written by its `trainer` command
+(default `scripts/train_{name}_features.py`).
 """
 
 import os
@@ -75,15 +76,18 @@ def load_feature_net(net_class, path, device, trainer):
 class ClassifierFeatureBackend(FeatureBackend):
     """Feature backend of a trained classifier: `compute(uint8 NHWC)` -> {"pool", "spatial", "probs"}.
 
-    Subclasses set `name` and `net_class` and define `preprocess(images, device)`; `path` defaults to the
-    shipped weights.
+    Subclasses set `name` and `net_class` and define `preprocess(images, device)`, and may set `trainer`;
+    `path` defaults to the shipped weights.
     """
+
+    trainer = None  # the command that writes the shipped weights, named when they are missing
 
     def __init__(self, path=None, device="cpu", batch_size=500):
         path = path or shipped_checkpoint(self.name)
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.net = load_feature_net(self.net_class, path, self.device, f"scripts/train_{self.name}_features.py")
+        trainer = self.trainer or f"scripts/train_{self.name}_features.py"
+        self.net = load_feature_net(self.net_class, path, self.device, trainer)
         self._fingerprint = f"{self.name}:{file_sha256(path)[:16]}"
 
     @staticmethod

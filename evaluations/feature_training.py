@@ -1,10 +1,11 @@
-"""Training the testbeds' feature networks (`evaluations.digits_features`, `evaluations.fashion_features`).
+"""Training the testbeds' feature networks (`evaluations.digits_features`, `evaluations.fashion_features`,
+`evaluations.fashion_resnet_features`).
 
-One recipe for both: AdamW under a fixed one-cycle schedule, cross-entropy on augmented training batches,
+One recipe for all: AdamW under a fixed one-cycle schedule, cross-entropy on augmented training batches,
 the held-out images scored once at the end (nothing is chosen on them). The scripts
-`scripts/train_digits_features.py` and `scripts/train_fashion_features.py` are thin CLIs that give the data,
-the augmentation and the defaults; their flags are declared in guided_diffusion/testbeds/feature_trainer_flags.py
-(this package may not use the library's command-line layer).
+`scripts/train_digits_features.py` and `scripts/train_fashion_features.py` (`--arch plain` or `resnet`) are thin
+CLIs that give the data, the augmentation and the defaults; their flags are declared in
+guided_diffusion/testbeds/feature_trainer_flags.py (this package may not use the library's command-line layer).
 """
 
 import logging
