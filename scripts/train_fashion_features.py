@@ -2,7 +2,7 @@
 the 60,000 training images.
 
     python scripts/train_fashion_features.py                           # checkpoints/fashion_features.pt
-    python scripts/train_fashion_features.py --arch resnet --epochs 6  # checkpoints/fashion_resnet_features.pt
+    python scripts/train_fashion_features.py --arch resnet --epochs 5  # checkpoints/fashion_resnet_features.pt
 
 The 10,000 test images are scored at the end only (the schedule is fixed, nothing is chosen on them).
 Augmentation: horizontal flips and shifts of up to two pixels, so generated garments that are mirrored or
