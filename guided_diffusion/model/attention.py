@@ -106,7 +106,9 @@ def row_runs(edits, batch):
 def unwrap(model):
     """The U-Net inside DDP / compile / precision and other thin wrappers (each keeps it as `.module`)."""
     while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        inner = getattr(model, "module", None)
+        if inner is None:  # not `or`: a compiled module has no truth value (its __len__ raises)
+            inner = getattr(model, "_orig_mod", None)
         if inner is None:
             return model
         model = inner

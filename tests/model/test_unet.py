@@ -4,7 +4,8 @@ batch invariance, the super-resolution model, classifier pools, gradient checkpo
 import pytest
 import torch
 
-from guided_diffusion.model.attention import IDENTITY_MAP, AttentionPlan, attend, split_heads
+from guided_diffusion.model.attention import IDENTITY_MAP, AttentionPlan, attend, attention_blocks, split_heads, unwrap
+from guided_diffusion.model.precision import apply_precision
 from guided_diffusion.script_util import create_model_and_diffusion
 
 from conftest import assert_close
@@ -44,6 +45,16 @@ def test_unknown_layer_lists_valid_names(adm32):
         assert name in str(err.value)
     with pytest.raises(ValueError, match="output_blocks.8.1"):
         AttentionPlan.from_names(model, [[], ["middle_block.0"]])  # a ResBlock, not an attention block
+
+
+@pytest.mark.golden
+def test_layers_are_found_inside_compiled_and_precision_wrappers(adm32):
+    """A torch.compile'd model (which has no truth value) and the autocast wrapper around it still expose
+    their attention blocks: the perturbation plan is built on the U-Net inside."""
+    fx, model = adm32
+    wrapped = apply_precision(torch.compile(model), "autocast-bf16")
+    assert unwrap(wrapped) is model
+    assert list(attention_blocks(wrapped)) == list(fx["config"]["attention_blocks"])
 
 
 @pytest.mark.golden
