@@ -43,3 +43,20 @@ def test_training_speed_prints_every_variant_against_bf16():
             assert ratio == "1.00x" and float(diff) == 0.0  # the reference row
         elif task == "forward":  # other arithmetic: within bf16's rounding of the trained model's output, not equal
             assert 0.0 < float(diff) < 0.1, (task, variant, diff)
+
+
+@pytest.mark.slow
+def test_guidance_methods_cost_counts_each_methods_network_rows_per_step():
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "guidance_methods_cost.py"), "--methods", "pag",
+                             "cg", "--batch", "2", "--steps", "2", "--repeats", "1", "--warmup", "0"],
+                            cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = {cells[0]: cells[1:] for line in result.stdout.splitlines() if line.startswith("| ")
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    # unguided: one prediction per image and step; PAG adds its perturbed copy, CG the classifier's pass
+    expected = {"unguided (uncond)": "1.00", "unguided (cond)": "1.00", "pag": "2.00", "cg": "2.00"}
+    assert {name: cells[1] for name, cells in rows.items() if name != "method"} == expected
+    for name, (model, _, seconds, ratio) in ((n, c) for n, c in rows.items() if n != "method"):
+        assert float(seconds) > 0 and ratio.endswith("x"), name
+        assert model == ("cond" if name in ("cg", "unguided (cond)") else "uncond"), name
+    assert rows["unguided (uncond)"][3] == "1.00x"

@@ -196,17 +196,27 @@ class Run:
         return config
 
     def _load(self, args):
-        self.model, self.diffusion = load_model(args, self.device)
-        self.guidance = list(self.attention_guidance)
-        if self.uses_classifier:
-            self.guidance.append(method_from_flags(ClassifierGuidance, args,
-                                                   classifier=load_classifier(args, self.device)))
-            if not args.class_cond:  # the classifier needs the labels, an unconditional model must not get them
-                self.model = LabelBlind(self.model)
-        if args.auto_scale:
-            self.guidance.append(method_from_flags(Autoguidance, args, weak_model=load_weak_model(args, self.device)))
-        labels = {"y": torch.zeros(1, dtype=torch.long)} if self.labels.enabled else {}
-        guidance_lib.validate(self.guidance, self.model, labels)  # unknown layers, settings the model cannot serve
+        self.model, self.diffusion, self.guidance = load_networks(args, self.device, self.attention_guidance,
+                                                                  self.labels.enabled)
+
+
+def load_networks(args, device, attention_guidance=None, labelled=None):
+    """(model, diffusion, guidance list) of parsed sampler flags, checked together: the diffusion model, the
+    attention guidances (default: from the flags), the classifier's and the weak model's guidance where the
+    flags ask for them. `labelled`: the model gets class labels (default: --class_cond or a classifier)."""
+    model, diffusion = load_model(args, device)
+    guidance = list(guidance_from_flags(args) if attention_guidance is None else attention_guidance)
+    if labelled is None:
+        labelled = bool(args.class_cond or args.classifier_path)
+    if args.classifier_path:
+        guidance.append(method_from_flags(ClassifierGuidance, args, classifier=load_classifier(args, device)))
+        if not args.class_cond:  # the classifier needs the labels, an unconditional model must not get them
+            model = LabelBlind(model)
+    if args.auto_scale:
+        guidance.append(method_from_flags(Autoguidance, args, weak_model=load_weak_model(args, device)))
+    labels = {"y": torch.zeros(1, dtype=torch.long)} if labelled else {}
+    guidance_lib.validate(guidance, model, labels)  # unknown layers, settings the model cannot serve
+    return model, diffusion, guidance
 
 
 def run_config(args, attention_items, labels):
