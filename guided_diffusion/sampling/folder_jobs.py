@@ -109,7 +109,10 @@ class FolderJobs:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        for name in list(self._claims):
+        # Also the claims on file under this name but not yet in the set: a stop signal can land between
+        # writing a claim and noting it.
+        mine = set(self._claims) | {c for c in self._claim_names() if (self._owner(c) or ("",))[0] == self.name}
+        for name in sorted(mine):
             self.release(name)
         try:
             os.unlink(self._record_path())
@@ -233,11 +236,12 @@ class FolderJobs:
             try:
                 with os.fdopen(fd, "w") as f:
                     f.write(self.name)
-            except OSError as error:  # a full disk: left empty, the claim would hold the work for `timeout`
+                self._claims.add(claim)
+            except BaseException as error:  # a full disk or a stop signal: no half-made claim holds the work
                 remove_if_present(path)
-                error.filename = error.filename or path
+                if isinstance(error, OSError):
+                    error.filename = error.filename or path
                 raise
-            self._claims.add(claim)
             return True
         return False
 

@@ -168,6 +168,34 @@ def dead_pid():
     return process.pid
 
 
+class StopSignal(BaseException):
+    """What a stop signal raises in the main thread (not an Exception, as guided_diffusion.runtime's Stopped)."""
+
+
+def test_a_stop_signal_in_the_middle_of_claiming_leaves_no_claim_behind(tmp_path, monkeypatch):
+    jobs = FolderJobs(str(tmp_path), timeout=600)
+    jobs.register()
+    try:
+        # the signal lands while the claim is written: the half-made claim goes with it
+        real_fdopen = os.fdopen
+
+        def interrupted(fd, *args, **kwargs):
+            real_fdopen(fd, *args, **kwargs).close()
+            raise StopSignal()
+
+        monkeypatch.setattr(os, "fdopen", interrupted)
+        with pytest.raises(StopSignal):
+            jobs.claim("block1_00000000")
+        monkeypatch.undo()
+        assert not os.listdir(jobs.claims_dir)
+        # the signal lands after the claim is written but before it is noted: closing still gives it up
+        fake_claim(jobs, "block1_00000001", jobs.name)
+        assert jobs.holder("block1_00000001") == jobs.name and "block1_00000001" not in jobs._claims
+    finally:
+        jobs.close()
+    assert not os.listdir(jobs.claims_dir)
+
+
 def test_claims_are_exclusive_and_stale_ones_are_taken_over(tmp_path):
     mine, other = FolderJobs(str(tmp_path), timeout=60), FolderJobs(str(tmp_path), timeout=60)
     mine.register()
