@@ -15,7 +15,7 @@ TESTED_ELSEWHERE = {
     "pag-image-sample": "test_sampling.py", "pag-classifier-sample": "test_sampling.py",
     "pag-guidance-maps": "test_guidance_maps.py", "pag-inverse-sample": "test_inverse_dps.py",
     "pag-demo": "test_demo.py", "pag-layer-probe": "test_layer_probe.py",
-    "pag-classifier-train": "test_noisy_classifier.py",
+    "pag-classifier-train": "test_noisy_classifier.py", "pag-gain-map": "test_gain_map.py",
 }
 TRAIN_FLAGS = ["--image_size", "8", "--num_channels", "32", "--channel_mult", "1,2", "--num_res_blocks", "1",
                "--attention_resolutions", "4", "--num_head_channels", "16", "--diffusion_steps", "20",

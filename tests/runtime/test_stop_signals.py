@@ -17,8 +17,21 @@ def wait_for_signal():
     raise AssertionError("no signal arrived")
 
 
+@pytest.fixture
+def not_ignored():
+    """Under nohup (SIGHUP) or in a shell's background job (SIGINT) a signal arrives ignored, and an ignored
+    signal stays ignored by design: the tests of a stop signal set the default disposition first."""
+    inherited = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    for s in inherited:
+        if inherited[s] is signal.SIG_IGN:
+            signal.signal(s, signal.SIG_DFL)
+    yield
+    for s, handler in inherited.items():
+        signal.signal(s, handler)
+
+
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
-def test_a_stop_signal_raises_stopped_and_later_ones_let_the_cleanup_finish(signum, status):
+def test_a_stop_signal_raises_stopped_and_later_ones_let_the_cleanup_finish(signum, status, not_ignored):
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     cleaned = False
     with pytest.raises(Stopped) as info:
