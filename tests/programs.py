@@ -12,6 +12,7 @@ this one's code, and one intra-op thread (tiny models; a shared machine).
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -82,9 +83,17 @@ def run_script(name, *args, launcher=(), timeout=300, env=None, cwd=REPO):
 
 
 def start_script(name, *args, env=None, cwd=REPO):
-    """Start console script `name` in its own session (so that a test can signal it); text output."""
+    """Start console script `name` in its own session (so that a test can signal it); text output. Its stop
+    signals start with the default disposition: a test run from a shell's background job (SIGINT ignored) or
+    under nohup (SIGHUP ignored) would otherwise hand the ignoring on, which the program keeps by design."""
     return subprocess.Popen(command(name, *args), cwd=cwd, env=env or child_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_default_stop_signals)
+
+
+def _default_stop_signals():
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def assert_ok(result):
