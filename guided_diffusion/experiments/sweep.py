@@ -93,8 +93,6 @@ _METRIC_KEYS = {"FID": "fid", "sFID": "sfid", "KID": "kid", "IS": "inception_sco
                 "Recall": "recall"}
 
 
-
-
 def read_results(path):
     results = {}
     if Path(path).exists():
@@ -145,7 +143,7 @@ def run_comparisons(spec, results, env=None, name="compare"):
 
     A comparison is reused while the two sample files and the statistics settings are unchanged. Each is
     written to the point's `<name>.json` (another name keeps, e.g., another feature backend's apart)."""
-    if not spec.get("intervals") or not expand_points(spec):
+    if not spec.get("intervals"):
         return {}
     out = Path(spec["output_dir"])
     comparisons = {}
@@ -154,28 +152,35 @@ def run_comparisons(spec, results, env=None, name="compare"):
         base = baseline_for(spec, overrides)
         base_key = point_key(base)
         record, base_record = results.get(key) or {}, results.get(base_key) or {}
-        point_dir = out / key
         if key == base_key:
             continue
         if record.get("status") != "ok" or base_record.get("status") != "ok":
             continue
-        result_path, stamp_path = point_dir / f"{name}.json", point_dir / f"{name}.key.json"
+        result_path = out / key / f"{name}.json"
         command = scoring_command(spec, record["samples"], result_path, base_record["samples"])
         stamp = {"command": command[3:], "a": file_identity(base_record["samples"]),
                  "b": file_identity(record["samples"])}
-        if result_path.exists() and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
-            comparisons[key] = json.loads(result_path.read_text())
-            continue
-        log.info("comparing %s with the baseline %s", json.dumps(overrides, sort_keys=True),
-                 json.dumps(base, sort_keys=True))
+        note = ("comparing %s with the baseline %s", json.dumps(overrides, sort_keys=True),
+                json.dumps(base, sort_keys=True))
         try:
-            _run(command, point_dir / f"{name}.log", env)
-            comparisons[key] = json.loads(result_path.read_text())
-            atomic_write_text(stamp_path, json.dumps(stamp, sort_keys=True))
+            comparisons[key] = _stamped_run(command, result_path, stamp, out / key / f"{name}.log", env, note)
         except Exception as error:  # a failed comparison leaves the rest of the table intact
             comparisons[key] = {"status": "failed", "error": str(error)[-2000:]}
             log.warning("    comparison failed: %s", _last_line(error))
     return comparisons
+
+
+def _stamped_run(command, result_path, stamp, log_path, env, note):
+    """The JSON that `command` writes to `result_path`, run (logging `note`) only when that file is missing or
+    its `.key.json` stamp says another command or other inputs made it: reruns reuse finished scores."""
+    stamp_path = result_path.with_name(result_path.stem + ".key.json")
+    if result_path.exists() and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
+        return json.loads(result_path.read_text())
+    log.info(*note)
+    _run(command, log_path, env)
+    result = json.loads(result_path.read_text())
+    atomic_write_text(stamp_path, json.dumps(stamp, sort_keys=True))
+    return result
 
 
 def run_all_comparisons(spec, results, env=None):
@@ -205,15 +210,13 @@ def rescore_points(spec, results, env=None):
         if record.get("status") != "ok":
             rescored[key] = record
             continue
-        result_path, stamp_path = out / key / f"metrics{suffix}.json", out / key / f"metrics{suffix}.key.json"
+        result_path = out / key / f"metrics{suffix}.json"
         command = scoring_command(spec, record["samples"], result_path)
         stamp = {"command": command[3:], "samples": file_identity(record["samples"])}
+        note = ("scoring %s (%s)", json.dumps(record["overrides"], sort_keys=True), " ".join(command[-4:]))
         try:
-            if not (result_path.exists() and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp):
-                log.info("scoring %s (%s)", json.dumps(record["overrides"], sort_keys=True), " ".join(command[-4:]))
-                _run(command, out / key / f"evaluate{suffix}.log", env)
-                atomic_write_text(stamp_path, json.dumps(stamp, sort_keys=True))
-            rescored[key] = {**record, "metrics": json.loads(result_path.read_text())}
+            metrics = _stamped_run(command, result_path, stamp, out / key / f"evaluate{suffix}.log", env, note)
+            rescored[key] = {**record, "metrics": metrics}
         except Exception as error:  # one failed score leaves the rest of the table intact
             rescored[key] = {**record, "status": "failed", "error": str(error)[-2000:]}
             log.warning("    scoring failed: %s", _last_line(error))
