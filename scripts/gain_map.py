@@ -20,11 +20,12 @@ from guided_diffusion.experiments.gain_map import map_rows, map_table, plot_gain
 from guided_diffusion.experiments.sweep import in_feature_space, load_spec, read_results, run_comparisons
 from guided_diffusion.runtime.files import atomic_write_text
 from guided_diffusion.runtime.logs import log_to_console, stop_logging
+from scripts.sweep import BACKEND, OUTPUT_DIR
 
 MAP_FLAGS = FlagGroup("gain map", [
-    Flag("output_dir", None, "the sweep's folder, in place of the spec's output_dir (default: the spec's)"),
-    Flag("backend", None, "compare the stored samples in this evaluator feature space instead of the spec's "
-                          "(e.g. fashion_resnet); files get the suffix _BACKEND"),
+    OUTPUT_DIR.but(help="the sweep's folder, in place of the spec's output_dir (default: the spec's)"),
+    BACKEND.but(help="compare the stored samples in this evaluator feature space instead of the spec's (e.g. "
+                     "fashion_resnet); files get the suffix _BACKEND"),
     Flag("scale_flag", None, "the flag that holds the guidance scale (default: the key of the spec's baseline, "
                              "e.g. pag_scale)"),
 ])
