@@ -52,6 +52,14 @@ def random_weights(module, seed):
     return module
 
 
+def garments(n, seed=0):
+    """`n` random 28x28 grey images padded to the Fashion-MNIST testbed's 32x32 RGB (uint8 NHWC)."""
+    from guided_diffusion.data.fashion_mnist import pad_to_rgb
+
+    rng = np.random.default_rng(seed)
+    return pad_to_rgb(rng.integers(0, 256, (n, 28, 28)).astype(np.uint8))
+
+
 def _as_float64(value):
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().double()

@@ -8,12 +8,9 @@ import torch
 
 from evaluations.backends import create_backend
 from evaluations.fashion_features import DEFAULT_CHECKPOINT, FashionFeatureNet, preprocess
-from guided_diffusion.data.fashion_mnist import DEBIAN_DIR, pad_to_rgb
+from guided_diffusion.data.fashion_mnist import DEBIAN_DIR
 
-
-def garments(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return pad_to_rgb(rng.integers(0, 256, (n, 28, 28)).astype(np.uint8))
+from conftest import garments
 
 
 def test_backend_gives_the_three_feature_kinds():

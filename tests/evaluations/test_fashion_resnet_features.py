@@ -14,17 +14,12 @@ from evaluations.classifier_backend import shipped_checkpoint
 from evaluations.evaluator import Evaluator
 from evaluations.fashion_resnet_features import FashionResNetFeatureBackend, FashionResNetFeatureNet
 from evaluations.metrics import frechet_distance
-from guided_diffusion.data.fashion_mnist import pad_to_rgb
 
+from conftest import garments
 from programs import REPO, child_env, find_program
 
 CHECKPOINT = shipped_checkpoint("fashion_resnet")
 TEST_REF = REPO / "checkpoints" / "fashion32_test_ref.npz"
-
-
-def garments(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return pad_to_rgb(rng.integers(0, 256, (n, 28, 28)).astype(np.uint8))
 
 
 def test_backend_gives_the_three_feature_kinds():
