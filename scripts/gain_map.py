@@ -18,9 +18,9 @@ from pathlib import Path
 from guided_diffusion.cli.flags import Flag, FlagGroup, HelpFormatter
 from guided_diffusion.experiments.gain_map import map_rows, map_table, plot_gain_map
 from guided_diffusion.experiments.sweep import in_feature_space, load_spec, read_results, run_comparisons
+from guided_diffusion.experiments.sweep_flags import BACKEND, OUTPUT_DIR
 from guided_diffusion.runtime.files import atomic_write_text
 from guided_diffusion.runtime.logs import log_to_console, stop_logging
-from scripts.sweep import BACKEND, OUTPUT_DIR
 
 MAP_FLAGS = FlagGroup("gain map", [
     OUTPUT_DIR.but(help="the sweep's folder, in place of the spec's output_dir (default: the spec's)"),

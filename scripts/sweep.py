@@ -27,17 +27,12 @@ from guided_diffusion.experiments.sweep import (
     run_all_comparisons,
     run_sweep,
 )
+from guided_diffusion.experiments.sweep_flags import BACKEND, OUTPUT_DIR
 from guided_diffusion.runtime.files import atomic_write_text
 from guided_diffusion.runtime.logs import log_to_console, stop_logging
 
 log = logging.getLogger("scripts.sweep")
 
-# The sweep's folder and a second feature space, flags that pag-gain-map reads a sweep with too.
-OUTPUT_DIR = Flag("output_dir", None, "folder for the points, results.jsonl, table.md and the plots, in place of "
-                                      "the spec's output_dir (default: the spec's)")
-BACKEND = Flag("backend", None, "score the finished points' samples in this evaluator feature space instead of the "
-                                "spec's (e.g. fashion_resnet), sampling nothing: metrics_BACKEND.json, "
-                                "compare_BACKEND.json and table_BACKEND.md beside the first space's files")
 SWEEP_FLAGS = FlagGroup("sweep", [
     Flag("dry_run", False, "print the sampling, scoring and comparison commands of the pending points (to submit "
                            "as jobs) and run nothing", switch=True),
