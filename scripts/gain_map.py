@@ -8,19 +8,24 @@ and scale, as a table (map.md) and a plot (map.png) in the sweep's folder.
 
 The spec needs `pair_by` and a `baseline` of overrides (each guided point against the unguided point of its
 checkpoint and sampler). Comparisons the sweep has made are reused; missing ones (e.g. in another feature
-space) are made here, from the stored samples.
+space) are made here, from the stored samples. SIGTERM or SIGINT (Ctrl-C) stops the running comparison and
+the program (exit status 143 / 130), as in pag-sweep; a rerun reuses the finished comparisons.
 """
 
 import argparse
 import importlib.util
+import logging
 from pathlib import Path
 
 from guided_diffusion.cli.flags import Flag, FlagGroup, HelpFormatter
+from guided_diffusion.experiments.child_signals import run_until_stopped
 from guided_diffusion.experiments.gain_map import map_rows, map_table, plot_gain_map
 from guided_diffusion.experiments.sweep import in_feature_space, load_spec, read_results, run_comparisons
 from guided_diffusion.experiments.sweep_flags import BACKEND, OUTPUT_DIR
 from guided_diffusion.runtime.files import atomic_write_text
 from guided_diffusion.runtime.logs import log_to_console, stop_logging
+
+log = logging.getLogger("scripts.gain_map")
 
 MAP_FLAGS = FlagGroup("gain map", [
     OUTPUT_DIR.but(help="the sweep's folder, in place of the spec's output_dir (default: the spec's)"),
@@ -42,7 +47,7 @@ def main(argv=None):
     args = create_argparser().parse_args(argv)
     log_to_console()
     try:
-        return _gain_map(args)
+        return run_until_stopped(lambda: _gain_map(args), log, "pag-gain-map")
     finally:
         stop_logging()
 

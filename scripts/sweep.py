@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from guided_diffusion.cli.flags import Flag, FlagGroup, HelpFormatter
-from guided_diffusion.experiments.child_signals import Interrupted, StopSignals
+from guided_diffusion.experiments.child_signals import run_until_stopped
 from guided_diffusion.experiments.sweep import (
     check_point_flags,
     in_feature_space,
@@ -54,14 +54,7 @@ def main(argv=None):
 
     log_to_console()
     try:
-        with StopSignals() as stop:
-            status = _sweep(args)
-            stop.check()  # a signal after the last command: the table is written, the exit status says stopped
-        return status
-    except Interrupted as stopped:
-        log.warning("sweep stopped by %s (passed on to the running command, which has ended); finished points "
-                    "are kept: run the same command again to continue", stopped.signum.name)
-        return stopped.exit_status
+        return run_until_stopped(lambda: _sweep(args), log, "sweep")
     finally:
         stop_logging()
 

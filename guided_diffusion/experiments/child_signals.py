@@ -70,3 +70,17 @@ class StopSignals:
             self._child = None
         self.check()
         return status
+
+
+def run_until_stopped(body, log, program):
+    """`body()`'s exit status, run inside StopSignals; a stop signal ends it with one warning (the running
+    child got the signal and has ended, finished work is kept) and the exit status 128 + signal."""
+    try:
+        with StopSignals() as stop:
+            status = body()
+            stop.check()  # a signal after the last child: the work is written, the exit status says stopped
+        return status
+    except Interrupted as stopped:
+        log.warning("%s stopped by %s (passed on to the running command, which has ended); finished work is "
+                    "kept: run the same command again to continue", program, stopped.signum.name)
+        return stopped.exit_status

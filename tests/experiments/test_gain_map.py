@@ -165,3 +165,25 @@ def test_gain_map_refuses_an_unpaired_sweep(tmp_path):
 def test_map_spec_checkpoint_paths_name_the_run_folder_outside_the_work_tree():
     spec = yaml.safe_load(Path(MAP_SPEC).read_text())
     assert all(path.startswith("../runs/") for path in spec["grid"]["model_path"])
+
+
+def test_a_stop_signal_during_the_gain_maps_comparisons_ends_it_as_the_sweep_ends(tmp_path, monkeypatch, caplog):
+    """pag-gain-map runs evaluator children too (comparisons in another feature space): under the same stop
+    signals as pag-sweep, a SIGTERM while they run ends it with one warning and exit status 143."""
+    import signal
+    import sys
+
+    import scripts.gain_map
+    from guided_diffusion.experiments.child_signals import StopSignals
+
+    def comparing(spec, results, name):
+        assert StopSignals.active is not None, "the comparisons run without the stop signals"
+        signal.raise_signal(signal.SIGTERM)  # caught and held for the next evaluator child
+        StopSignals.active.run([sys.executable, "-c", "pass"])  # as each comparison's evaluator is started
+        return {}
+
+    monkeypatch.setattr(scripts.gain_map, "run_comparisons", comparing)
+    status = scripts.gain_map.main([str(paired_spec(tmp_path))])
+    assert status == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored on the way out
+    assert not (tmp_path / "runs" / "map.md").exists()
