@@ -18,7 +18,7 @@ import numpy as np
 from evaluations.evaluator import Evaluator
 from evaluations.scoring import Scorer
 from guided_diffusion.cli.flags import Flag, FlagGroup, check_flags, create_parser, parse
-from guided_diffusion.runtime.files import atomic_write
+from guided_diffusion.runtime.files import atomic_write, atomic_write_text
 from guided_diffusion.runtime.logs import log_to_console
 from guided_diffusion.sampling.images import MODEL_FLAGS, MODEL_PATH, PRECISION, USE_DDIM, load_model, sample_uint8
 from guided_diffusion.sampling.seeding import LabelSource
@@ -76,7 +76,7 @@ def score(args):
             start = time.time()
             images = sample_uint8(model, diffusion, indices, args.batch_size, labels=labels, seed=args.seed,
                                   image_size=args.image_size, use_ddim=args.use_ddim)
-            seconds_path.write_text(f"{time.time() - start:.1f}\n")
+            atomic_write_text(seconds_path, f"{time.time() - start:.1f}\n")
             _write_batch(batch_path, images)
         seconds = float(seconds_path.read_text()) if seconds_path.exists() else float("nan")
         metrics = scorer.score(batch_path)
@@ -86,7 +86,7 @@ def score(args):
                      f"{seconds:.0f} |")
         log.info(lines[-1])
     table = "\n".join(lines) + "\n"
-    (out / "table.md").write_text(table)
+    atomic_write_text(out / "table.md", table)
     return table
 
 
