@@ -79,17 +79,19 @@ def test_a_failing_console_script_exits_non_zero(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------
-# what the help and the README name
+# what the help, the README and the docs name
+
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
 def test_files_named_in_help_and_readme_exist():
-    texts = [p.read_text() for p in sorted((REPO / "scripts").glob("*.py"))] + [(REPO / "README.md").read_text()]
+    texts = [p.read_text() for p in sorted((REPO / "scripts").glob("*.py"))] + [p.read_text() for p in DOCS]
     named = {m for text in texts for m in re.findall(r"configs/[\w./-]+\.yaml", text)}
     assert named and not sorted(p for p in named if not (REPO / p).is_file())
 
 
 def test_output_folders_of_readme_commands_are_ignored_by_git():
-    readme = (REPO / "README.md").read_text()
+    readme = "\n".join(p.read_text() for p in DOCS)
     folders = {p.split("/")[0] for p in re.findall(r"--output_dir (\S+)", readme)}
     from scripts import inverse_sample
     folders.add(inverse_sample.RUN_FLAGS.defaults()["output_dir"].split("/")[0])  # where it writes by default
@@ -106,3 +108,9 @@ def test_help_shows_each_default_once(module):
     helps = {a.dest: formatter._expand_help(a) for a in parser._actions if a.option_strings and a.help}
     assert helps["model_path"].endswith("(default: )")  # the formatter adds defaults ...
     assert [dest for dest, text in helps.items() if text.count("(default") > 1] == []  # ... once
+
+
+def test_readme_and_docs_link_only_to_files_that_exist():
+    links = [(page, target) for page in DOCS for target in re.findall(r"\]\(([^)#]+)\)", page.read_text())
+             if not target.startswith("http")]
+    assert len(links) > 10 and not [(p.name, t) for p, t in links if not (p.parent / t).exists()]

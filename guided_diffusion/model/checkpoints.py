@@ -27,7 +27,8 @@ def read_state_dict(path, map_location="cpu"):
     saying what the file is instead.
     """
     if not bf.exists(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist: download it first (see README, 'Checkpoints')")
+        raise FileNotFoundError(f"checkpoint {path} does not exist: download it first (README.md, 'Table 1 on "
+                                "ImageNet 256', lists the released checkpoints)")
     with bf.BlobFile(path, "rb") as f:
         data = f.read()
     state = _load_tensors(data, path, map_location)
