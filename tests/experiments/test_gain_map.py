@@ -3,14 +3,18 @@ gain map drawn from them, run as users run them: `pag-sweep`, then `pag-gain-map
 
 import json
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+import scripts.gain_map
 from guided_diffusion.cli.yaml_config import load_config
 from guided_diffusion.data.digits import write_digits_npz
+from guided_diffusion.experiments.child_signals import StopSignals
 from guided_diffusion.experiments.gain_map import checkpoint_step, map_rows, sampler_name
 from guided_diffusion.experiments.sweep import (
     baseline_for,
@@ -170,11 +174,6 @@ def test_map_spec_checkpoint_paths_name_the_run_folder_outside_the_work_tree():
 def test_a_stop_signal_during_the_gain_maps_comparisons_ends_it_as_the_sweep_ends(tmp_path, monkeypatch, caplog):
     """pag-gain-map runs evaluator children too (comparisons in another feature space): under the same stop
     signals as pag-sweep, a SIGTERM while they run ends it with one warning and exit status 143."""
-    import signal
-    import sys
-
-    import scripts.gain_map
-    from guided_diffusion.experiments.child_signals import StopSignals
 
     def comparing(spec, results, name):
         assert StopSignals.active is not None, "the comparisons run without the stop signals"
@@ -187,3 +186,4 @@ def test_a_stop_signal_during_the_gain_maps_comparisons_ends_it_as_the_sweep_end
     assert status == 128 + signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored on the way out
     assert not (tmp_path / "runs" / "map.md").exists()
+    assert len([r for r in caplog.records if "stopped by SIGTERM" in r.getMessage()]) == 1, caplog.text
