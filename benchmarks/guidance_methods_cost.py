@@ -4,6 +4,8 @@ For every method file of configs/fashion32/methods/ (stacked on the testbed's un
 model, as its Table 1 and comparison rows are) and for unguided sampling of each model:
   rows/image/step   predictions the networks return per image and step (hooks on the diffusion model, the
                     weak model and the classifier): 1 unguided, 2 for PAG (its perturbed copy), 3 for CFG + PAG
+  calls/step        network calls per step: PAG's copy and CFG's null pass ride in the main call (1), while
+                    SAG's degraded input, autoguidance's weak model and the classifier need calls of their own
   s/image/step      median wall time (methods interleaved round by round, so machine load hits all alike)
   vs unguided       against unguided sampling of the same model in the same run
 
@@ -53,14 +55,15 @@ def sampler_args(files, steps):
 
 
 class RowCounter:
-    """Counts the predictions the networks return (forward hooks on each network's innermost module): a PAG
-    copy enters the U-Net with its image and leaves it as a row of its own."""
+    """Counts the calls of the networks and the predictions they return (forward hooks on each network's
+    innermost module): a PAG copy enters the U-Net with its image and leaves it as a row of its own."""
 
     def __init__(self, networks):
-        self.rows = 0
+        self.rows = self.calls = 0
         self.handles = [unwrap(n).register_forward_hook(self._count) for n in networks]
 
     def _count(self, module, inputs, output):
+        self.calls += 1
         self.rows += (output[0] if isinstance(output, tuple) else output).shape[0]  # (prediction, maps) for SAG
 
 
@@ -98,17 +101,18 @@ def main(argv=None):
     calls_made = args.warmup + args.repeats
     print(f"Cost per sampling step on the testbed (batch {args.batch}, DDIM-{args.steps}, bf16 autocast, "
           f"median of {args.repeats} interleaved rounds):\n")
-    print("| method | model | rows/image/step | s/image/step | vs unguided |")
-    print("|---|---|---:|---:|---:|")
+    print("| method | model | rows/image/step | calls/step | s/image/step | vs unguided |")
+    print("|---|---|---:|---:|---:|---:|")
     for name, model_name in rows.items():
         if name in skipped:
-            print(f"| {name} | {model_name} | — | — | not measured: {skipped[name]} |")
+            print(f"| {name} | {model_name} | — | — | — | not measured: {skipped[name]} |")
             continue
         per_step = seconds[name] / (args.batch * args.steps)
         network_rows = counters[name].rows / (calls_made * args.batch * args.steps)
+        network_calls = counters[name].calls / (calls_made * args.steps)
         base = seconds.get(f"unguided ({model_name})")
         ratio = f"{seconds[name] / base:.2f}x" if base else "—"
-        print(f"| {name} | {model_name} | {network_rows:.2f} | {per_step:.4f} | {ratio} |")
+        print(f"| {name} | {model_name} | {network_rows:.2f} | {network_calls:.2f} | {per_step:.4f} | {ratio} |")
     return 0
 
 

@@ -53,10 +53,13 @@ def test_guidance_methods_cost_counts_each_methods_network_rows_per_step():
     assert result.returncode == 0, result.stderr
     rows = {cells[0]: cells[1:] for line in result.stdout.splitlines() if line.startswith("| ")
             for cells in [[c.strip() for c in line.strip("|").split("|")]]}
-    # unguided: one prediction per image and step; PAG adds its perturbed copy, CG the classifier's pass
+    # unguided: one prediction per image and step; PAG adds its perturbed copy in the same call, CG the
+    # classifier's pass in a call of its own
     expected = {"unguided (uncond)": "1.00", "unguided (cond)": "1.00", "pag": "2.00", "cg": "2.00"}
     assert {name: cells[1] for name, cells in rows.items() if name != "method"} == expected
-    for name, (model, _, seconds, ratio) in ((n, c) for n, c in rows.items() if n != "method"):
+    expected = {"unguided (uncond)": "1.00", "unguided (cond)": "1.00", "pag": "1.00", "cg": "2.00"}
+    assert {name: cells[2] for name, cells in rows.items() if name != "method"} == expected
+    for name, (model, _, _, seconds, ratio) in ((n, c) for n, c in rows.items() if n != "method"):
         assert float(seconds) > 0 and ratio.endswith("x"), name
         assert model == ("cond" if name in ("cg", "unguided (cond)") else "uncond"), name
-    assert rows["unguided (uncond)"][3] == "1.00x"
+    assert rows["unguided (uncond)"][4] == "1.00x"

@@ -124,12 +124,12 @@ class AdaptiveProjectedGuidance(GuidanceMethod):
 
 
 class AdaptiveProjectedRun(GuidanceRun):
-    """The wrapped run's copies and captures, its difference reshaped; the momentum sum lasts one run."""
+    """The wrapped run's copies, input copies and captures, its difference reshaped; the momentum sum lasts one run."""
 
     def __init__(self, method, inner):
         super().__init__(method)
         self.inner = inner
-        self.copies, self.captures = inner.copies, inner.captures
+        self.copies, self.input_copies, self.captures = inner.copies, inner.input_copies, inner.captures
         self.running = None
 
     def term(self, step, outputs, maps, scale):

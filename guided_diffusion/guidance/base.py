@@ -170,13 +170,16 @@ class GuidanceRun:
     """A method bound to a model for one sampling run.
 
     `copies`: one `{block: AttentionEdit}` per extra copy of the main pass it needs (all runs' copies go
-    through the network as one batch with the normal pass). `captures`: `(block, heads, legacy)` for each
-    attention map of the normal pass it reads. `term(step, outputs, maps, scale)` gets the model outputs of
-    its copies (mean parts, in order), its maps and the per-row scale ([B, 1, 1, 1]) and returns a `Term`;
-    `gradient` (gradient methods) returns the sampler's shift instead.
+    through the network as one batch with the normal pass). `input_copies`: one `{name: value}` per extra
+    pass on the same images with other model inputs (CFG: the null labels `y`), run unedited in that same
+    network call. `captures`: `(block, heads, legacy)` for each attention map of the normal pass it reads.
+    `term(step, outputs, maps, scale)` gets the model outputs of its copies, then of its input copies (mean
+    parts, in order), its maps and the per-row scale ([B, 1, 1, 1]) and returns a `Term`; `gradient`
+    (gradient methods) returns the sampler's shift instead.
     """
 
     copies: Tuple[dict, ...] = ()
+    input_copies: Tuple[dict, ...] = ()
     captures: Tuple[tuple, ...] = ()
     gives_gradient = False  # True: `gradient` instead of `term`
 

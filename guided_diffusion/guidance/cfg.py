@@ -3,6 +3,7 @@
 The other prediction is the model's with every label replaced by the null label; the term is
 `s * (eps_c - eps_null)`, so the guided prediction is `eps_null + w * (eps_c - eps_null)` with the usual
 weight w = s + 1 (s = 0, i.e. w = 1, is the conditional model alone; s = -1 the unconditional one).
+The null-label pass is an input copy: it runs in the same network call as the conditional one.
 With PAG the terms add up to the PAG paper's combination `eps_null + w (eps_c - eps_null) + s_pag
 (eps_c - eps_c_perturbed)`: PAG perturbs the conditional pass.
 """
@@ -32,7 +33,7 @@ class ClassifierFreeGuidance(GuidanceMethod):
                              "model trained with --class_dropout_prob and loaded with --null_label True")
         if model_kwargs.get("y") is None:
             raise ValueError("classifier-free guidance needs class labels: pass model_kwargs={'y': labels}")
-        return ClassifierFreeRun(self, null_label)
+        return ClassifierFreeRun(self, torch.full_like(model_kwargs["y"], null_label))
 
     @classmethod
     def example(cls, layers, scale=1.5):
@@ -40,11 +41,10 @@ class ClassifierFreeGuidance(GuidanceMethod):
 
 
 class ClassifierFreeRun(GuidanceRun):
-    def __init__(self, method, null_label):
+    def __init__(self, method, null_labels):
         super().__init__(method)
-        self.null_label = null_label
+        self.input_copies = ({"y": null_labels},)
 
     def term(self, step, outputs, maps, scale):
-        labels = torch.full((step.x.shape[0],), self.null_label, dtype=torch.long, device=step.x.device)
-        eps_null = step.evaluate(step.x, y=labels)
+        (eps_null,) = outputs
         return Term(scale * (step.eps - eps_null), eps_null)

@@ -141,10 +141,14 @@ class AttentionPlan:
     * `captures`: `(block, heads, legacy)` for each attention map the pass returns: the block's
       softmax map over `heads` heads of that QKV layout, averaged over the heads, for the rows of the
       first copy (SAG's mask source).
+    * `input_copies`: how many copies of the batch the caller has already appended to the input (the
+      same images with other model inputs, e.g. CFG's null labels). They run every layer from the first
+      and every block unedited, and come last in the output, after the copies above.
     """
 
     copies: Tuple[Mapping[nn.Module, AttentionEdit], ...] = field(default_factory=lambda: ({},))
     captures: Tuple[Tuple[nn.Module, int, bool], ...] = ()
+    input_copies: int = 0
 
     def __post_init__(self):
         if not self.copies:
@@ -154,6 +158,8 @@ class AttentionPlan:
         object.__setattr__(self, "copies", copies)
         if any(block in copies[0] for block, _, _ in self.captures):
             raise ValueError("an attention map is captured from the first copy, which must not edit its block")
+        if self.input_copies < 0:
+            raise ValueError(f"input_copies must be 0 or more, got {self.input_copies}")
 
     @classmethod
     def from_names(cls, model, copies, captures=(), edit=IDENTITY_MAP):
@@ -165,9 +171,11 @@ class AttentionPlan:
                    tuple((blocks[name], heads, legacy) for name, heads, legacy in captures))
 
     def row_edits(self, batch):
-        """Per-row edits (None: normal attention) of every edited block, for `batch` rows per copy."""
+        """Per-row edits (None: normal attention) of every edited block, for `batch` rows per copy, in the
+        output's order (the input copies last)."""
         edited = set().union(*self.copies)
-        return {block: [copy.get(block) for copy in self.copies for _ in range(batch)] for block in edited}
+        plain = [None] * (self.input_copies * batch)
+        return {block: [copy.get(block) for copy in self.copies for _ in range(batch)] + plain for block in edited}
 
 
 class AttentionBlock(nn.Module):

@@ -258,7 +258,9 @@ class UNetModel(_TimestepNetwork):
 
         `attention`: an `AttentionPlan` for this call. With K copies the result holds K copies of the batch
         along dim 0, copy k with the blocks of `plan.copies[k]` computed by their edits; everything
-        before the first edited block is computed once for all copies. If the plan captures attention
+        before the first edited block is computed once for all copies. With `plan.input_copies` = P the
+        input holds (1 + P) * B rows, the batch and then P copies of it with their own timesteps and labels
+        (rows to run unedited), and the result ends with those P * B rows. If the plan captures attention
         maps, the call returns `(output, maps)`, the maps in the plan's order.
         """
         cpu_allocator.note_forward(x)  # on the CPU, large activations otherwise cost fresh page faults
@@ -269,7 +271,7 @@ class UNetModel(_TimestepNetwork):
         if self.num_classes is not None:
             emb = emb + self.label_emb(y)
         h = x.type(self.dtype)
-        walk = _PlanWalk(attention or AttentionPlan(), batch=x.shape[0])
+        walk = _PlanWalk(attention or AttentionPlan(), rows=x.shape[0])
 
         skips = []
         for block in self.input_blocks:
@@ -289,22 +291,28 @@ class UNetModel(_TimestepNetwork):
 class _PlanWalk:
     """Runs the U-Net's layers for the copies of an attention plan.
 
-    Before the first edited block the batch has B rows; at that block it is repeated to K * B rows
-    (K copies), and each edited block gets its per-row edits (None on the rows of copies that leave it).
-    Captured maps are kept for this call only and returned by `captured_maps`.
+    Before the first edited block the batch has B rows (then the P * B rows of the plan's input copies);
+    at that block the batch is repeated to K * B rows (K copies), the input copies after them, and each
+    edited block gets its per-row edits (None on the rows of copies that leave it). Captured maps are kept
+    for this call only and returned by `captured_maps`.
     """
 
-    def __init__(self, plan, batch):
-        self.batch = batch
+    def __init__(self, plan, rows):
+        if rows % (1 + plan.input_copies):
+            raise ValueError(f"an input of {rows} rows does not split into a batch and {plan.input_copies} input "
+                             "copies of it")
+        self.batch = rows // (1 + plan.input_copies)
         self.copies = len(plan.copies)
-        self.edits = plan.row_edits(batch)
+        self.edits = plan.row_edits(self.batch)
         self.captures = {block: (heads, legacy) for block, heads, legacy in plan.captures}
         self.capture_order = [block for block, _, _ in plan.captures]
         self.maps = {}
         self.expanded = self.copies == 1
 
     def expand(self, t):
-        return t.repeat(self.copies, *([1] * (t.ndim - 1)))
+        """The K copies of the batch's rows of `t`, then its input copies' rows."""
+        repeated = t[:self.batch].repeat(self.copies, *([1] * (t.ndim - 1)))
+        return torch.cat([repeated, t[self.batch:]]) if t.shape[0] > self.batch else repeated
 
     def run_block(self, block, h, emb):
         for layer in block:

@@ -6,14 +6,17 @@ that every sampler uses:
 
     eps~ = eps + sum_i term_i        (PAG, SAG, ...: term_i = s_i * (eps - eps_i))
 
-Order: the normal pass and the extra copies of every active run go through the network as one batch
-(one `attention.AttentionPlan`: every layer before the first edited block runs once), with the attention
-maps the runs read; then the terms are added to eps in registration order of the methods (PAG, SAG,
+Order: the normal pass, the extra copies of every active run and their input copies (the same images
+with other labels: CFG's null pass) go through the network as one batch (one `attention.AttentionPlan`:
+every layer before the first edited block runs once for the copies), with the attention maps the runs
+read; then the terms are added to eps in registration order of the methods (PAG, SAG,
 then later modules; runs of one method in the order given), each computed from the unguided eps. A run
 that needs a pass on another input (SAG) makes it through `GuidedStep.evaluate`. The variance is the
 normal pass's; the x0 prediction is recomputed (and clipped) from eps~. Gradient methods (classifier
 guidance) are applied by the sampler step, after this (`samplers`).
 """
+
+import torch
 
 from guided_diffusion.diffusion.schedules import per_row
 from guided_diffusion.guidance import as_list, registered_methods, validate
@@ -44,7 +47,7 @@ class GuidedStep:
 
     def evaluate(self, x, model=None, **model_kwargs):
         """The mean output of an unedited pass on `x` at this step: of the run's model with its model_kwargs,
-        or of another `model` (autoguidance's weak one) and/or with `model_kwargs` replaced (CFG's null label)."""
+        or of another `model` (autoguidance's weak one) and/or with `model_kwargs` replaced."""
         output = self.diffusion.run_model(model or self.denoiser.model, x, self.t,
                                           **{**self.denoiser.model_kwargs, **model_kwargs})
         return output[:, :x.shape[1]]  # the mean part, whether or not that network learns its variance
@@ -89,22 +92,29 @@ class GuidedDenoiser:
         diffusion, batch = self.diffusion, x.shape[0]
         active = self._active(x, t)
         copies = [{}] + [copy for run, _ in active for copy in run.copies]
+        inputs = [inputs for run, _ in active for inputs in run.input_copies]
         captures = [capture for run, _ in active for capture in run.captures]
-        extra = {"attention": AttentionPlan(tuple(copies), tuple(captures))} if len(copies) > 1 or captures else {}
-        output = diffusion.run_model(self.model, x, t, **self.model_kwargs, **extra)
+        x_all, t_all, model_kwargs = stack_input_copies(x, t, self.model_kwargs, inputs)
+        if len(copies) > 1 or captures:
+            model_kwargs["attention"] = AttentionPlan(tuple(copies), tuple(captures), len(inputs))
+        output = diffusion.run_model(self.model, x_all, t_all, **model_kwargs)
         maps = ()
         if captures:
             output, maps = output
         eps, var = diffusion.split_output(output[:batch], x)
 
+        def mean_part(index):  # of copy `index` in the output: the copies, then the input copies
+            return diffusion.split_output(output[index * batch:(index + 1) * batch], x)[0]
+
         step = GuidedStep(self, x, t, eps, var)
         parts = {"eps": eps, "perturbed_eps": [], "scale": [], "maps": list(maps), "degraded_x": []}
-        guided, copy, map_index = eps, 1, 0
+        guided, copy, input_copy, map_index = eps, 1, len(copies), 0
         for run, scale in active:
-            outputs = [diffusion.split_output(output[(copy + k) * batch:(copy + k + 1) * batch], x)[0]
-                       for k in range(len(run.copies))]
+            outputs = ([mean_part(copy + k) for k in range(len(run.copies))]
+                       + [mean_part(input_copy + k) for k in range(len(run.input_copies))])
             run_maps = maps[map_index:map_index + len(run.captures)]
-            copy, map_index = copy + len(run.copies), map_index + len(run.captures)
+            copy, input_copy = copy + len(run.copies), input_copy + len(run.input_copies)
+            map_index += len(run.captures)
             term = run.term(step, outputs, run_maps, scale)
             guided = guided + term.value
             parts["perturbed_eps"].append(term.other)
@@ -137,6 +147,27 @@ class GuidedDenoiser:
             if bool((scale != 0).any()):
                 active.append((run, per_row(scale, x)))
         return active
+
+
+def stack_input_copies(x, t, model_kwargs, input_copies):
+    """(x, t, model_kwargs) of one network call that runs the batch and then, per entry of `input_copies`,
+    the same rows with those model inputs replaced (e.g. `{"y": null_labels}`): per-row tensors are stacked
+    along dim 0, other values must be the same in every copy."""
+    if not input_copies:
+        return x, t, dict(model_kwargs)
+    groups = [dict(model_kwargs)] + [{**model_kwargs, **replaced} for replaced in input_copies]
+    stacked = {}
+    for key in groups[0].keys() | {key for replaced in input_copies for key in replaced}:
+        values = [group.get(key) for group in groups]
+        if all(isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == x.shape[0] for v in values):
+            stacked[key] = torch.cat(values)
+        elif any(v is not values[0] for v in values[1:]):
+            raise ValueError(f"model input {key!r} is not a tensor of one row per image, so a copy of the batch "
+                             "cannot replace it")
+        else:
+            stacked[key] = values[0]
+    copies = len(groups)
+    return x.repeat(copies, *([1] * (x.ndim - 1))), t.repeat(copies), stacked
 
 
 def guided_prediction(diffusion, model, x, t, guidance, clip_denoised=True, denoised_fn=None, model_kwargs=None,

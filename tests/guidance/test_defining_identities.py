@@ -13,13 +13,15 @@ from guided_diffusion.guidance import (
     Autoguidance,
     ClassifierFreeGuidance,
     PerturbedAttentionGuidance,
+    SelfAttentionGuidance,
     SmoothedEnergyGuidance,
+    registered_methods,
 )
 from guided_diffusion.guidance.apg import clip_norm, project
 from guided_diffusion.guidance.autoguidance import weak_model_flags
 from guided_diffusion.guidance.seg import BlurredQueries, kernel_size
 from guided_diffusion.model.attention import AttentionPlan
-from guided_diffusion.sampling.denoiser import GuidedDenoiser
+from guided_diffusion.sampling.denoiser import GuidedDenoiser, stack_input_copies
 from guided_diffusion.sampling.steps import DDIM, sample_loop
 
 from conftest import tiny_adm, tiny_adm_flags
@@ -140,6 +142,60 @@ def test_cfg_with_pag_is_the_papers_combination(cond):
     eps_perturbed = mean_output(cond, plan=AttentionPlan.from_names(model, [LAYERS]))
     expected = eps_null + 2.5 * (eps_c - eps_null) + 1.5 * (eps_c - eps_perturbed)
     torch.testing.assert_close(guided["guided_eps"], expected, atol=1e-5, rtol=0)
+
+
+def test_cfg_null_pass_runs_in_the_same_network_call_as_the_conditional_and_pag_passes(cond):
+    """CFG + PAG + SAG: one call of the U-Net per step (the null labels ride along as an input copy), and the
+    terms are those of the methods alone."""
+    model, diffusion, x = cond
+    methods = [ClassifierFreeGuidance(scale=1.5), PerturbedAttentionGuidance(scale=1.5, layers=LAYERS),
+               SelfAttentionGuidance(scale=0.5, layer="middle_block.1", blur_sigma=1.0, kernel_size=3)]
+    calls = []  # (input rows, output rows) per call
+    handle = model.register_forward_hook(lambda module, inputs, output: calls.append(
+        (inputs[0].shape[0], (output[0] if isinstance(output, tuple) else output).shape[0])))
+    try:
+        together = prediction(cond, methods)
+    finally:
+        handle.remove()
+    # In: conditional and null rows; out: those and PAG's copy. SAG's degraded input is a second call.
+    assert calls == [(2 * len(x), 3 * len(x)), (len(x), len(x))]
+    alone = [prediction(cond, method) for method in methods]
+    expected = together["eps"] + sum(one["guided_eps"] - one["eps"] for one in alone)
+    torch.testing.assert_close(together["guided_eps"], expected, atol=1e-5, rtol=0)
+    cfg_term = [cls for cls in registered_methods() if cls in map(type, methods)].index(ClassifierFreeGuidance)
+    torch.testing.assert_close(together["perturbed_eps"][cfg_term], mean_output(cond, y=torch.full_like(LABELS, 3)),
+                               atol=1e-6, rtol=0)
+
+
+def test_input_copies_of_a_plan_are_the_unedited_passes_with_their_own_labels(cond):
+    """The U-Net with K = 2 copies and one input copy: rows [normal, perturbed, other labels], each equal to
+    its own call, and the captured map from the normal rows."""
+    model, _, x = cond
+    t, other = torch.tensor([3, 1]), torch.tensor([1, 3])
+    capture = [("middle_block.1", 1, False)]
+    with torch.no_grad():
+        plan = AttentionPlan.from_names(model, [[], [LAYERS[0]]], capture)
+        both, (attention_map,) = model(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([LABELS, other]),
+                                       attention=AttentionPlan(plan.copies, plan.captures, input_copies=1))
+        normal, (alone_map,) = model(x, t, y=LABELS, attention=AttentionPlan.from_names(model, [[]], capture))
+        perturbed = model(x, t, y=LABELS, attention=AttentionPlan.from_names(model, [[LAYERS[0]]]))
+        relabelled = model(x, t, y=other)
+        with pytest.raises(ValueError, match="3 rows does not split into a batch and 1 input copies"):
+            model(x[:1].repeat(3, 1, 1, 1), t[:1].repeat(3), y=LABELS[:1].repeat(3),
+                  attention=AttentionPlan(plan.copies, (), input_copies=1))
+    for rows, expected in zip(both.split(len(x)), (normal, perturbed, relabelled)):
+        torch.testing.assert_close(rows, expected, atol=1e-5, rtol=0)
+    assert (relabelled - normal).abs().max() > 1e-3 and (perturbed - normal).abs().max() > 1e-3
+    torch.testing.assert_close(attention_map, alone_map, atol=1e-6, rtol=0)
+
+
+def test_an_input_copy_cannot_replace_a_model_input_that_is_not_per_row():
+    x, t = torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match="'scale' is not a tensor of one row per image"):
+        stack_input_copies(x, t, {"scale": 1.0}, [{"scale": 2.0}])
+    x_all, t_all, kwargs = stack_input_copies(x, t, {"y": LABELS, "flag": True}, [{"y": LABELS + 1}])
+    assert x_all.shape[0] == 4 and t_all.shape == (4,) and kwargs["flag"] is True
+    assert kwargs["y"].tolist() == [0, 2, 1, 3]
 
 
 def test_cfg_needs_a_null_label(cond):

@@ -16,7 +16,7 @@ import torch
 from guided_diffusion.cli.flags import create_parser, parse
 from guided_diffusion.guidance import describe, guidance_flags, method_from_flags, registered_methods
 from guided_diffusion.model.attention import AttentionPlan
-from guided_diffusion.sampling.denoiser import GuidedDenoiser
+from guided_diffusion.sampling.denoiser import GuidedDenoiser, stack_input_copies
 from guided_diffusion.sampling.steps import DDIM, sample_loop
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.unet import EncoderUNetModel
@@ -92,17 +92,23 @@ def test_scale_zero_and_an_empty_interval_give_the_unguided_samples(cls, tiny):
 
 @pytest.mark.parametrize("cls", METHODS, ids=IDS)
 def test_batched_copies_equal_separate_forward_passes(cls, tiny):
+    """The copies (edited attention) and the input copies (other model inputs) of a run, in one call, equal
+    their own forward passes, each one different from the normal pass."""
     model, diffusion, _, x = tiny
-    run = _example(cls, tiny).bind(model, {"y": torch.tensor([0, 2])})
+    y = torch.tensor([0, 2])
+    run = _example(cls, tiny).bind(model, {"y": y})
     t = diffusion.model_timesteps(torch.tensor([3, 1]))
+    copies = ({},) + tuple(run.copies)
     with torch.no_grad():
-        y = torch.tensor([0, 2])
-        batched = model(x, t, y=y, attention=AttentionPlan(({},) + tuple(run.copies)))
-        for k, copy in enumerate(({},) + tuple(run.copies)):
-            alone = model(x, t, y=y, attention=AttentionPlan((copy,)))
-            torch.testing.assert_close(batched[k * len(x):(k + 1) * len(x)], alone, atol=1e-5, rtol=0)
-            if k:
-                assert (alone - batched[:len(x)]).abs().max() > 1e-4  # each copy is a real perturbation
+        x_all, t_all, kwargs = stack_input_copies(x, t, {"y": y}, run.input_copies)
+        batched = model(x_all, t_all, **kwargs, attention=AttentionPlan(copies, (), len(run.input_copies)))
+        separate = [model(x, t, y=y, attention=AttentionPlan((copy,))) for copy in copies]
+        separate += [model(x, t, **{"y": y, **inputs}) for inputs in run.input_copies]
+    assert batched.shape[0] == len(separate) * len(x)
+    for k, alone in enumerate(separate):
+        torch.testing.assert_close(batched[k * len(x):(k + 1) * len(x)], alone, atol=1e-5, rtol=0)
+        if k:
+            assert (alone - batched[:len(x)]).abs().max() > 1e-4  # each copy is a real perturbation
 
 
 @pytest.mark.parametrize("cls", METHODS, ids=IDS)
