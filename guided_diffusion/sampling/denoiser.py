@@ -9,11 +9,11 @@ that every sampler uses:
 Order: the normal pass, the extra copies of every active run and their input copies (the same images
 with other labels: CFG's null pass) go through the network as one batch (one `attention.AttentionPlan`:
 every layer before the first edited block runs once for the copies), with the attention maps the runs
-read; then the terms are added to eps in registration order of the methods (PAG, SAG,
-then later modules; runs of one method in the order given), each computed from the unguided eps. A run
-that needs a pass on another input (SAG) makes it through `GuidedStep.evaluate`. The variance is the
-normal pass's; the x0 prediction is recomputed (and clipped) from eps~. Gradient methods (classifier
-guidance) are applied by the sampler step, after this (`samplers`).
+read; then the terms are added to eps in registration order of the methods (PAG, SAG, then later
+modules; runs of one method in the order given), each computed from the unguided eps. A run that needs a
+pass on another input or network (SAG, autoguidance) makes it through `GuidedStep.evaluate`. The
+variance is the normal pass's; the x0 prediction is recomputed (and clipped) from eps~. Gradient methods
+(classifier guidance) are applied by the sampler step, after this (`samplers`).
 """
 
 import torch
@@ -45,11 +45,11 @@ class GuidedStep:
             self._noise = self.diffusion.eps_from_output(self.x, self.t, self.eps)
         return self._noise
 
-    def evaluate(self, x, model=None, **model_kwargs):
-        """The mean output of an unedited pass on `x` at this step: of the run's model with its model_kwargs,
-        or of another `model` (autoguidance's weak one) and/or with `model_kwargs` replaced."""
-        output = self.diffusion.run_model(model or self.denoiser.model, x, self.t,
-                                          **{**self.denoiser.model_kwargs, **model_kwargs})
+    def evaluate(self, x, model=None):
+        """The mean output of an unedited pass on `x` at this step, with the run's model_kwargs: of the run's
+        model or of another `model` (autoguidance's weak one). Other model inputs on the same images are input
+        copies of the main call instead (`GuidanceRun.input_copies`)."""
+        output = self.diffusion.run_model(model or self.denoiser.model, x, self.t, **self.denoiser.model_kwargs)
         return output[:, :x.shape[1]]  # the mean part, whether or not that network learns its variance
 
 
@@ -157,7 +157,7 @@ def stack_input_copies(x, t, model_kwargs, input_copies):
         return x, t, dict(model_kwargs)
     groups = [dict(model_kwargs)] + [{**model_kwargs, **replaced} for replaced in input_copies]
     stacked = {}
-    for key in groups[0].keys() | {key for replaced in input_copies for key in replaced}:
+    for key in {key for group in groups for key in group}:
         values = [group.get(key) for group in groups]
         if all(isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == x.shape[0] for v in values):
             stacked[key] = torch.cat(values)
