@@ -303,15 +303,17 @@ def test_testbed_method_files_give_their_methods(name, expected):
         assert apg.inner.layers == load_yaml(CONFIGS / "fashion32" / "methods" / "pag.yaml")["pag_layers"]
 
 
-def test_autoguidance_method_file_loads_its_shipped_weak_model():
+@pytest.mark.parametrize("name, width", [("auto", 64), ("auto_small", 32)])
+def test_autoguidance_method_files_load_their_shipped_weak_models(name, width):
     from guided_diffusion.guidance import Autoguidance, method_from_flags
     from guided_diffusion.sampling.images import load_weak_model
 
     args = parse_args(sampler_parser(), ["--config", str(CONFIGS / "fashion32" / "uncond.yaml"),
-                                         "--config", str(CONFIGS / "fashion32" / "methods" / "auto.yaml")])
+                                         "--config", str(CONFIGS / "fashion32" / "methods" / f"{name}.yaml")])
     weak = load_weak_model(args, "cpu")
     method = method_from_flags(Autoguidance, args, weak_model=weak)
     assert method.scale == 1.0 and weak.num_classes is None and weak.image_size == 32
+    assert weak.model_channels == width  # the small model's own width, from its --auto_model_config
 
 
 @pytest.mark.parametrize("name, expected", [("adm256_seg", "SmoothedEnergyGuidance"),
