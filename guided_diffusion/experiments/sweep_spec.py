@@ -39,6 +39,7 @@ SPEC_KEYS = {  # key: (allowed types, what the error calls them)
     "grid": ((dict,), "a mapping of flag names to lists of values"),
     "points": (_LIST, "a list of mappings of flag names to values"),
     "baseline": ((dict, str), "a point's overrides (a mapping) or its label (a string)"),
+    "baseline_note": (_TEXT, "a string (why the baseline is the baseline, for the table's caption)"),
     "intervals": (_INTEGER, "an integer"), "seed_sets": (_INTEGER, "an integer"),
     "bootstrap_seed": (_INTEGER, "an integer"),
     "pair_by": (_LIST, "a list of point keys (flag names or config)"),
@@ -257,7 +258,9 @@ def comparison_specs(spec):
 
 
 def baseline_rule(spec):
-    """Why the baseline is the baseline, in words (for the table)."""
+    """Why the baseline is the baseline, in words (for the table): the spec's `baseline_note`, else the rule."""
+    if spec.get("baseline_note"):
+        return spec["baseline_note"]
     if spec.get("pair_by"):
         return f"set by the spec's `baseline`, each row against the one with the same {', '.join(spec['pair_by'])}"
     return "set by the spec's `baseline`" if spec.get("baseline") is not None else BASELINE_RULE

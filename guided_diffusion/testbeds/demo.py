@@ -121,7 +121,8 @@ class SettingScores:
         return self.results[point_key({"setting": name})]["metrics"]
 
     def table(self):
-        spec = {"points": [{"setting": name} for name in self.names], "seed_sets": self.scorer.seed_sets}
+        spec = {"points": [{"setting": name} for name in self.names], "seed_sets": self.scorer.seed_sets,
+                "baseline_note": "every setting against the first"}
         return results_table(spec, self.results, self.comparisons)
 
     def summary(self):

@@ -197,7 +197,8 @@ def _comparison():
 
 
 @pytest.mark.parametrize("extra, rule", [("", "the first of the spec's `points`"),
-                                         ("baseline: {pag_scale: 0.0}\n", "the spec's `baseline`")])
+                                         ("baseline: {pag_scale: 0.0}\n", "the spec's `baseline`"),
+                                         ("baseline_note: the unguided row\n", "; the unguided row)")])
 def test_table_states_the_baseline_and_the_rule_that_chose_it(tmp_path, extra, rule):
     (tmp_path / "spec.yaml").write_text(POINTS_FIRST + extra)
     spec = load_spec(tmp_path / "spec.yaml")

@@ -43,7 +43,8 @@ def test_demo_runs_and_reports_every_setting(tmp_path, testbed, size, scales):
     table = (tmp_path / "table.md").read_text()
     names = [name for name, _ in TESTBEDS[testbed].settings(scales, 1.0)]
     blocks = table.strip().split("\n\n")  # values, the caption, the differences from unguided
-    values, differences = blocks[0], blocks[-1]
+    values, caption, differences = blocks[0], blocks[-2], blocks[-1]
+    assert f"baseline (setting={names[0]}; every setting against the first)" in caption, caption
     lines = values.splitlines()
     assert lines[0] == "| setting | FID↓ | sFID↓ | KID×10³↓ | IS↑ | Precision↑ | Recall↑ |"
     assert [line.split(" | ")[0].lstrip("| ") for line in lines[2:]] == names
