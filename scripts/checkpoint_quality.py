@@ -4,7 +4,8 @@
         --reference checkpoints/fashion32_test_ref.npz ../runs/fashion32_uncond/ema_0.999_00{0500,1000,1500}.pt
 
 Every checkpoint samples the same seeds (unguided; DDIM-25 unless --use_ddim False --timestep_respacing 100);
-the table gives FID and precision/recall against the reference and the feature network's view of the samples:
+the table gives FID and precision/recall against the reference, each with its bootstrap 95% interval
+(--intervals resamples of the batch, the reference held fixed), and the feature network's view of the samples:
 its mean confidence (top class probability) and the share of samples it is unsure of (top probability below
 0.5), the signature of collapsed structure. A rerun reuses the sample batches already in --output_dir.
 """
@@ -17,6 +18,7 @@ import numpy as np
 
 from evaluations.evaluator import Evaluator
 from evaluations.scoring import Scorer
+from evaluations.tables import value_cell
 from guided_diffusion.cli.flags import Flag, FlagGroup, check_flags, create_parser, parse
 from guided_diffusion.runtime.files import atomic_write, atomic_write_text
 from guided_diffusion.runtime.logs import log_to_console
@@ -35,6 +37,7 @@ QUALITY_FLAGS = FlagGroup("quality", [
     Flag("num_samples", 200, "samples per checkpoint (the same seeds for all)"),
     Flag("seed", 200000, "base seed (keep it apart from tuning and table seeds)"),
     Flag("batch_size", 100, "images per forward pass"),
+    Flag("intervals", 1000, "bootstrap resamples for the 95% intervals (0: none)"),
     USE_DDIM.but(default=True, warn=None),
     PRECISION,
     Flag("output_dir", "outputs/checkpoint_quality", "where the sample batches and table.md go"),
@@ -64,7 +67,8 @@ def score(args):
     indices = np.arange(args.num_samples)
     labels = LabelSource(args.seed, args.num_samples, args.num_classes if args.class_cond else None)
     labels = labels.labels(indices) if labels.enabled else None
-    scorer = Scorer(Evaluator(args.backend, progress=False, use_cache=False, resize=args.resize), args.reference)
+    scorer = Scorer(Evaluator(args.backend, progress=False, use_cache=False, resize=args.resize), args.reference,
+                    intervals=args.intervals)
     lines = ["| checkpoint | FID↓ | precision↑ | recall↑ | mean confidence↑ | share p < 0.5↓ | sampling s |",
              "|---|---|---|---|---|---|---|"]
     for path in args.checkpoints or [args.model_path]:
@@ -81,9 +85,9 @@ def score(args):
         seconds = float(seconds_path.read_text()) if seconds_path.exists() else float("nan")
         metrics = scorer.score(batch_path)
         confidence = scorer.features(batch_path).acts["probs"].max(axis=1)
-        lines.append(f"| {Path(path).name} | {metrics['fid']:.2f} | {metrics['precision']:.3f} | "
-                     f"{metrics['recall']:.3f} | {confidence.mean():.3f} | {(confidence < 0.5).mean():.3f} | "
-                     f"{seconds:.0f} |")
+        cells = [value_cell(m, metrics[m], metrics.get("intervals", {}).get(m)) for m in ("fid", "precision", "recall")]
+        lines.append(f"| {Path(path).name} | {' | '.join(cells)} | {confidence.mean():.3f} | "
+                     f"{(confidence < 0.5).mean():.3f} | {seconds:.0f} |")
         log.info(lines[-1])
     table = "\n".join(lines) + "\n"
     atomic_write_text(out / "table.md", table)

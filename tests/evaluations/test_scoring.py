@@ -149,3 +149,9 @@ def test_checkpoint_quality_samples_with_either_sampler_and_a_rerun_reuses_the_b
     row = [line for line in again.stdout.splitlines() if line.startswith("| digits_adm16_ema.pt")]
     assert row and row == [line for line in ddpm.stdout.splitlines() if line.startswith("| digits_adm16_ema.pt")]
     assert ddim.stdout != ddpm.stdout
+    # FID, precision and recall with their bootstrap intervals around them: "12.34 [10.01, 15.67]"
+    cells = row[0].split(" | ")[1:4]
+    for cell in cells:
+        value, interval = cell.split(" [")
+        low, high = (float(x) for x in interval.rstrip("]").split(", "))
+        assert low <= float(value) <= high and low < high, cell
