@@ -17,10 +17,10 @@ from conftest import tiny_adm, tiny_adm_flags
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIGITS = os.path.join(ROOT, "checkpoints", "digits_adm16_ema.pt")  # configs/digits/model.yaml
 FASHION_UNCOND = os.path.join(ROOT, "checkpoints", "fashion32_uncond_ema.pt")  # configs/fashion32/model.yaml
-FASHION_COND = os.path.join(ROOT, "checkpoints", "fashion32_cond_ema.pt")  # ... + class_cond.yaml
+FASHION_COND = os.path.join(ROOT, "checkpoints", "fashion32_cond_ema.pt")  # ... + class_cond_null.yaml
 DIGITS_CONFIG = [os.path.join(ROOT, "configs", "digits", "model.yaml")]
 FASHION_CONFIG = [os.path.join(ROOT, "configs", "fashion32", "model.yaml")]
-FASHION_COND_CONFIG = FASHION_CONFIG + [os.path.join(ROOT, "configs", "fashion32", "class_cond.yaml")]
+FASHION_COND_CONFIG = FASHION_CONFIG + [os.path.join(ROOT, "configs", "fashion32", "class_cond_null.yaml")]
 CLASSIFIER_CONFIG = os.path.join(ROOT, "configs", "fashion32", "classifier.yaml")
 
 INFERRED = ("num_channels", "channel_mult", "num_res_blocks", "learn_sigma", "class_cond", "use_scale_shift_norm",
@@ -67,7 +67,7 @@ def test_infer_model_flags_of_the_shipped_checkpoints():
     fashion = infer_model_flags(torch.load(FASHION_COND, weights_only=True), image_size=32)
     want = config_flags(FASHION_COND_CONFIG)
     assert {k: fashion[k] for k in INFERRED} == {k: want[k] for k in INFERRED}
-    assert fashion["attention_resolutions"] == "16,8" and fashion["label_rows"] == 10
+    assert fashion["attention_resolutions"] == "16,8" and fashion["label_rows"] == 11  # 10 classes + the null label
     without_size = infer_model_flags(torch.load(FASHION_UNCOND, weights_only=True))
     assert "attention_resolutions" not in without_size and without_size["attention_downsampling"] == (2, 4)
     assert without_size["class_cond"] is False and "label_rows" not in without_size
@@ -104,7 +104,8 @@ def test_infer_model_flags_gives_back_the_flags_a_model_was_built_with(overrides
     (dict(learn_sigma=True), {}, ["--learn_sigma True"]),
     (dict(use_scale_shift_norm=False), {}, ["--use_scale_shift_norm False"]),
     (dict(resblock_updown=True), {}, ["--resblock_updown True"]),
-    (dict(class_cond=True, num_classes=10), {}, ["--class_cond True --num_classes 10"]),
+    (dict(class_cond=True, num_classes=10), {}, ["--class_cond True --num_classes 10",
+                                                 "--num_classes 9 --null_label True"]),
     (dict(class_cond=True, num_classes=10), dict(class_cond=True), ["--num_classes 10"]),
     (dict(class_cond=True, num_classes=10, null_label=True), dict(class_cond=True, num_classes=10),
      ["--null_label True"]),
@@ -150,7 +151,7 @@ def test_shipped_checkpoint_loads_with_its_own_config():
     (DIGITS, DIGITS_CONFIG, dict(use_scale_shift_norm=False), ["--use_scale_shift_norm True"]),
     (DIGITS, DIGITS_CONFIG, dict(image_size=32), ["--image_size 16", "--attention_resolutions 16,8"]),
     (FASHION_UNCOND, DIGITS_CONFIG, {}, ["--channel_mult 1,2,2"]),
-    (FASHION_COND, FASHION_CONFIG, {}, ["--class_cond True --num_classes 10"]),
+    (FASHION_COND, FASHION_CONFIG, {}, ["--class_cond True --num_classes 11", "--num_classes 10 --null_label True"]),
     (FASHION_UNCOND, FASHION_COND_CONFIG, {}, ["--class_cond False"]),
 ])
 def test_shipped_checkpoint_with_another_config_names_the_flags_that_differ(checkpoint, files, overrides, expected):
