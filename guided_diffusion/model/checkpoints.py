@@ -278,13 +278,14 @@ def _flag_hints(have, want, expected, found, model_flags):
         return "--" + (_CLASSIFIER_FLAGS.get(flag, flag) if classifier else flag)
 
     hints = []
-    if differs("class_cond"):
+    if differs("class_cond") and have["class_cond"]:
         # The rows alone cannot tell N classes from N - 1 classes plus classifier-free guidance's null label.
-        rows = have.get("label_rows")
+        rows = have["label_rows"]
         hints.append(f"the checkpoint is class-conditional ({rows} label rows): set --class_cond True "
                      f"--num_classes {rows} (or --num_classes {rows - 1} --null_label True if its last row is the "
-                     "null label of classifier-free guidance)" if have["class_cond"]
-                     else "the checkpoint is unconditional: set --class_cond False")
+                     "null label of classifier-free guidance)")
+    elif differs("class_cond"):
+        hints.append("the checkpoint is unconditional: set --class_cond False")
     elif differs("label_rows"):
         null = bool(model_flags.get("null_label"))
         hints.append(_null_label_hint(expected, found)

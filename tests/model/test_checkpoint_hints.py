@@ -17,10 +17,10 @@ from conftest import tiny_adm, tiny_adm_flags
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIGITS = os.path.join(ROOT, "checkpoints", "digits_adm16_ema.pt")  # configs/digits/model.yaml
 FASHION_UNCOND = os.path.join(ROOT, "checkpoints", "fashion32_uncond_ema.pt")  # configs/fashion32/model.yaml
-FASHION_COND = os.path.join(ROOT, "checkpoints", "fashion32_cond_ema.pt")  # ... + class_cond_null.yaml
+FASHION_COND = os.path.join(ROOT, "checkpoints", "fashion32_cond_ema.pt")  # configs/fashion32/cond.yaml
 DIGITS_CONFIG = [os.path.join(ROOT, "configs", "digits", "model.yaml")]
 FASHION_CONFIG = [os.path.join(ROOT, "configs", "fashion32", "model.yaml")]
-FASHION_COND_CONFIG = FASHION_CONFIG + [os.path.join(ROOT, "configs", "fashion32", "class_cond_null.yaml")]
+FASHION_COND_CONFIG = [os.path.join(ROOT, "configs", "fashion32", "cond.yaml")]  # the shipped model's own config
 CLASSIFIER_CONFIG = os.path.join(ROOT, "configs", "fashion32", "classifier.yaml")
 
 INFERRED = ("num_channels", "channel_mult", "num_res_blocks", "learn_sigma", "class_cond", "use_scale_shift_norm",
