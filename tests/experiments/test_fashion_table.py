@@ -32,14 +32,15 @@ def test_rows_differ_only_in_model_and_method():
     for name, values in rows.items():
         assert values["seed"] == 0, name  # the same seeds in every row
         ddpm = name.startswith("ddpm100/")
-        assert values["num_samples"] == (1000 if ddpm else 2000), name
+        assert values["num_samples"] == 2000, name
         assert (values["use_ddim"], values["timestep_respacing"]) == ((False, "100") if ddpm else (True, "ddim25"))
         assert values["class_cond"] == name.split("/")[-1].startswith("cond_"), name
         assert (values.get("pag_scale", 0) > 0) == name.endswith("pag"), name
         assert (values.get("sag_scale", 0) > 0) == name.endswith("sag"), name
         assert bool(values.get("classifier_path")) == ("_cg" in name), name
         assert {k: values[k] for k in MODEL_KEYS} == {k: rows["uncond_unguided"][k] for k in MODEL_KEYS}, name
-    assert rows["cond_pag"]["pag_layers"] == rows["uncond_pag"]["pag_layers"] == rows["cond_cg_pag"]["pag_layers"]
+    assert rows["cond_pag"]["pag_layers"] == rows["uncond_pag"]["pag_layers"] == rows["cond_cg_pag"]["pag_layers"] \
+        == rows["ddpm100/uncond_pag"]["pag_layers"]
     assert rows["cond_unguided"]["num_classes"] == 10
 
 
