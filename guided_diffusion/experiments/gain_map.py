@@ -95,11 +95,13 @@ def plot_gain_map(rows, path, title="PAG's gain: paired ΔFID against the unguid
     from matplotlib.colors import TwoSlopeNorm
 
     samplers = list(dict.fromkeys(r.sampler for r in rows))
-    fig = plt.figure(figsize=(6 + 3.2 * len(samplers), 4.6), layout="constrained")
-    grid = fig.add_gridspec(1, 1 + len(samplers), width_ratios=[1.9] + [1] * len(samplers))
+    # each grid as wide as its checkpoints need, so a one-checkpoint sampler does not take a full panel
+    widths = [max(0.5, 0.32 * len({r.step for r in rows if r.sampler == s})) for s in samplers]
+    fig = plt.figure(figsize=(8 + 3.2 * sum(widths), 4.8), layout="constrained")
+    grid = fig.add_gridspec(1, 1 + len(samplers), width_ratios=[2.4] + widths)
     ax = fig.add_subplot(grid[0])
     colours = dict(zip(samplers, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    styles = ["-", "--", ":", "-.", (0, (1, 4))]
+    styles = ["-", "--", ":", "-.", (0, (1, 4)), (0, (5, 2, 1, 2, 1, 2))]
     scales = sorted({r.scale for r in rows})
     for sampler in samplers:
         for scale in scales:
@@ -109,8 +111,9 @@ def plot_gain_map(rows, path, title="PAG's gain: paired ΔFID against the unguid
             xs = [r.value("a")[0] for r in series]
             ys, intervals = zip(*(r.difference() for r in series))
             errors = [[y - lo for y, (lo, _) in zip(ys, intervals)], [hi - y for y, (_, hi) in zip(ys, intervals)]]
-            ax.errorbar(xs, ys, yerr=errors, color=colours[sampler], linestyle=styles[scales.index(scale) % 5],
-                        marker="o", markersize=4, capsize=3, label=f"{sampler}, s = {scale:g}")
+            style = styles[scales.index(scale) % len(styles)]
+            ax.errorbar(xs, ys, yerr=errors, color=colours[sampler], linestyle=style, marker="o", markersize=4,
+                        capsize=3, label=f"{sampler}, s = {scale:g}")
             for r, x, y in zip(series, xs, ys):
                 ax.annotate(f"{r.step:,}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
                             color=colours[sampler])
@@ -119,7 +122,7 @@ def plot_gain_map(rows, path, title="PAG's gain: paired ΔFID against the unguid
     ax.set_xlabel("unguided FID at that checkpoint and sampler (log scale; labels: training step)")
     ax.set_ylabel("ΔFID = FID(PAG) − FID(unguided), paired 95%")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     limit = max(abs(r.difference()[0]) for r in rows) or 1.0
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)
     image = None
@@ -136,7 +139,8 @@ def plot_gain_map(rows, path, title="PAG's gain: paired ΔFID against the unguid
             delta, (lo, hi) = r.difference()
             bold = "bold" if lo > 0 or hi < 0 else "normal"
             ink = "white" if abs(norm(delta) - 0.5) > 0.3 else "black"  # legible on the dark ends of the scale
-            panel.text(steps.index(r.step), own.index(r.scale), f"{delta:+.1f}\n[{lo:+.1f}, {hi:+.1f}]",
+            digits = 0 if max(abs(lo), abs(hi)) >= 10 else 1  # whole numbers fit the cell; small ones keep a digit
+            panel.text(steps.index(r.step), own.index(r.scale), f"{delta:+.1f}\n[{lo:+.{digits}f}, {hi:+.{digits}f}]",
                        ha="center", va="center", fontsize=6.5, fontweight=bold, color=ink)
         panel.set_xticks(range(len(steps)), [f"{s:,}" for s in steps], fontsize=7)
         panel.set_yticks(range(len(own)), [f"{s:g}" for s in own], fontsize=7)
