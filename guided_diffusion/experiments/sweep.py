@@ -26,7 +26,9 @@ combinations, whatever their order in the file; the default baseline is the firs
 
 Commands run from the repository root, so paths inside sampling configs (model_path) are relative to it.
 Each point is keyed by its overrides; `results.jsonl` holds one line per finished or failed point, and a
-rerun skips the points already done. Relative paths in a spec are relative to the
+rerun skips the points already done. A finished point whose files now give other settings than those it ran
+with (its `config.yaml`: e.g. a method file's scale was retuned) is an error before anything runs, not a
+silent reuse of old results. Relative paths in a spec are relative to the
 repository root. A point may carry a `label` (not a flag) that names its row in the table, and a
 `config` (a config file, or a list of them) that replaces `base` for that point, so that a sweep can run
 the rows of a table from their own files:
@@ -71,6 +73,7 @@ from guided_diffusion.experiments.sweep_spec import (
     baseline_rule,
     check_point_flags,
     comparison_specs,
+    describe_point,
     expand_points,
     load_spec,
     point_config,
@@ -81,7 +84,8 @@ from guided_diffusion.sampling.run import SAMPLE_FLAGS
 from guided_diffusion.sampling.store import batch_name
 
 __all__ = ["load_spec", "check_point_flags", "expand_points", "baseline_point", "point_config", "point_key",
-           "read_results", "point_commands", "scoring_command", "planned_commands", "run_sweep", "run_comparisons",
+           "read_results", "changed_settings", "finished_points", "point_commands", "scoring_command",
+           "planned_commands", "run_sweep", "run_comparisons",
            "run_all_comparisons", "in_feature_space", "rescore_points",
            "results_table", "plot_results"]
 
@@ -223,13 +227,45 @@ def rescore_points(spec, results, env=None):
     return rescored
 
 
+def changed_settings(spec, overrides, point_dir):
+    """{flag: (then, now)} for each setting a finished point ran with (its stored config.yaml) that its files and
+    overrides now set otherwise; empty when nothing changed or the point never wrote a config."""
+    stored = Path(point_dir) / "config.yaml"
+    if not stored.exists():
+        return {}
+    then = yaml.safe_load(stored.read_text()) or {}
+    now = yaml.safe_load(yaml.safe_dump(point_config(spec, overrides), sort_keys=True))  # the same YAML types
+    keys = (set(then) | set(now)) - {"output_dir"}  # the sweep chooses where samples go; not a setting
+    return {k: (then.get(k), now.get(k)) for k in sorted(keys) if then.get(k) != now.get(k)}
+
+
+def finished_points(spec):
+    """The keys of the points recorded as done; ValueError when any of them ran with other settings than its
+    files now give (its results would be reused as if they were current)."""
+    out = Path(spec["output_dir"])
+    done = {k for k, r in read_results(out / "results.jsonl").items() if r["status"] == "ok"}
+    stale = []
+    for overrides in expand_points(spec):
+        key = point_key(overrides)
+        changes = changed_settings(spec, overrides, out / key) if key in done else {}
+        if changes:
+            listed = "; ".join(f"{k}: {then!r} then, {now!r} now" for k, (then, now) in changes.items())
+            stale.append(f"point {describe_point(overrides)} ({out / key}): {listed}")
+    if stale:
+        raise ValueError(
+            f"sweep {spec.get('name', '')!r}: {len(stale)} finished point(s) in {out} ran with settings that their "
+            "config files no longer give, so their results are not this spec's:\n  " + "\n  ".join(stale)
+            + "\nRun the spec into a fresh folder (--output_dir), or restore the files it ran with.")
+    return done
+
+
 def planned_commands(spec):
     """The shell commands a run would start: each pending point's sampling and evaluation, then each
     comparison with the baseline (to submit after the points' own jobs). Writes the points' configs.
     Every point's flags are checked first, as the sampler will check them (ValueError)."""
     check_point_flags(spec)
     out = Path(spec["output_dir"])
-    done = {k for k, r in read_results(out / "results.jsonl").items() if r["status"] == "ok"}
+    done = finished_points(spec)
     points = expand_points(spec)
     commands = []
     for overrides in points:
@@ -255,7 +291,7 @@ def run_sweep(spec, env=None):
         command = [sys.executable if c == "python" else str(c).replace("{reference}", spec["reference"])
                    for c in spec["prepare_reference"]]
         _run(command, out / "prepare_reference.log", env)
-    done = {k for k, r in read_results(results_path).items() if r["status"] == "ok"}
+    done = finished_points(spec)
     points = expand_points(spec)
     for index, overrides in enumerate(points):
         key = point_key(overrides)

@@ -124,6 +124,35 @@ def test_sweep_baseline_must_name_a_point(tmp_path):
         load_spec(spec_path)
 
 
+def test_a_finished_point_whose_files_changed_is_refused_not_reused(tmp_path):
+    method = tmp_path / "method.yaml"
+    method.write_text(yaml.safe_dump({"include": str(ROOT / "configs/digits/sample.yaml"), "pag_scale": 2.0,
+                                      "pag_layers": ["middle_block.1"], "output_dir": "samples/a"}))
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({
+        "name": "t", "base": str(method), "reference": str(tmp_path / "ref.npz"), "output_dir": str(tmp_path / "runs"),
+        "points": [{"label": "unguided", "pag_scale": 0.0}, {"label": "PAG"}], "baseline": "unguided"}))
+    spec = load_spec(spec_path)
+    # both points finished with the files as they are: a rerun has nothing to sample
+    for point in expand_points(spec):
+        point_commands(spec, point, tmp_path / "runs" / point_key(point))  # writes the config the point ran with
+        with open(tmp_path / "runs" / "results.jsonl", "a") as results:
+            results.write(json.dumps({"key": point_key(point), "overrides": point, "status": "ok"}) + "\n")
+    assert not any("image_sample" in c for c in planned_commands(spec))
+    # where the samples go is not a setting
+    method.write_text(method.read_text().replace("samples/a", "samples/b"))
+    assert not any("image_sample" in c for c in planned_commands(spec))
+    # the method file's scale is retuned: the PAG row's results are stale, the unguided row's (its own override
+    # holds the scale) are not; both the run and the dry run refuse, naming the point, the flag and the fix
+    method.write_text(method.read_text().replace("pag_scale: 2.0", "pag_scale: 0.5"))
+    for attempt in (planned_commands, run_sweep):
+        with pytest.raises(ValueError) as refused:
+            attempt(spec)
+        message = str(refused.value)
+        assert "1 finished point(s)" in message and '"PAG"' in message and '"unguided"' not in message
+        assert "pag_scale: 2.0 then, 0.5 now" in message and "--output_dir" in message
+
+
 def test_table1_sweep_runs_each_row_from_its_own_file(tmp_path):
     """The Table 1 spec names the row files; each point's config is that file's composed flags, exactly."""
     spec = load_spec(ROOT / "configs/sweeps/imagenet256/table1.yaml")
