@@ -17,6 +17,7 @@ from guided_diffusion.cli.flags import Flag, FlagGroup, HelpFormatter
 from guided_diffusion.experiments.child_signals import run_until_stopped
 from guided_diffusion.experiments.sweep import (
     check_point_flags,
+    finished_points,
     in_feature_space,
     load_spec,
     planned_commands,
@@ -60,13 +61,14 @@ def main(argv=None):
 
 
 def _sweep(args):
-    try:  # a bad spec, or a flag the sampler would refuse in any point: one line, before anything runs
-        spec = load_spec(args.spec)
+    try:  # a bad spec, a flag the sampler would refuse in any point, or a finished point whose files changed:
+        spec = load_spec(args.spec)  # one message, before anything runs
+        if args.output_dir:
+            spec["output_dir"] = args.output_dir
         check_point_flags(spec)
+        finished_points(spec)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
-    if args.output_dir:
-        spec["output_dir"] = args.output_dir
     if args.dry_run:
         for command in planned_commands(spec):
             print(command)

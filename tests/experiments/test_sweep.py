@@ -151,6 +151,11 @@ def test_a_finished_point_whose_files_changed_is_refused_not_reused(tmp_path):
         message = str(refused.value)
         assert "1 finished point(s)" in message and '"PAG"' in message and '"unguided"' not in message
         assert "pag_scale: 2.0 then, 0.5 now" in message and "--output_dir" in message
+    # the command line: one error line and a non-zero exit, the dry run and another feature space included
+    for extra in ((), ("--dry_run",), ("--backend", "digits")):
+        refused = run_script("pag-sweep", spec_path, *extra)
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stderr
+        assert "error: sweep 't': 1 finished point(s)" in refused.stderr and "pag_scale: 2.0 then" in refused.stderr
 
 
 def test_table1_sweep_runs_each_row_from_its_own_file(tmp_path):
