@@ -233,11 +233,13 @@ def resample_indices(n, n_boot, seed):
 
 
 class SampleBootstrap:
-    """Bootstrap replicates of every metric of one sample batch against a fixed :class:`Reference`."""
+    """Bootstrap replicates of every metric of one sample batch against a fixed :class:`Reference`; `store`
+    (an `evaluations.replicate_cache.ReplicateStore`, or None) keeps them between runs."""
 
-    def __init__(self, reference, acts):
+    def __init__(self, reference, acts, store=None):
         self.reference = reference
         self.acts = acts
+        self.store = store
         self.n = int(acts["pool"].shape[0])
         if self.n < 2:
             raise ValueError(f"bootstrap intervals need at least 2 samples; got {self.n}")
@@ -383,9 +385,13 @@ class SampleBootstrap:
         if n_boot < 2:
             raise ValueError(f"a bootstrap needs at least 2 replicates; got {n_boot}")
         key = (int(n_boot), int(seed))
+        if key not in self._cache and self.store is not None and (stored := self.store.load(*key)) is not None:
+            self._cache[key] = stored
         if key not in self._cache:
             parts = [self.replicate_metrics(index) for index in resample_indices(self.n, n_boot, seed)]
             self._cache[key] = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+            if self.store is not None:
+                self.store.save(*key, self._cache[key])
         return self._cache[key]
 
 

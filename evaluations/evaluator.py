@@ -146,6 +146,12 @@ class Evaluator:
             return graph_fingerprint(resolve_graph_path(self.inception_graph))
         return backend_fingerprint(self.backend)
 
+    def metric_settings(self):
+        """What, besides the images and the reference, the metrics depend on (JSON-able): the backend's weights,
+        k, the norms of the k-NN distances and KID's options."""
+        return {"weights": self._fingerprint(), "k": self.k, "norms": self.norms,
+                "kid_normalisation": self.kid_normalisation, "kid_options": self.kid_options}
+
     def close(self):
         if self._backend is not None and hasattr(self._backend, "close"):
             self._backend.close()
@@ -312,6 +318,9 @@ def _parser():
                    "while a batch file is unchanged; nothing is written beside the batches (default: "
                    f"${CACHE_ENV_VAR}, else $XDG_CACHE_HOME/pag_adm/activations or ~/.cache/pag_adm/activations)")
     p.add_argument("--no_cache", action="store_true", help="neither read nor write activation caches")
+    p.add_argument("--bootstrap_cache", default=None, metavar="DIR", help="keep each batch's bootstrap "
+                   "replicates in DIR and reuse them while the batch, the reference and the settings are "
+                   "unchanged: a table's comparisons then resample each batch once (default: not kept)")
     p.add_argument("--download", action="store_true", help="download the Inception graph if missing")
     p.add_argument("--device", default=None, help="torch device for precision/recall (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -418,7 +427,7 @@ def main(argv=None):
         evaluator = _make_evaluator(args)
         try:
             scorer = Scorer(evaluator, args.ref_batch, intervals=args.intervals or 0,
-                            bootstrap_seed=args.bootstrap_seed)
+                            bootstrap_seed=args.bootstrap_seed, bootstrap_cache=args.bootstrap_cache)
             results = scorer.score(args.sample_batch)
         finally:
             evaluator.close()
@@ -461,7 +470,7 @@ def _main_compare(args):
         evaluator = _make_evaluator(args)
         try:
             scorer = Scorer(evaluator, args.ref_batch, intervals=n_boot, bootstrap_seed=args.bootstrap_seed,
-                            seed_sets=args.seed_sets)
+                            seed_sets=args.seed_sets, bootstrap_cache=args.bootstrap_cache)
             result = scorer.compare(args.sample_batch, args.compare)
         finally:
             evaluator.close()

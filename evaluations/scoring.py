@@ -23,15 +23,17 @@ from guided_diffusion.runtime.files import file_fingerprint
 from . import bootstrap
 from .activation_cache import BatchFeatures
 from .npz import IMAGES_KEY, check_member_intact, inspect_npz, read_npz_statistics, validate_image_header
+from .replicate_cache import ReplicateStore
 from .resolution import sample_resize_target
 
 __all__ = ["Scorer"]
 
 
 class _Batch:
-    """A scored batch: its features, its point metrics and (made when first needed) its bootstrap."""
+    """A scored batch: its file, its features, its point metrics and (made when first needed) its bootstrap."""
 
-    def __init__(self, features, metrics):
+    def __init__(self, path, resize_to, features, metrics):
+        self.path, self.resize_to = path, resize_to
         self.features, self.metrics, self.bootstrap = features, metrics, None
 
 
@@ -40,12 +42,13 @@ class Scorer:
 
     `intervals`: bootstrap resamples of each batch for 95% intervals (0: none; a comparison needs at least
     2), drawn with `bootstrap_seed`; `seed_sets`: the disjoint sets of consecutive image indices a
-    comparison also reports; `level`: the intervals' coverage. The features of every batch scored stay in
+    comparison also reports; `level`: the intervals' coverage; `bootstrap_cache`: a folder where each batch's
+    replicates are kept and reused (`evaluations.replicate_cache`), or None. The features of every batch scored stay in
     memory while the scorer lives (a comparison reuses them): one scorer per run of a few batches.
     """
 
     def __init__(self, evaluator, reference, *, intervals=0, bootstrap_seed=0,
-                 seed_sets=bootstrap.DEFAULT_SEED_SETS, level=bootstrap.DEFAULT_LEVEL):
+                 seed_sets=bootstrap.DEFAULT_SEED_SETS, level=bootstrap.DEFAULT_LEVEL, bootstrap_cache=None):
         if intervals < 0 or intervals == 1:
             raise ValueError(f"intervals must be 0 (none) or at least 2 resamples (1000 is usual); got {intervals}")
         if seed_sets < 1:
@@ -53,6 +56,7 @@ class Scorer:
         self.evaluator = evaluator
         self.reference_path = Path(reference)
         self.intervals, self.bootstrap_seed, self.seed_sets, self.level = intervals, bootstrap_seed, seed_sets, level
+        self.bootstrap_cache = bootstrap_cache
         self._ref_info = self._ref = self._prepared = None
         self._batches = {}  # (path, file fingerprint) -> _Batch
 
@@ -90,7 +94,12 @@ class Scorer:
         if batch.bootstrap is None:
             if self._prepared is None:
                 self._prepared = self.evaluator.reference(self._ref)
-            batch.bootstrap = bootstrap.SampleBootstrap(self._prepared, batch.features.acts)
+            store = None
+            if self.bootstrap_cache is not None:
+                settings = {**self.evaluator.metric_settings(), "resize_to": batch.resize_to}
+                store = ReplicateStore(self.bootstrap_cache, batch.path, self.reference_path,
+                                       self.evaluator.backend_name, settings)
+            batch.bootstrap = bootstrap.SampleBootstrap(self._prepared, batch.features.acts, store)
         return batch.bootstrap
 
     def _load(self, paths):
@@ -113,7 +122,8 @@ class Scorer:
         for key, info in todo.items():
             feats = self._with_stored_statistics(info, resize[key], cached[key])
             metrics = self.evaluator.compute_metrics(self._ref, feats, ref_name=str(self.reference_path))
-            self._batches[key] = _Batch(feats, metrics)
+            resize_to = None if resize[key] is None else [int(v) for v in resize[key]]
+            self._batches[key] = _Batch(key[0], resize_to, feats, metrics)
         return [self._batches[key] for key in keys]
 
     def _with_stored_statistics(self, info, resize_to=None, feats=None):

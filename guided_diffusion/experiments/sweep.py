@@ -90,6 +90,8 @@ __all__ = ["load_spec", "check_point_flags", "expand_points", "baseline_point", 
            "results_table", "plot_results"]
 
 log = logging.getLogger(__name__)
+REPLICATES_FOLDER = "bootstrap_replicates"  # in the sweep's folder: each batch's bootstrap replicates, reused
+_CACHE_FLAG = "--bootstrap_cache"
 
 METRICS = (("FID", "min"), ("sFID", "min"), ("KID", "min"), ("IS", "max"), ("Precision", "max"),
            ("Recall", "max"))
@@ -125,7 +127,8 @@ def point_commands(spec, overrides, point_dir):
 def scoring_command(spec, samples, json_path, baseline_samples=None):
     """The adm-evaluate command (evaluations.scoring.Scorer) that scores `samples` against the spec's reference,
     or with `baseline_samples` compares them with the baseline's on the same seeds; its JSON goes to
-    `json_path`."""
+    `json_path`. With intervals, every batch's bootstrap replicates are kept in the sweep's folder
+    (`REPLICATES_FOLDER`): a point is resampled once for its own intervals and reused by each comparison."""
     batches = [str(samples)] if baseline_samples is None else [str(baseline_samples), "--compare", str(samples)]
     return ([sys.executable, "-m", "evaluations.evaluator", spec["reference"], *batches, "--json", str(json_path)]
             + _statistics_args(spec, compare=baseline_samples is not None)
@@ -139,6 +142,16 @@ def _statistics_args(spec, compare):
             "--bootstrap_seed", str(spec.get("bootstrap_seed", STATISTICS_DEFAULTS["bootstrap_seed"]))]
     if compare:
         args += ["--seed_sets", str(spec.get("seed_sets", STATISTICS_DEFAULTS["seed_sets"]))]
+    return args + [_CACHE_FLAG, str(Path(spec["output_dir"]) / REPLICATES_FOLDER)]
+
+
+def _result_arguments(command):
+    """The arguments of a scoring command that its result depends on (the stamp of a finished score): all
+    but the interpreter and the replicate cache's folder, which changes only how fast the result comes."""
+    args = list(command[3:])
+    while _CACHE_FLAG in args:
+        index = args.index(_CACHE_FLAG)
+        del args[index : index + 2]
     return args
 
 
@@ -162,7 +175,7 @@ def run_comparisons(spec, results, env=None, name="compare"):
             continue
         result_path = out / key / f"{name}.json"
         command = scoring_command(spec, record["samples"], result_path, base_record["samples"])
-        stamp = {"command": command[3:], "a": file_identity(base_record["samples"]),
+        stamp = {"command": _result_arguments(command), "a": file_identity(base_record["samples"]),
                  "b": file_identity(record["samples"])}
         note = ("comparing %s with the baseline %s", json.dumps(overrides, sort_keys=True),
                 json.dumps(base, sort_keys=True))
@@ -216,7 +229,7 @@ def rescore_points(spec, results, env=None):
             continue
         result_path = out / key / f"metrics{suffix}.json"
         command = scoring_command(spec, record["samples"], result_path)
-        stamp = {"command": command[3:], "samples": file_identity(record["samples"])}
+        stamp = {"command": _result_arguments(command), "samples": file_identity(record["samples"])}
         note = ("scoring %s (%s)", json.dumps(record["overrides"], sort_keys=True), " ".join(command[-4:]))
         try:
             metrics = _stamped_run(command, result_path, stamp, out / key / f"evaluate{suffix}.log", env, note)

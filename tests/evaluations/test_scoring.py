@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from evaluations import bootstrap
 from evaluations.backends import register_backend
 from evaluations.evaluator import Evaluator, main
 from evaluations.scoring import Scorer
@@ -88,6 +89,49 @@ def test_the_command_line_gives_the_scorers_numbers(batches, tmp_path):
     assert {k: printed[k] for k in comparison} == json.loads(json.dumps(comparison))
     assert Evaluator(CountingBackend.name, progress=False, use_cache=False).evaluate(
         batches["ref"], batches["a"]) == {k: v for k, v in scores.items() if k != "intervals"}
+
+
+def test_bootstrap_replicates_are_kept_and_reused_while_nothing_they_depend_on_changes(batches, tmp_path,
+                                                                                       monkeypatch):
+    folder = tmp_path / "replicates"
+    first = _scorer(batches["ref"], intervals=30, seed_sets=2, bootstrap_cache=folder).compare(batches["a"],
+                                                                                              batches["b"])
+    assert len(list(folder.iterdir())) == 2  # one entry per batch
+
+    drawn = []
+    real = bootstrap.SampleBootstrap.replicate_metrics
+    monkeypatch.setattr(bootstrap.SampleBootstrap, "replicate_metrics",
+                        lambda self, index: drawn.append(len(index)) or real(self, index))
+    again = _scorer(batches["ref"], intervals=30, seed_sets=2, bootstrap_cache=folder).compare(batches["a"],
+                                                                                              batches["b"])
+    assert drawn == [] and json.dumps(again) == json.dumps(first)  # read back, to the last digit
+    uncached = _scorer(batches["ref"], intervals=30, seed_sets=2).compare(batches["a"], batches["b"])
+    assert drawn == [30, 30] and json.dumps(uncached) == json.dumps(first)  # the cache changes nothing
+
+    drawn.clear()  # another count, another seed, another k: drawn again, each beside the others
+    _scorer(batches["ref"], intervals=31, bootstrap_cache=folder).score(batches["a"])
+    _scorer(batches["ref"], intervals=30, bootstrap_seed=1, bootstrap_cache=folder).score(batches["a"])
+    other_k = Scorer(Evaluator(CountingBackend.name, progress=False, use_cache=False, k=4), batches["ref"],
+                     intervals=30, bootstrap_cache=folder)
+    other_k.score(batches["a"])
+    assert drawn == [31, 30, 30] and len(list(folder.iterdir())) == 5
+    drawn.clear()  # a rewritten batch or reference: drawn again
+    np.savez(batches["a"], _images(16, 8, 7))
+    rewritten = _scorer(batches["ref"], intervals=30, bootstrap_cache=folder).score(batches["a"])
+    np.savez(batches["ref"], _images(30, 8, 9))
+    _scorer(batches["ref"], intervals=30, bootstrap_cache=folder).score(batches["a"])
+    assert drawn == [30, 30] and rewritten["intervals"] != first["a"]["intervals"]
+
+
+def test_the_command_line_keeps_replicates_where_asked(batches, tmp_path):
+    common = [str(batches["ref"]), str(batches["a"]), "--compare", str(batches["b"]), "--seed_sets", "2",
+              "--backend", CountingBackend.name, "--quiet", "--no_cache", "--intervals", "25"]
+    assert main([*common, "--json", str(tmp_path / "plain.json")]) == 0
+    for name in ("first", "reused"):
+        assert main([*common, "--json", str(tmp_path / f"{name}.json"), "--bootstrap_cache", str(tmp_path / "r")]) == 0
+    assert len(list((tmp_path / "r").iterdir())) == 2
+    plain, first, reused = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("plain", "first", "reused"))
+    assert plain == first == reused
 
 
 @pytest.mark.parametrize("extra", [["--intervals", "10"], ["--compare", "{big}", "--seed_sets", "2"]])

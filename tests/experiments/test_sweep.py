@@ -13,6 +13,7 @@ from evaluations.tables import differences_table
 from guided_diffusion.cli.yaml_config import load_config
 from guided_diffusion.data.digits import load_digits_split
 from guided_diffusion.experiments.sweep import (
+    REPLICATES_FOLDER,
     expand_points,
     load_spec,
     planned_commands,
@@ -241,7 +242,14 @@ def test_rows_are_compared_with_a_second_baseline_and_timed_per_image(tmp_path):
         (row,) = [line for line in table.splitlines()[:5] if line.startswith(f"| {point['label']} |")]
         assert row.split(" | ")[1] == f"{record['sample_seconds'] / 8:.3f}"
     # a dry run lists both comparisons of each row (2 against unguided, 2 against PAG)
-    assert sum("--compare" in c for c in planned_commands(load_spec(spec_path))) == 4
+    planned = planned_commands(load_spec(spec_path))
+    assert sum("--compare" in c for c in planned) == 4
+    # Each batch is resampled once: its replicates, kept in the sweep's folder, serve its own intervals and
+    # every comparison; the stamps that decide whether a score is reused do not name that folder.
+    assert all(f"--bootstrap_cache {out / REPLICATES_FOLDER}" in c for c in planned if "--compare" in c)
+    assert len(list((out / REPLICATES_FOLDER).glob("*.npz"))) == 3
+    stamp = json.loads((out / keys[1] / "compare.key.json").read_text())
+    assert "--intervals" in stamp["command"] and "--bootstrap_cache" not in stamp["command"]
 
     # Another feature space: the stored samples scored again (here by the same network, so the numbers must
     # agree), nothing sampled, every file with its own suffix.
