@@ -63,3 +63,17 @@ def test_guidance_methods_cost_counts_each_methods_network_rows_per_step():
         assert float(seconds) > 0 and ratio.endswith("x"), name
         assert model == ("cond" if name in ("cg", "unguided (cond)") else "uncond"), name
     assert rows["unguided (uncond)"][4] == "1.00x"
+
+
+@pytest.mark.slow
+def test_comparison_speed_reads_replicates_back_with_identical_results():
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "comparison_speed.py"), "--n", "60",
+                             "--n_ref", "80", "--n_boot", "10", "--seed_sets", "2"],
+                            cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "identical results: yes" in result.stdout
+    rows = {cells[0]: cells[1:] for line in result.stdout.splitlines() if line.startswith("| ")
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    assert list(rows) == ["comparison", "resampling both batches", "replicates read back (--bootstrap_cache)"]
+    assert rows["resampling both batches"][1] == "1.0x"
+    assert all(float(seconds) > 0 for seconds, _ in list(rows.values())[1:])
