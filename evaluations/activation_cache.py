@@ -62,12 +62,18 @@ def cache_path_for(batch_path, backend_name, cache_dir=None, resize_to=None):
     last MiB) changes whenever the file is rewritten. One entry per path also means a rewritten batch
     replaces its stale entry instead of leaving a gigabyte-sized orphan; a copy elsewhere gets its own.
     """
-    batch_path = Path(batch_path)
+    slot = [str(Path(batch_path).resolve()), None if resize_to is None else [int(v) for v in resize_to]]
+    return resolve_cache_dir(cache_dir) / f"{entry_stem(batch_path, backend_name, slot)}.acts.npz"
+
+
+def entry_stem(batch_path, backend_name, slot):
+    """``SAMPLE.<backend>.<hash of slot>`` for a cache entry of the batch ``.../SAMPLE.npz``: readable names, and
+    one entry per `slot` (a JSON-able value naming what the entry is for, e.g. the batch's resolved path)."""
+    name = Path(batch_path).name
+    stem = name[: -len(".npz")] if name.endswith(".npz") else name
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backend_name)
-    stem = batch_path.name[: -len(".npz")] if batch_path.name.endswith(".npz") else batch_path.name
-    slot = json.dumps([str(batch_path.resolve()), None if resize_to is None else [int(v) for v in resize_to]])
-    digest = hashlib.sha256(slot.encode()).hexdigest()[:16]
-    return resolve_cache_dir(cache_dir) / f"{stem}.{safe}.{digest}.acts.npz"
+    digest = hashlib.sha256(json.dumps(slot, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{stem}.{safe}.{digest}"
 
 
 def cache_key(batch_path, fingerprint, resize_to=None):

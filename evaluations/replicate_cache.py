@@ -13,15 +13,15 @@ The replicates are those the metrics code gives (stored as float64), so interval
 identical with or without the cache.
 """
 
-import hashlib
 import json
-import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from guided_diffusion.runtime.files import atomic_write, file_fingerprint
+
+from .activation_cache import entry_stem
 
 FORMAT = 1
 
@@ -46,10 +46,8 @@ class ReplicateStore:
             "backend": backend_name,
             "settings": settings,
         }
-        stem = batch_path.name[: -len(".npz")] if batch_path.name.endswith(".npz") else batch_path.name
-        slot = json.dumps([self._key["batch"][0], self._key["reference"][0], backend_name, settings], sort_keys=True)
-        digest = hashlib.sha256(slot.encode()).hexdigest()[:16]
-        self._safe_name = f"{stem}.{re.sub(r'[^A-Za-z0-9_.-]+', '_', backend_name)}.{digest}"
+        slot = [self._key["batch"][0], self._key["reference"][0], backend_name, settings]
+        self._safe_name = entry_stem(batch_path, backend_name, slot)
 
     def path(self, n_boot, seed):
         return self.folder / f"{self._safe_name}.boot{int(n_boot)}-seed{int(seed)}.npz"
