@@ -8,14 +8,29 @@ import pytest
 from programs import REPO, child_env
 
 
+def _run_benchmark(script, *args, timeout=300):
+    """The stdout of `benchmarks/<script>` run with `args` in a child process, which must exit 0."""
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO, env=child_env(),
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _table_cells(stdout):
+    """The cells of each row of the Markdown tables in `stdout` (headers included, separators not)."""
+    return [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines() if line.startswith("| ")]
+
+
+def _table_rows(stdout):
+    """{first cell: the other cells} for each table row in `stdout`."""
+    return {cells[0]: cells[1:] for cells in _table_cells(stdout)}
+
+
 @pytest.mark.slow
 def test_adm_release_speed_measures_ours_without_a_release():
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "adm_release_speed.py"), "--train_batch", "2",
-                             "--sample_batch", "2", "--repeats", "1", "--warmup", "0"],
-                            cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    rows = {cells[0]: cells[1:] for line in result.stdout.splitlines() if line.startswith("| ")
-            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    stdout = _run_benchmark("adm_release_speed.py", "--train_batch", "2", "--sample_batch", "2", "--repeats", "1",
+                            "--warmup", "0")
+    rows = _table_rows(stdout)
     expected = ["train step, fp32", "train step, bf16 autocast (release: whole step under autocast)",
                 "sample DDIM-25, fp32", "sample DDIM-25, bf16 autocast"]
     assert [name for name in rows if name != "task"] == expected
@@ -23,18 +38,15 @@ def test_adm_release_speed_measures_ours_without_a_release():
         ours, release, ratio = rows[name]
         assert float(ours) > 0, name
         assert release == ratio == "—", name  # no release given: nothing to compare with
-    assert "release: not measured" in result.stdout
+    assert "release: not measured" in stdout
 
 
 @pytest.mark.slow
 def test_training_speed_prints_every_variant_against_bf16():
     variants = ["fp32", "bf16 + channels_last"]
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "training_speed.py"), "--train_batch", "2",
-                             "--forward_batch", "2", "--repeats", "1", "--warmup", "0", "--variants", *variants],
-                            cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in result.stdout.splitlines()
-            if line.startswith("| ") and not line.startswith("| task")]
+    stdout = _run_benchmark("training_speed.py", "--train_batch", "2", "--forward_batch", "2", "--repeats", "1",
+                            "--warmup", "0", "--variants", *variants)
+    rows = [cells for cells in _table_cells(stdout) if cells[0] != "task"]
     assert [(task, variant) for task, variant, *_ in rows] == [
         (task, variant) for task in ("train", "forward") for variant in ["bf16", *variants]]
     for task, variant, speed, ratio, first, diff in rows:
@@ -47,12 +59,8 @@ def test_training_speed_prints_every_variant_against_bf16():
 
 @pytest.mark.slow
 def test_guidance_methods_cost_counts_each_methods_network_rows_per_step():
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "guidance_methods_cost.py"), "--methods", "pag",
-                             "cg", "--batch", "2", "--steps", "2", "--repeats", "1", "--warmup", "0"],
-                            cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    rows = {cells[0]: cells[1:] for line in result.stdout.splitlines() if line.startswith("| ")
-            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    rows = _table_rows(_run_benchmark("guidance_methods_cost.py", "--methods", "pag", "cg", "--batch", "2", "--steps",
+                                      "2", "--repeats", "1", "--warmup", "0", timeout=600))
     # unguided: one prediction per image and step; PAG adds its perturbed copy in the same call, CG the
     # classifier's pass in a call of its own
     expected = {"unguided (uncond)": "1.00", "unguided (cond)": "1.00", "pag": "2.00", "cg": "2.00"}
@@ -67,13 +75,9 @@ def test_guidance_methods_cost_counts_each_methods_network_rows_per_step():
 
 @pytest.mark.slow
 def test_comparison_speed_reads_replicates_back_with_identical_results():
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "comparison_speed.py"), "--n", "60",
-                             "--n_ref", "80", "--n_boot", "10", "--seed_sets", "2"],
-                            cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "identical results: yes" in result.stdout
-    rows = {cells[0]: cells[1:] for line in result.stdout.splitlines() if line.startswith("| ")
-            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    stdout = _run_benchmark("comparison_speed.py", "--n", "60", "--n_ref", "80", "--n_boot", "10", "--seed_sets", "2")
+    assert "identical results: yes" in stdout
+    rows = _table_rows(stdout)
     assert list(rows) == ["comparison", "resampling both batches", "replicates read back (--bootstrap_cache)"]
     assert rows["resampling both batches"][1] == "1.0x"
     assert all(float(seconds) > 0 for seconds, _ in list(rows.values())[1:])
