@@ -21,6 +21,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
 from timing import timed  # benchmarks/timing.py, beside this script
 
 from guided_diffusion.cli.flags import parse
@@ -45,6 +46,8 @@ def create_argparser():
     parser.add_argument("--steps", type=int, default=5, help="DDIM steps per call (the cost per step is reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (the median is reported)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where to sample (default: the GPU where there is one)")
     return parser
 
 
@@ -72,16 +75,19 @@ def networks_of(model, guidance):
     return [model, *(getattr(g, g.network_field) for g in guidance if getattr(g, "network_field", None))]
 
 
-def sampling_call(args, batch):
-    """A zero-argument call that samples `batch` images with these flags, and its row counter."""
-    model, diffusion, guidance = load_networks(args, "cpu")
+def sampling_call(args, batch, device):
+    """A zero-argument call that samples `batch` images with these flags on `device`, and its row counter."""
+    model, diffusion, guidance = load_networks(args, device)
     counter = RowCounter(networks_of(model, guidance))
     indices = np.arange(batch)
     labels = (indices % args.num_classes) if args.class_cond else None
 
     def call():
-        return sample_images(model, diffusion, indices, seed=0, image_size=args.image_size, labels=labels,
-                             use_ddim=True, guidance=guidance)
+        images = sample_images(model, diffusion, indices, seed=0, image_size=args.image_size, labels=labels,
+                               use_ddim=True, guidance=guidance, device=device)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()  # the kernels are queued: wait for them before the clock stops
+        return images
 
     return call, counter
 
@@ -93,14 +99,14 @@ def main(argv=None):
         model_name = name[len("unguided ("):-1] if name.startswith("unguided") else METHODS[name]
         files = [MODELS[model_name]] + ([] if name.startswith("unguided") else [CONFIGS / "methods" / f"{name}.yaml"])
         try:
-            calls[name], counters[name] = sampling_call(sampler_args(files, args.steps), args.batch)
+            calls[name], counters[name] = sampling_call(sampler_args(files, args.steps), args.batch, args.device)
         except (OSError, ValueError) as error:  # a weak model or a null label this checkout does not have yet
             skipped[name] = " ".join(str(error).split())[:160]
         rows[name] = model_name
     seconds, _, _ = timed(calls, args.warmup, args.repeats)
     calls_made = args.warmup + args.repeats
-    print(f"Cost per sampling step on the testbed (batch {args.batch}, DDIM-{args.steps}, bf16 autocast, "
-          f"median of {args.repeats} interleaved rounds):\n")
+    print(f"Cost per sampling step on the testbed ({args.device}, batch {args.batch}, DDIM-{args.steps}, "
+          f"bf16 autocast, median of {args.repeats} interleaved rounds):\n")
     print("| method | model | rows/image/step | calls/step | s/image/step | vs unguided |")
     print("|---|---|---:|---:|---:|---:|")
     for name, model_name in rows.items():
