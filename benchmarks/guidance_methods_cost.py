@@ -118,7 +118,7 @@ def main(argv=None):
         network_calls = counters[name].calls / (calls_made * args.steps)
         base = seconds.get(f"unguided ({model_name})")
         ratio = f"{seconds[name] / base:.2f}x" if base else "—"
-        print(f"| {name} | {model_name} | {network_rows:.2f} | {network_calls:.2f} | {per_step:.4f} | {ratio} |")
+        print(f"| {name} | {model_name} | {network_rows:.2f} | {network_calls:.2f} | {per_step:.3g} | {ratio} |")
     return 0
 
 
