@@ -312,7 +312,8 @@ def test_autoguidance_method_files_load_their_shipped_weak_models(name, width):
                                          "--config", str(CONFIGS / "fashion32" / "methods" / f"{name}.yaml")])
     weak = load_weak_model(args, "cpu")
     method = method_from_flags(Autoguidance, args, weak_model=weak)
-    assert method.scale == 1.0 and weak.num_classes is None and weak.image_size == 32
+    tuned = load_yaml(CONFIGS / "fashion32" / "methods" / f"{name}.yaml")["auto_scale"]
+    assert method.scale == tuned > 0 and weak.num_classes is None and weak.image_size == 32
     assert weak.model_channels == width  # the small model's own width, from its --auto_model_config
 
 
