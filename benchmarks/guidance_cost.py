@@ -22,6 +22,7 @@ import sys
 import time
 
 import torch
+from timing import device_sync  # benchmarks/timing.py, beside this script
 from torch.utils.flop_counter import FlopCounterMode
 
 from guided_diffusion.guidance import OFFICIAL_PAG_LAYERS_256, PerturbedAttentionGuidance
@@ -175,7 +176,7 @@ def measure(args):
 
     methods = {"unguided": unguided, "PAG, two passes": two_passes, "PAG, ours (batched, shared prefix)": ours}
     times = {name: [] for name in methods}
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    sync = device_sync(args.device)
     with torch.inference_mode():
         for _ in range(args.warmup):  # until the allocator's pools (or the CPU heap) stop growing
             for fn in methods.values():

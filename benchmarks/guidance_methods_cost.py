@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from timing import timed  # benchmarks/timing.py, beside this script
+from timing import device_sync, timed  # benchmarks/timing.py, beside this script
 
 from guided_diffusion.cli.flags import parse
 from guided_diffusion.model.attention import unwrap
@@ -83,11 +83,8 @@ def sampling_call(args, batch, device):
     labels = (indices % args.num_classes) if args.class_cond else None
 
     def call():
-        images = sample_images(model, diffusion, indices, seed=0, image_size=args.image_size, labels=labels,
-                               use_ddim=True, guidance=guidance, device=device)
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()  # the kernels are queued: wait for them before the clock stops
-        return images
+        return sample_images(model, diffusion, indices, seed=0, image_size=args.image_size, labels=labels,
+                             use_ddim=True, guidance=guidance, device=device)
 
     return call, counter
 
@@ -103,7 +100,7 @@ def main(argv=None):
         except (OSError, ValueError) as error:  # a weak model or a null label this checkout does not have yet
             skipped[name] = " ".join(str(error).split())[:160]
         rows[name] = model_name
-    seconds, _, _ = timed(calls, args.warmup, args.repeats)
+    seconds, _, _ = timed(calls, args.warmup, args.repeats, sync=device_sync(args.device))
     calls_made = args.warmup + args.repeats
     print(f"Cost per sampling step on the testbed ({args.device}, batch {args.batch}, DDIM-{args.steps}, "
           f"bf16 autocast, median of {args.repeats} interleaved rounds):\n")
