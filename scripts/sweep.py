@@ -11,6 +11,8 @@ the sweep (exit status 143 / 130); a rerun continues.
 
 import argparse
 import logging
+import os
+import sys
 from pathlib import Path
 
 from guided_diffusion.cli.flags import Flag, FlagGroup, HelpFormatter
@@ -70,8 +72,12 @@ def _sweep(args):
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
     if args.dry_run:
-        for command in planned_commands(spec):
-            print(command)
+        try:
+            for command in planned_commands(spec):
+                print(command)
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader stopped early (`--dry_run | head`): nothing more is wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # keeps the exit flush quiet
         return 0
     out = Path(spec["output_dir"])
     if args.backend:  # another feature network's view of the same samples

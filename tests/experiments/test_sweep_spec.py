@@ -2,6 +2,7 @@
 types are checked, and the default baseline does not depend on the order of `points:` and `grid:` in the file.
 Run through the installed `pag-sweep --dry_run`, as a user would."""
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from guided_diffusion.experiments.sweep import (
     results_table,
 )
 
-from programs import REPO, run_script
+from programs import REPO, child_env, command, run_script
 
 BASE = "configs/digits/sample.yaml"
 
@@ -223,3 +224,21 @@ def test_shipped_specs_pass_the_schema_and_the_flag_checks():
         check_point_flags(spec)
         assert expand_points(spec) and baseline_point(spec), path
 
+
+
+@pytest.mark.e2e
+def test_dry_run_into_a_reader_that_stops_early_ends_quietly(tmp_path):
+    """`pag-sweep SPEC --dry_run | head -1`: the reader closes the pipe first; no BrokenPipeError traceback."""
+    spec = write_spec(tmp_path, f"""
+base: {BASE}
+reference: r.npz
+output_dir: {{out}}
+grid:
+  pag_scale: [0.0, 1.0, 2.0]
+""")
+    process = subprocess.Popen(command("pag-sweep", spec, "--dry_run"), cwd=REPO, env=child_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # before the program has printed anything (its start alone takes a second)
+    errors = process.stderr.read()
+    assert process.wait(timeout=120) == 0
+    assert "Traceback" not in errors and "BrokenPipe" not in errors, errors
