@@ -146,13 +146,22 @@ def _statistics_args(spec, compare):
 
 
 def _result_arguments(command):
-    """The arguments of a scoring command that its result depends on (the stamp of a finished score): all
-    but the interpreter and the replicate cache's folder, which changes only how fast the result comes."""
+    """The options of a scoring command that its result depends on (with the identities of its files, the stamp
+    of a finished score): not the interpreter, the file paths (the reference, the batches and the JSON's, which
+    name the same files however the output folder is spelt) or the replicate cache's folder, which changes only
+    how fast the result comes."""
     args = list(command[3:])
-    while _CACHE_FLAG in args:
-        index = args.index(_CACHE_FLAG)
-        del args[index : index + 2]
-    return args
+    for flag in ("--json", "--compare", _CACHE_FLAG):
+        while flag in args:
+            index = args.index(flag)
+            del args[index : index + 2]
+    return args[2:]  # after the reference and the (first) batch
+
+
+def _score_stamp(spec, command, **batches):
+    """What a finished score was made from: the scoring options and the reference's and batches' contents."""
+    return {"command": _result_arguments(command), "reference": file_identity(spec["reference"]),
+            **{name: file_identity(path) for name, path in batches.items()}}
 
 
 def run_comparisons(spec, results, env=None, name="compare"):
@@ -175,8 +184,7 @@ def run_comparisons(spec, results, env=None, name="compare"):
             continue
         result_path = out / key / f"{name}.json"
         command = scoring_command(spec, record["samples"], result_path, base_record["samples"])
-        stamp = {"command": _result_arguments(command), "a": file_identity(base_record["samples"]),
-                 "b": file_identity(record["samples"])}
+        stamp = _score_stamp(spec, command, a=base_record["samples"], b=record["samples"])
         note = ("comparing %s with the baseline %s", json.dumps(overrides, sort_keys=True),
                 json.dumps(base, sort_keys=True))
         try:
@@ -229,7 +237,7 @@ def rescore_points(spec, results, env=None):
             continue
         result_path = out / key / f"metrics{suffix}.json"
         command = scoring_command(spec, record["samples"], result_path)
-        stamp = {"command": _result_arguments(command), "samples": file_identity(record["samples"])}
+        stamp = _score_stamp(spec, command, samples=record["samples"])
         note = ("scoring %s (%s)", json.dumps(record["overrides"], sort_keys=True), " ".join(command[-4:]))
         try:
             metrics = _stamped_run(command, result_path, stamp, out / key / f"evaluate{suffix}.log", env, note)

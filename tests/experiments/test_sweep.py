@@ -251,6 +251,13 @@ def test_rows_are_compared_with_a_second_baseline_and_timed_per_image(tmp_path):
     stamp = json.loads((out / keys[1] / "compare.key.json").read_text())
     assert "--intervals" in stamp["command"] and "--bootstrap_cache" not in stamp["command"]
 
+    # The same folder by another name (here a link; a relative path for an absolute one alike): finished scores
+    # are the same files' and are reused, not recomputed.
+    (tmp_path / "alias").symlink_to(out)
+    rerun = run_script("pag-sweep", spec_path, "--output_dir", tmp_path / "alias", timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "comparing" not in rerun.stderr and "done, skipped" in rerun.stderr
+
     # Another feature space: the stored samples scored again (here by the same network, so the numbers must
     # agree), nothing sampled, every file with its own suffix.
     stamps = {key: Path(results[key]["samples"]).stat().st_mtime_ns for key in keys}
