@@ -81,7 +81,7 @@ from guided_diffusion.experiments.sweep_spec import (
 )
 from guided_diffusion.runtime.files import append_line, atomic_write_text, file_identity
 from guided_diffusion.sampling.run import SAMPLE_FLAGS
-from guided_diffusion.sampling.store import batch_name
+from guided_diffusion.sampling.store import batch_name, sampling_seconds
 
 __all__ = ["load_spec", "check_point_flags", "expand_points", "baseline_point", "point_config", "point_key",
            "read_results", "changed_settings", "finished_points", "point_commands", "scoring_command",
@@ -327,10 +327,13 @@ def run_sweep(spec, env=None):
         record = {"key": key, "overrides": overrides}
         try:
             _run(sample_cmd, point_dir / "sample.log", env)
-            record["sample_seconds"] = round(time.time() - start, 1)  # the whole command: loading included
+            images = point_config(spec, overrides).get("num_samples", SAMPLE_FLAGS.defaults()["num_samples"])
+            # The sampler's own time, recorded in its shards: right also where other jobs or machines sampled
+            # them and this command only assembled; else (an older version's shards) the command's wall time.
+            timed = sampling_seconds(Path(samples).parent, images)
+            record["sample_seconds"] = round(time.time() - start if timed is None else timed, 1)
             _run(eval_cmd, point_dir / "evaluate.log", env)
             metrics = json.loads((point_dir / "metrics.json").read_text())
-            images = point_config(spec, overrides).get("num_samples", SAMPLE_FLAGS.defaults()["num_samples"])
             record.update(status="ok", metrics=metrics, samples=str(samples), num_samples=images)
         except Exception as error:  # one failed point must not stop the sweep
             record.update(status="failed", error=str(error)[-2000:])

@@ -352,14 +352,14 @@ def sample_in_folder(run, args, rank, world):
         parts = [sample_batch(run, batch) for batch in batches(indices, args.batch_size)]
         images = np.concatenate([p[0] for p in parts])
         labels = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+        elapsed = time.time() - tick
         offset = 0
         for block, block_indices in claimed:
             rows = slice(offset, offset + len(block_indices))
             store.write_shard(block_indices, images[rows], None if labels is None else labels[rows], block=block,
-                              torch_threads=threads)
+                              torch_threads=threads, seconds=elapsed * len(block_indices) / len(indices))
             offset += len(block_indices)
         count += len(indices)
-        elapsed = time.time() - tick
         log.debug("rank %d/%d: %d images (blocks %s) in %.2f s, %.3f img/s; %d images so far", rank, world,
                   len(indices), ",".join(str(b) for b, _ in claimed), elapsed, len(indices) / max(elapsed, 1e-9),
                   count)

@@ -275,18 +275,21 @@ class SampleStore:
         return sorted(os.path.join(self.shard_dir, n) for n in os.listdir(self.shard_dir)
                       if n.endswith(".npz") and not n.startswith("."))
 
-    def write_shard(self, indices, images, labels=None, block=None, torch_threads=-1):
+    def write_shard(self, indices, images, labels=None, block=None, torch_threads=-1, seconds=None):
         """Store finished images: `images` uint8 [n, H, W, 3] for image `indices`, `labels` [n] or None.
 
         `block`: the block the images belong to (names the shard, and releases this process's claim on it).
         `torch_threads`: the intra-op thread count they were sampled with, recorded in the shard.
+        `seconds`: the sampling time they took, recorded in the shard (`sampling_seconds` sums it).
         """
         indices = np.asarray(indices, dtype=np.int64)
         images = np.ascontiguousarray(images, dtype=np.uint8)
         labels = np.full(len(indices), -1, np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
         path = self.block_path(block) if block is not None else self._loose_path(indices)
+        timing = {} if seconds is None else {"seconds": np.float64(seconds)}
         atomic_write(path, lambda f: np.savez(f, indices=indices, images=images, labels=labels,
-                                              digest=np.array(self.digest), torch_threads=np.int64(torch_threads)))
+                                              digest=np.array(self.digest), torch_threads=np.int64(torch_threads),
+                                              **timing))
         if block is not None:
             self.jobs.release(self.block_claim(block))
         return path
@@ -564,3 +567,27 @@ def _block_name(shard_size, block, end):
 def _block_claim(shard_size, block, end):
     claim = f"block{shard_size}_{block:08d}"
     return claim if end == (block + 1) * shard_size else f"{claim}_to{end:08d}"
+
+
+def sampling_seconds(samples_dir, num_samples):
+    """The sampling time of a folder's first `num_samples` images, summed over the shards that hold them (every
+    process, job and machine that sampled them; model loading and waiting left out), or None where a shard
+    does not record it (an older version's) or images are missing. A shard's images share its time evenly."""
+    shard_dir = os.path.join(samples_dir, SHARDS)
+    counted = np.zeros(num_samples, dtype=bool)
+    total = 0.0
+    for name in sorted(os.listdir(shard_dir)) if os.path.isdir(shard_dir) else ():
+        if not name.endswith(".npz"):
+            continue
+        try:
+            with np.load(os.path.join(shard_dir, name), allow_pickle=False) as data:
+                if "seconds" not in data.files:
+                    return None
+                indices, seconds = data["indices"], float(data["seconds"])
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return None
+        ours = indices[(indices >= 0) & (indices < num_samples)]
+        fresh = ours[~counted[ours]]
+        total += seconds * len(fresh) / max(len(indices), 1)
+        counted[fresh] = True
+    return total if counted.all() else None

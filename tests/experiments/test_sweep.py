@@ -24,6 +24,7 @@ from guided_diffusion.experiments.sweep import (
     run_comparisons,
     run_sweep,
 )
+from guided_diffusion.sampling.store import sampling_seconds
 
 from programs import run_script
 
@@ -239,6 +240,8 @@ def test_rows_are_compared_with_a_second_baseline_and_timed_per_image(tmp_path):
     for key, point in zip(keys, points):
         record = results[key]
         assert 0 < record["sample_seconds"] < record["seconds"] and record["num_samples"] == 8
+        # the sampler's own time, from the shards (as for samples that other jobs or machines made)
+        assert record["sample_seconds"] == round(sampling_seconds(Path(record["samples"]).parent, 8), 1)
         (row,) = [line for line in table.splitlines()[:5] if line.startswith(f"| {point['label']} |")]
         assert row.split(" | ")[1] == f"{record['sample_seconds'] / 8:.3f}"
     # a dry run lists both comparisons of each row (2 against unguided, 2 against PAG)

@@ -24,6 +24,7 @@ from guided_diffusion.sampling.store import (
     ShardError,
     config_digest,
     describe_differences,
+    sampling_seconds,
 )
 
 CONFIG = {"a": 1, "nested": {"b": (1, 2)}}
@@ -56,6 +57,21 @@ def test_store_round_trip_and_final_npz(tmp_path):
         assert data["arr_1"].tolist() == [0, 1, 2, 3, 4, 5]
     assert Image.open(store.grid_path).size == (6 * 3, 2)
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+def test_sampling_seconds_sum_the_shards_own_times_over_the_runs_images(tmp_path):
+    """What the images cost, from their shards, wherever they were sampled: a shard's time shared evenly by its
+    images (those past the run's count do not count), None where a time or an image is missing."""
+    store = make_store(tmp_path, num_samples=6)
+    store.check_writable()
+    store.write_manifest()
+    store.write_shard([0, 1, 2], images_for([0, 1, 2]), seconds=3.0)
+    assert sampling_seconds(tmp_path, 6) is None  # images 3..5 missing
+    store.write_shard([3, 4, 5, 6], images_for([3, 4, 5, 6]), seconds=8.0)  # image 6 belongs to a larger run
+    assert sampling_seconds(tmp_path, 6) == pytest.approx(3.0 + 6.0)
+    assert sampling_seconds(tmp_path, 3) == pytest.approx(3.0)
+    store.write_shard([5], images_for([5]))  # an older version's shard: no time recorded
+    assert sampling_seconds(tmp_path, 6) is None
 
 
 def test_store_refuses_missing_samples_and_wrong_labels(tmp_path):
