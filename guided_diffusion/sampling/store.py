@@ -577,7 +577,7 @@ def sampling_seconds(samples_dir, num_samples):
     counted = np.zeros(num_samples, dtype=bool)
     total = 0.0
     for name in sorted(os.listdir(shard_dir)) if os.path.isdir(shard_dir) else ():
-        if not name.endswith(".npz"):
+        if not name.endswith(".npz") or name.startswith("."):  # (as shard_paths: not a write in progress)
             continue
         try:
             with np.load(os.path.join(shard_dir, name), allow_pickle=False) as data:
