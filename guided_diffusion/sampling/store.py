@@ -270,10 +270,7 @@ class SampleStore:
     # Shards
 
     def shard_paths(self):
-        if not os.path.isdir(self.shard_dir):
-            return []
-        return sorted(os.path.join(self.shard_dir, n) for n in os.listdir(self.shard_dir)
-                      if n.endswith(".npz") and not n.startswith("."))
+        return shard_files(self.shard_dir)
 
     def write_shard(self, indices, images, labels=None, block=None, torch_threads=-1, seconds=None):
         """Store finished images: `images` uint8 [n, H, W, 3] for image `indices`, `labels` [n] or None.
@@ -569,18 +566,23 @@ def _block_claim(shard_size, block, end):
     return claim if end == (block + 1) * shard_size else f"{claim}_to{end:08d}"
 
 
+def shard_files(shard_dir):
+    """The finished shards in `shard_dir`, sorted (not the hidden temporary files of writes in progress)."""
+    if not os.path.isdir(shard_dir):
+        return []
+    return sorted(os.path.join(shard_dir, n) for n in os.listdir(shard_dir)
+                  if n.endswith(".npz") and not n.startswith("."))
+
+
 def sampling_seconds(samples_dir, num_samples):
     """The sampling time of a folder's first `num_samples` images, summed over the shards that hold them (every
     process, job and machine that sampled them; model loading and waiting left out), or None where a shard
     does not record it (an older version's) or images are missing. A shard's images share its time evenly."""
-    shard_dir = os.path.join(samples_dir, SHARDS)
     counted = np.zeros(num_samples, dtype=bool)
     total = 0.0
-    for name in sorted(os.listdir(shard_dir)) if os.path.isdir(shard_dir) else ():
-        if not name.endswith(".npz") or name.startswith("."):  # (as shard_paths: not a write in progress)
-            continue
+    for path in shard_files(os.path.join(samples_dir, SHARDS)):
         try:
-            with np.load(os.path.join(shard_dir, name), allow_pickle=False) as data:
+            with np.load(path, allow_pickle=False) as data:
                 if "seconds" not in data.files:
                     return None
                 indices, seconds = data["indices"], float(data["seconds"])
