@@ -85,9 +85,8 @@ from guided_diffusion.sampling.store import batch_name, sampling_seconds
 
 __all__ = ["load_spec", "check_point_flags", "expand_points", "baseline_point", "point_config", "point_key",
            "read_results", "changed_settings", "finished_points", "point_commands", "scoring_command",
-           "planned_commands", "run_sweep", "run_comparisons",
-           "run_all_comparisons", "in_feature_space", "rescore_points",
-           "results_table", "plot_results"]
+           "scoring_options", "planned_commands", "run_sweep", "run_comparisons", "run_all_comparisons",
+           "in_feature_space", "rescore_points", "results_table", "plot_results"]
 
 log = logging.getLogger(__name__)
 REPLICATES_FOLDER = "bootstrap_replicates"  # in the sweep's folder: each batch's bootstrap replicates, reused
@@ -129,38 +128,33 @@ def scoring_command(spec, samples, json_path, baseline_samples=None):
     or with `baseline_samples` compares them with the baseline's on the same seeds; its JSON goes to
     `json_path`. With intervals, every batch's bootstrap replicates are kept in the sweep's folder
     (`REPLICATES_FOLDER`): a point is resampled once for its own intervals and reused by each comparison."""
-    batches = [str(samples)] if baseline_samples is None else [str(baseline_samples), "--compare", str(samples)]
+    compare = baseline_samples is not None
+    batches = [str(baseline_samples), "--compare", str(samples)] if compare else [str(samples)]
+    cache = [_CACHE_FLAG, str(Path(spec["output_dir"]) / REPLICATES_FOLDER)] if _intervals(spec) else []
     return ([sys.executable, "-m", "evaluations.evaluator", spec["reference"], *batches, "--json", str(json_path)]
-            + _statistics_args(spec, compare=baseline_samples is not None)
-            + [str(a) for a in spec.get("evaluator_args", [])])
+            + scoring_options(spec, compare) + cache)
 
 
-def _statistics_args(spec, compare):
-    if not spec.get("intervals", STATISTICS_DEFAULTS["intervals"]):
-        return []
-    args = ["--intervals", str(spec.get("intervals", STATISTICS_DEFAULTS["intervals"])),
-            "--bootstrap_seed", str(spec.get("bootstrap_seed", STATISTICS_DEFAULTS["bootstrap_seed"]))]
-    if compare:
-        args += ["--seed_sets", str(spec.get("seed_sets", STATISTICS_DEFAULTS["seed_sets"]))]
-    return args + [_CACHE_FLAG, str(Path(spec["output_dir"]) / REPLICATES_FOLDER)]
+def scoring_options(spec, compare):
+    """The evaluator options that a score's result depends on: the statistics settings and the spec's
+    `evaluator_args`; not the file paths or the replicate cache, which changes only how fast it comes."""
+    options = []
+    if _intervals(spec):
+        options += ["--intervals", str(_intervals(spec)),
+                    "--bootstrap_seed", str(spec.get("bootstrap_seed", STATISTICS_DEFAULTS["bootstrap_seed"]))]
+        if compare:
+            options += ["--seed_sets", str(spec.get("seed_sets", STATISTICS_DEFAULTS["seed_sets"]))]
+    return options + [str(a) for a in spec.get("evaluator_args", [])]
 
 
-def _result_arguments(command):
-    """The options of a scoring command that its result depends on (with the identities of its files, the stamp
-    of a finished score): not the interpreter, the file paths (the reference, the batches and the JSON's, which
-    name the same files however the output folder is spelt) or the replicate cache's folder, which changes only
-    how fast the result comes."""
-    args = list(command[3:])
-    for flag in ("--json", "--compare", _CACHE_FLAG):
-        while flag in args:
-            index = args.index(flag)
-            del args[index : index + 2]
-    return args[2:]  # after the reference and the (first) batch
+def _intervals(spec):
+    return spec.get("intervals", STATISTICS_DEFAULTS["intervals"])
 
 
-def _score_stamp(spec, command, **batches):
-    """What a finished score was made from: the scoring options and the reference's and batches' contents."""
-    return {"command": _result_arguments(command), "reference": file_identity(spec["reference"]),
+def _score_stamp(spec, compare, **batches):
+    """What a finished score was made from: its scoring options and the reference's and batches' contents (their
+    identities, so that the same files under another spelling of the output folder still match)."""
+    return {"command": scoring_options(spec, compare), "reference": file_identity(spec["reference"]),
             **{name: file_identity(path) for name, path in batches.items()}}
 
 
@@ -169,7 +163,7 @@ def run_comparisons(spec, results, env=None, name="compare"):
 
     A comparison is reused while the two sample files and the statistics settings are unchanged. Each is
     written to the point's `<name>.json` (another name keeps, e.g., another feature backend's apart)."""
-    if not spec.get("intervals"):
+    if not _intervals(spec):
         return {}
     out = Path(spec["output_dir"])
     comparisons = {}
@@ -184,7 +178,7 @@ def run_comparisons(spec, results, env=None, name="compare"):
             continue
         result_path = out / key / f"{name}.json"
         command = scoring_command(spec, record["samples"], result_path, base_record["samples"])
-        stamp = _score_stamp(spec, command, a=base_record["samples"], b=record["samples"])
+        stamp = _score_stamp(spec, True, a=base_record["samples"], b=record["samples"])
         note = ("comparing %s with the baseline %s", json.dumps(overrides, sort_keys=True),
                 json.dumps(base, sort_keys=True))
         try:
@@ -237,8 +231,9 @@ def rescore_points(spec, results, env=None):
             continue
         result_path = out / key / f"metrics{suffix}.json"
         command = scoring_command(spec, record["samples"], result_path)
-        stamp = _score_stamp(spec, command, samples=record["samples"])
-        note = ("scoring %s (%s)", json.dumps(record["overrides"], sort_keys=True), " ".join(command[-4:]))
+        stamp = _score_stamp(spec, False, samples=record["samples"])
+        options = " ".join(scoring_options(spec, False))
+        note = ("scoring %s (%s)", json.dumps(record["overrides"], sort_keys=True), options)
         try:
             metrics = _stamped_run(command, result_path, stamp, out / key / f"evaluate{suffix}.log", env, note)
             rescored[key] = {**record, "metrics": metrics}
@@ -292,7 +287,7 @@ def planned_commands(spec):
     for overrides in points:
         if point_key(overrides) not in done:
             commands += point_commands(spec, overrides, out / point_key(overrides))[:2]
-    for one, name in comparison_specs(spec) if spec.get("intervals") else ():
+    for one, name in comparison_specs(spec) if _intervals(spec) else ():
         for overrides in points:
             base = baseline_for(one, overrides)
             if point_key(overrides) != point_key(base):

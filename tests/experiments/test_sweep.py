@@ -23,6 +23,8 @@ from guided_diffusion.experiments.sweep import (
     results_table,
     run_comparisons,
     run_sweep,
+    scoring_command,
+    scoring_options,
 )
 from guided_diffusion.sampling.store import sampling_seconds
 
@@ -180,6 +182,26 @@ def test_spec_with_a_missing_row_file_is_refused(tmp_path):
     spec_path.write_text(yaml.safe_dump({"reference": "r.npz", "points": [{"config": "configs/table1/nope.yaml"}]}))
     with pytest.raises(ValueError, match="nope.yaml, which does not exist"):
         load_spec(spec_path)
+
+
+def test_a_score_is_stamped_with_every_option_of_its_command_but_the_paths():
+    """The stamp that decides whether a finished score is reused holds every option its command passes but the
+    file paths and the replicate cache (so another spelling of the output folder reuses it), and changes with
+    any option that changes the result."""
+    spec = {"reference": "ref.npz", "output_dir": "/runs/a", "evaluator_args": ["--backend", "fashion"],
+            "intervals": 200, "bootstrap_seed": 3, "seed_sets": 4}
+    for compare in (False, True):
+        command = scoring_command(spec, "b.npz", "out.json", "a.npz" if compare else None)
+        paths = ["ref.npz", "a.npz", "--compare", "b.npz"] if compare else ["ref.npz", "b.npz"]
+        cache = ["--bootstrap_cache", "/runs/a/" + REPLICATES_FOLDER]
+        assert command[3:] == paths + ["--json", "out.json"] + scoring_options(spec, compare) + cache
+        assert scoring_options({**spec, "output_dir": "runs/b"}, compare) == scoring_options(spec, compare)
+        for change in ({"bootstrap_seed": 4}, {"intervals": 100}, {"evaluator_args": ["--backend", "digits"]}):
+            assert scoring_options({**spec, **change}, compare) != scoring_options(spec, compare), change
+    assert "--seed_sets" in scoring_options(spec, True) and "--seed_sets" not in scoring_options(spec, False)
+    without = {**spec, "intervals": 0}  # no intervals: no statistics options and no cache
+    assert scoring_options(without, True) == ["--backend", "fashion"]
+    assert "--bootstrap_cache" not in scoring_command(without, "b.npz", "out.json", "a.npz")
 
 
 @pytest.mark.e2e
