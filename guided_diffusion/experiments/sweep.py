@@ -151,9 +151,12 @@ def _intervals(spec):
     return spec.get("intervals", STATISTICS_DEFAULTS["intervals"])
 
 
-def _score_stamp(spec, compare, **batches):
-    """What a finished score was made from: its scoring options and the reference's and batches' contents (their
-    identities, so that the same files under another spelling of the output folder still match)."""
+def _score_stamp(spec, samples, baseline_samples=None):
+    """What the score `scoring_command` makes of the same arguments is made from: its scoring options and the
+    reference's and batches' contents (their identities, so that the same files under another spelling of the
+    output folder still match)."""
+    compare = baseline_samples is not None
+    batches = {"a": baseline_samples, "b": samples} if compare else {"samples": samples}
     return {"command": scoring_options(spec, compare), "reference": file_identity(spec["reference"]),
             **{name: file_identity(path) for name, path in batches.items()}}
 
@@ -178,7 +181,7 @@ def run_comparisons(spec, results, env=None, name="compare"):
             continue
         result_path = out / key / f"{name}.json"
         command = scoring_command(spec, record["samples"], result_path, base_record["samples"])
-        stamp = _score_stamp(spec, True, a=base_record["samples"], b=record["samples"])
+        stamp = _score_stamp(spec, record["samples"], base_record["samples"])
         note = ("comparing %s with the baseline %s", json.dumps(overrides, sort_keys=True),
                 json.dumps(base, sort_keys=True))
         try:
@@ -231,7 +234,7 @@ def rescore_points(spec, results, env=None):
             continue
         result_path = out / key / f"metrics{suffix}.json"
         command = scoring_command(spec, record["samples"], result_path)
-        stamp = _score_stamp(spec, False, samples=record["samples"])
+        stamp = _score_stamp(spec, record["samples"])
         options = " ".join(scoring_options(spec, False))
         note = ("scoring %s (%s)", json.dumps(record["overrides"], sort_keys=True), options)
         try:
