@@ -6,8 +6,10 @@ seconds: its heartbeat. Work is claimed by creating `claims/<name>` with O_CREAT
 process wins (also over NFS v3 and later); the claim file names the claimant's record. A claim is stale, and
 is taken over, when the claimant's record is gone, its heartbeat is older than `timeout`, or it ran on this
 host and its process no longer exists. So a job killed on this host blocks nothing, and one killed on another
-node blocks its claims for `timeout` seconds. Ages are read on the filesystem's clock (the modification time
-of a file touched just before), so the nodes' clocks need not agree.
+node blocks its claims for `timeout` seconds. A claim file still empty (its claimant killed between creating
+and writing it) holds while another job is alive to be writing it, for `timeout` seconds at most. Ages are
+read on the filesystem's clock (the modification time of a file touched just before), so the nodes' clocks
+need not agree.
 
 Taking over the claim of a job that was only stalled for longer than `timeout` can make two processes do the
 same piece of work; for deterministic work (images from per-image seeds) that costs time, not correctness.
@@ -210,8 +212,10 @@ class FolderJobs:
         if found is None:
             return None
         owner, stamp = found
-        if not owner:  # created a moment ago and not yet written, or its claimant died right then
-            return "<being claimed>" if self.now() - stamp <= self.timeout else None
+        if not owner:  # created a moment ago and not yet written, or its claimant died right then: only a
+            # live job can be writing it (claimants register first), so with none it is stale at once
+            being_written = self.now() - stamp <= self.timeout and self.live_jobs()
+            return "<being claimed>" if being_written else None
         return owner if self.is_alive(owner) else None
 
     def claim(self, claim):

@@ -243,6 +243,20 @@ def test_claims_are_exclusive_and_stale_ones_are_taken_over(tmp_path):
     assert all(n.endswith(".0000.json") for n in os.listdir(mine.jobs_dir))  # only the fakes' records are left
 
 
+def test_an_empty_claim_with_no_live_job_to_write_it_is_stale_at_once(tmp_path):
+    """A job killed between creating its claim file and writing its name into it leaves an empty claim; when no
+    other job is alive it cannot be being written, and a rerun takes it over at once instead of waiting for the
+    timeout (with another job alive it holds, as above)."""
+    jobs = FolderJobs(str(tmp_path), timeout=600)
+    jobs.register()
+    try:
+        fake_record(jobs, socket.gethostname(), dead_pid())  # the killed job's record is still there
+        open(os.path.join(jobs.claims_dir, "block1_00000000"), "w").close()
+        assert jobs.holder("block1_00000000") is None and jobs.claim("block1_00000000")
+    finally:
+        jobs.close()
+
+
 def test_heartbeat_keeps_a_record_fresh(tmp_path):
     jobs = FolderJobs(str(tmp_path), timeout=0.5)
     jobs.register()
