@@ -67,8 +67,9 @@ def shards(output_dir):
 
 
 def claims(output_dir):
+    """The claims in a sampling folder (not the temporaries a claim is written to before it is linked)."""
     folder = Path(output_dir) / "claims"
-    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
 
 
 def job_records(output_dir):

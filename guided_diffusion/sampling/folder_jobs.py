@@ -2,14 +2,15 @@
 
 Every process registers a record `jobs/<host>.<pid>.<nonce>.json` (host, pid and whatever the caller adds,
 e.g. its config), and a background thread refreshes the record's modification time every `timeout / 10`
-seconds: its heartbeat. Work is claimed by creating `claims/<name>` with O_CREAT | O_EXCL, which exactly one
-process wins (also over NFS v3 and later); the claim file names the claimant's record. A claim is stale, and
-is taken over, when the claimant's record is gone, its heartbeat is older than `timeout`, or it ran on this
-host and its process no longer exists. So a job killed on this host blocks nothing, and one killed on another
-node blocks its claims for `timeout` seconds. A claim file still empty (its claimant killed between creating
-and writing it) holds while another job is alive to be writing it, for `timeout` seconds at most. Ages are
-read on the filesystem's clock (the modification time of a file touched just before), so the nodes' clocks
-need not agree.
+seconds: its heartbeat. Work is claimed by creating `claims/<name>`, already holding the claimant's record
+name, in one step (a hard link of a written temporary, `create_exclusively`): exactly one process wins, also
+over NFS, and no reader sees a claim without its owner. A claim is stale, and is taken over, when the
+claimant's record is gone, its heartbeat is older than `timeout`, or it ran on this host and its process no
+longer exists. So a job killed on this host blocks nothing, and one killed on another node blocks its claims
+for `timeout` seconds. Only on a filesystem without hard links is a claim created empty and then written; one
+left empty (its claimant killed in between) holds while another job is alive to be writing it, for `timeout`
+seconds at most. Ages are read on the filesystem's clock (the modification time of a file touched just
+before), so the nodes' clocks need not agree.
 
 Taking over the claim of a job that was only stalled for longer than `timeout` can make two processes do the
 same piece of work; for deterministic work (images from per-image seeds) that costs time, not correctness.
@@ -23,7 +24,7 @@ import socket
 import threading
 import time
 
-from guided_diffusion.runtime.files import atomic_write_text, remove_if_present
+from guided_diffusion.runtime.files import atomic_write_text, create_exclusively, is_temporary, remove_if_present
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ class FolderJobs:
                 if name != self.name and self._alive(record, beat, now)]
 
     def prune(self):
-        """Remove the records and claims of processes that are gone."""
+        """Remove the records, claims and claim temporaries of processes that are gone."""
         now = self.now()
         for name, (record, beat) in self.records().items():
             if name != self.name and not self._alive(record, beat, now):
@@ -186,13 +187,26 @@ class FolderJobs:
         for claim in self._claim_names():
             if self.holder(claim) is None:
                 remove_if_present(os.path.join(self.claims_dir, claim))
+        # A claim's temporary lives for the moment of its link; an older one, or any with no job alive, is
+        # what a killed claimant left.
+        temporaries = [n for n in self._claim_names(hidden=True) if is_temporary(n)]
+        if temporaries:
+            alone = not self.live_jobs()
+            for name in temporaries:
+                path = os.path.join(self.claims_dir, name)
+                try:
+                    if alone or now - os.stat(path).st_mtime > self.timeout:
+                        remove_if_present(path)
+                except FileNotFoundError:
+                    continue
 
     # ------------------------------------------------------------------------------------------------
     # Claims
 
-    def _claim_names(self):
+    def _claim_names(self, hidden=False):
+        """The claims in the folder (and, with `hidden`, only the dot files beside them: temporaries)."""
         try:
-            return [n for n in os.listdir(self.claims_dir) if not n.startswith(".")]
+            return [n for n in os.listdir(self.claims_dir) if n.startswith(".") == hidden]
         except FileNotFoundError:
             return []
 
@@ -225,28 +239,17 @@ class FolderJobs:
             raise RuntimeError("register() this process before claiming work")
         path = os.path.join(self.claims_dir, claim)
         for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self.holder(claim)
-                if holder == self.name:
-                    self._claims.add(claim)
-                    return True
-                if holder is not None:
-                    return False
-                log.info("claim %s is stale (its job is gone): taking it over", path)
-                remove_if_present(path)
-                continue
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(self.name)
+            if create_exclusively(path, self.name.encode()):
                 self._claims.add(claim)
-            except BaseException as error:  # a full disk or a stop signal: no half-made claim holds the work
-                remove_if_present(path)
-                if isinstance(error, OSError):
-                    error.filename = error.filename or path
-                raise
-            return True
+                return True
+            holder = self.holder(claim)
+            if holder == self.name:
+                self._claims.add(claim)
+                return True
+            if holder is not None:
+                return False
+            log.info("claim %s is stale (its job is gone): taking it over", path)
+            remove_if_present(path)
         return False
 
     def holders(self, claims):

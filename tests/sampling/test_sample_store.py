@@ -468,30 +468,64 @@ def test_a_claim_that_cannot_be_written_is_not_left_behind(tmp_path, monkeypatch
     mine, other = FolderJobs(str(tmp_path), timeout=600), FolderJobs(str(tmp_path), timeout=600)
     mine.register()
     other.register()
-
-    class FullFile:  # what os.fdopen gives on a full disk: writing the record name fails
-        def __init__(self, fd, mode):
-            self.fd = fd
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc_info):
-            os.close(self.fd)
-
-        def write(self, text):
-            full_disk()
-
     try:
-        monkeypatch.setattr(os, "fdopen", FullFile)
+        monkeypatch.setattr(os, "fsync", full_disk)  # the claim's temporary cannot be written out
         with pytest.raises(OSError) as info:
             mine.claim("block1_00000000")
         monkeypatch.undo()
-        assert info.value.filename == os.path.join(mine.claims_dir, "block1_00000000")
+        assert is_disk_full(info.value) and info.value.filename.startswith(mine.claims_dir)
         assert os.listdir(mine.claims_dir) == []
-        assert other.claim("block1_00000000")  # nobody waits --claim_timeout for an empty claim
+        assert other.claim("block1_00000000")  # nobody waits --claim_timeout for a half-made claim
     finally:
         mine.close()
+        other.close()
+
+
+def test_a_claim_appears_already_naming_its_owner(tmp_path, monkeypatch):
+    """A claimant killed at any moment leaves no empty claim: the claim file comes into being (a hard link of a
+    written temporary) holding its owner's record name. Without hard links it is created, then written."""
+    jobs = FolderJobs(str(tmp_path), timeout=600)
+    jobs.register()
+    seen, link = [], os.link
+
+    def watching_link(source, target):
+        link(source, target)
+        seen.append(open(target).read())
+
+    try:
+        monkeypatch.setattr(os, "link", watching_link)
+        assert jobs.claim("block1_00000000")
+        assert seen == [jobs.name]
+
+        def no_links(source, target):
+            raise PermissionError(errno.EPERM, "hard links not supported", target)
+
+        monkeypatch.setattr(os, "link", no_links)
+        assert jobs.claim("block1_00000001") and jobs.holder("block1_00000001") == jobs.name
+        assert sorted(os.listdir(jobs.claims_dir)) == ["block1_00000000", "block1_00000001"]  # no temporaries
+    finally:
+        jobs.close()
+
+
+def test_pruning_removes_the_temporaries_of_killed_claimants(tmp_path):
+    jobs, other = FolderJobs(str(tmp_path), timeout=60), FolderJobs(str(tmp_path), timeout=60)
+    jobs.register()
+    try:
+        left = os.path.join(jobs.claims_dir, ".block1_00000000.k1ll3d00.tmp")
+        open(left, "w").write("gone.json")
+        other.register()
+        jobs.prune()
+        assert os.path.exists(left)  # another job is alive and might be linking it this moment
+        stamp = time.time() - 61
+        os.utime(left, (stamp, stamp))
+        jobs.prune()
+        assert not os.path.exists(left)  # older than the timeout: nobody is linking it
+        open(left, "w").write("gone.json")
+        other.close()
+        jobs.prune()
+        assert not os.path.exists(left)  # no other job alive: nobody can be linking it
+    finally:
+        jobs.close()
         other.close()
 
 
