@@ -81,7 +81,7 @@ from guided_diffusion.experiments.sweep_spec import (
 )
 from guided_diffusion.runtime.files import append_line, atomic_write_text, file_identity
 from guided_diffusion.sampling.run import SAMPLE_FLAGS
-from guided_diffusion.sampling.store import batch_name, sampling_seconds
+from guided_diffusion.sampling.store import batch_name, sampling_time
 
 __all__ = ["load_spec", "check_point_flags", "expand_points", "baseline_point", "point_config", "point_key",
            "read_results", "changed_settings", "finished_points", "point_commands", "scoring_command",
@@ -89,6 +89,8 @@ __all__ = ["load_spec", "check_point_flags", "expand_points", "baseline_point", 
            "in_feature_space", "rescore_points", "results_table", "plot_results"]
 
 log = logging.getLogger(__name__)
+# A CPU sampler that got less of its threads' time than this shared the cores: its s/image overstates its cost.
+LOW_CPU_SHARE = 0.8
 REPLICATES_FOLDER = "bootstrap_replicates"  # in the sweep's folder: each batch's bootstrap replicates, reused
 _CACHE_FLAG = "--bootstrap_cache"
 
@@ -328,8 +330,14 @@ def run_sweep(spec, env=None):
             images = point_config(spec, overrides).get("num_samples", SAMPLE_FLAGS.defaults()["num_samples"])
             # The sampler's own time, recorded in its shards: right also where other jobs or machines sampled
             # them and this command only assembled; else (an older version's shards) the command's wall time.
-            timed = sampling_seconds(Path(samples).parent, images)
-            record["sample_seconds"] = round(time.time() - start if timed is None else timed, 1)
+            timed = sampling_time(Path(samples).parent, images)
+            record["sample_seconds"] = round(time.time() - start if timed is None else timed.seconds, 1)
+            if timed is not None and timed.cpu_share is not None:
+                record["cpu_share"] = round(timed.cpu_share, 2)
+                if timed.cpu_share < LOW_CPU_SHARE:
+                    log.warning("    sampled with %.0f%% of its threads' CPU time: other work shared the cores, so "
+                                "its s/image overstates its cost (sample it alone for a clean time)",
+                                100 * timed.cpu_share)
             _run(eval_cmd, point_dir / "evaluate.log", env)
             metrics = json.loads((point_dir / "metrics.json").read_text())
             record.update(status="ok", metrics=metrics, samples=str(samples), num_samples=images)
@@ -358,19 +366,19 @@ def _run(cmd, log_path, env):
 
 
 def results_table(spec, results, comparisons=None, also=()):
-    """Markdown: each point's metrics with their 95% intervals (and sampling seconds per image, where timed),
-    then each point's paired difference from the baseline point (bold where the interval excludes zero; (w/K):
-    seed sets where the row does better), then from each further baseline in `also` ([(spec, comparisons)])."""
+    """Markdown: each point's metrics with their 95% intervals (and sampling seconds per image, where timed,
+    with the share of its threads' CPU time where it sampled on the CPU), then each point's paired difference
+    from the baseline point (bold where the interval excludes zero; (w/K): seed sets where the row does
+    better), then from each further baseline in `also` ([(spec, comparisons)])."""
     from evaluations.tables import values_table
 
     columns, rows = _table_rows(spec, results)
-    timed = any("sample_seconds" in (results.get(point_key(p)) or {}) for p in expand_points(spec))
-    if timed:
-        per_image = [_seconds_per_image(results.get(point_key(p)) or {}) for p in expand_points(spec)]
-        timed_rows = [(cells + [seconds], m, status) for (cells, m, status), seconds in zip(rows, per_image)]
-        table = values_table(columns + ["s/image"], timed_rows)
-    else:
-        table = values_table(columns, rows)
+    records = [results.get(point_key(p)) or {} for p in expand_points(spec)]
+    timing = [("s/image", _seconds_per_image)] if any("sample_seconds" in r for r in records) else []
+    if any("cpu_share" in r for r in records):  # sampled on the CPU: how much of its cores each row had
+        timing.append(("CPU share", lambda r: f"{r['cpu_share']:.2f}" if "cpu_share" in r else ""))
+    timed_rows = [(cells + [cell(r) for _, cell in timing], m, status) for (cells, m, status), r in zip(rows, records)]
+    table = values_table(columns + [name for name, _ in timing], timed_rows)
     for one, found in ([(spec, comparisons)] if comparisons else []) + list(also):
         table += _differences_section(one, columns, rows, found)
     return table

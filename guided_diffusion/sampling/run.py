@@ -346,18 +346,20 @@ def sample_in_folder(run, args, rank, world):
                disable=rank != 0 or not args.progress or not total)
     started, count = time.time(), 0
     threads = torch.get_num_threads()
+    on_cpu = torch.device(run.device).type == "cpu"  # CPU time says whether other work shared the cores
     for claimed in store.claimed_batches(todo, args.batch_size, first=rank * len(todo) // world):
-        tick = time.time()
+        tick, cpu_tick = time.time(), time.process_time()
         indices = np.concatenate([block_indices for _, block_indices in claimed])
         parts = [sample_batch(run, batch) for batch in batches(indices, args.batch_size)]
         images = np.concatenate([p[0] for p in parts])
         labels = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
-        elapsed = time.time() - tick
+        elapsed, cpu = time.time() - tick, time.process_time() - cpu_tick
         offset = 0
         for block, block_indices in claimed:
             rows = slice(offset, offset + len(block_indices))
+            part = len(block_indices) / len(indices)
             store.write_shard(block_indices, images[rows], None if labels is None else labels[rows], block=block,
-                              torch_threads=threads, seconds=elapsed * len(block_indices) / len(indices))
+                              torch_threads=threads, seconds=elapsed * part, cpu_seconds=cpu * part if on_cpu else None)
             offset += len(block_indices)
         count += len(indices)
         log.debug("rank %d/%d: %d images (blocks %s) in %.2f s, %.3f img/s; %d images so far", rank, world,

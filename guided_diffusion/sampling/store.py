@@ -22,6 +22,7 @@ Manifests of format 1 (earlier versions) held the count in the config; given `le
 is continued (and grown) and its manifest rewritten in format 2.
 """
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -272,18 +273,21 @@ class SampleStore:
     def shard_paths(self):
         return shard_files(self.shard_dir)
 
-    def write_shard(self, indices, images, labels=None, block=None, torch_threads=-1, seconds=None):
+    def write_shard(self, indices, images, labels=None, block=None, torch_threads=-1, seconds=None,
+                    cpu_seconds=None):
         """Store finished images: `images` uint8 [n, H, W, 3] for image `indices`, `labels` [n] or None.
 
         `block`: the block the images belong to (names the shard, and releases this process's claim on it).
         `torch_threads`: the intra-op thread count they were sampled with, recorded in the shard.
-        `seconds`: the sampling time they took, recorded in the shard (`sampling_seconds` sums it).
+        `seconds`: the sampling time they took, and `cpu_seconds` the CPU time this process spent meanwhile
+        (sampling on the CPU), recorded in the shard (`sampling_time` sums them).
         """
         indices = np.asarray(indices, dtype=np.int64)
         images = np.ascontiguousarray(images, dtype=np.uint8)
         labels = np.full(len(indices), -1, np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
         path = self.block_path(block) if block is not None else self._loose_path(indices)
-        timing = {} if seconds is None else {"seconds": np.float64(seconds)}
+        timing = {name: np.float64(value) for name, value in (("seconds", seconds), ("cpu_seconds", cpu_seconds))
+                  if value is not None}
         atomic_write(path, lambda f: np.savez(f, indices=indices, images=images, labels=labels,
                                               digest=np.array(self.digest), torch_threads=np.int64(torch_threads),
                                               **timing))
@@ -574,22 +578,42 @@ def shard_files(shard_dir):
                   if n.endswith(".npz") and not n.startswith("."))
 
 
-def sampling_seconds(samples_dir, num_samples):
-    """The sampling time of a folder's first `num_samples` images, summed over the shards that hold them (every
+SamplingTime = collections.namedtuple("SamplingTime", "seconds cpu_share")
+SamplingTime.__doc__ = """What a folder's images cost: `seconds` of sampling, and on the CPU the share of its
+threads' time that the sampler got (`cpu_seconds / (seconds * threads)`: about 1 on otherwise idle cores, less
+where other work shared them, which makes `seconds` overstate the cost; None on a GPU or for older shards)."""
+
+
+def sampling_time(samples_dir, num_samples):
+    """The SamplingTime of a folder's first `num_samples` images, summed over the shards that hold them (every
     process, job and machine that sampled them; model loading and waiting left out), or None where a shard
-    does not record it (an older version's) or images are missing. A shard's images share its time evenly."""
+    does not record its time (an older version's) or images are missing. A shard's images share its time
+    evenly."""
     counted = np.zeros(num_samples, dtype=bool)
-    total = 0.0
+    seconds = cpu_seconds = thread_seconds = 0.0
+    cpu_timed = True
     for path in shard_files(os.path.join(samples_dir, SHARDS)):
         try:
             with np.load(path, allow_pickle=False) as data:
                 if "seconds" not in data.files:
                     return None
-                indices, seconds = data["indices"], float(data["seconds"])
+                indices, shard_seconds = data["indices"], float(data["seconds"])
+                shard_cpu = float(data["cpu_seconds"]) if "cpu_seconds" in data.files else None
+                threads = int(data["torch_threads"]) if "torch_threads" in data.files else -1
         except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             return None
         ours = indices[(indices >= 0) & (indices < num_samples)]
         fresh = ours[~counted[ours]]
-        total += seconds * len(fresh) / max(len(indices), 1)
+        if not len(fresh):
+            continue
+        share = len(fresh) / max(len(indices), 1)
+        seconds += shard_seconds * share
+        if shard_cpu is None or threads < 1:
+            cpu_timed = False
+        else:
+            cpu_seconds += shard_cpu * share
+            thread_seconds += shard_seconds * threads * share
         counted[fresh] = True
-    return total if counted.all() else None
+    if not counted.all():
+        return None
+    return SamplingTime(seconds, cpu_seconds / thread_seconds if cpu_timed and thread_seconds > 0 else None)

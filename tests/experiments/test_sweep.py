@@ -26,7 +26,7 @@ from guided_diffusion.experiments.sweep import (
     scoring_command,
     scoring_options,
 )
-from guided_diffusion.sampling.store import sampling_seconds
+from guided_diffusion.sampling.store import sampling_time
 
 from programs import run_script
 
@@ -81,8 +81,8 @@ def test_digits_sweep_records_skips_and_survives_a_failing_point(tmp_path, caplo
     lines = results_table(spec, results, comparisons).splitlines()
     values, differences = lines[:7], lines[lines.index("| pag_scale | pag_layers | ΔFID↓ | ΔsFID↓ | ΔKID×10³↓ | ΔIS↑ "
                                                        "| ΔPrecision↑ | ΔRecall↑ |"):]
-    assert values[0] == ("| pag_scale | pag_layers | s/image | FID↓ | sFID↓ | KID×10³↓ | IS↑ | Precision↑ "
-                         "| Recall↑ |")
+    assert values[0] == ("| pag_scale | pag_layers | s/image | CPU share | FID↓ | sFID↓ | KID×10³↓ | IS↑ "
+                         "| Precision↑ | Recall↑ |")
     # the explicit (failing) point is the first row, then the grid's
     assert "failed" in values[2] and values[3].count("[") == 6  # value [low, high] in every metric cell
     assert not any("**" in line for line in values)  # nothing is marked as "best"
@@ -258,14 +258,16 @@ def test_rows_are_compared_with_a_second_baseline_and_timed_per_image(tmp_path):
     captions = [line for line in table.splitlines() if line.startswith("Difference from the baseline")]
     assert len(captions) == 2 and "(unguided;" in captions[0] and "(PAG s=1;" in captions[1]
     header = table.splitlines()[0]
-    assert header.startswith("| label | s/image | FID↓")
+    assert header.startswith("| label | s/image | CPU share | FID↓")
     for key, point in zip(keys, points):
         record = results[key]
         assert 0 < record["sample_seconds"] < record["seconds"] and record["num_samples"] == 8
         # the sampler's own time, from the shards (as for samples that other jobs or machines made)
-        assert record["sample_seconds"] == round(sampling_seconds(Path(record["samples"]).parent, 8), 1)
+        timed = sampling_time(Path(record["samples"]).parent, 8)
+        assert record["sample_seconds"] == round(timed.seconds, 1) and record["cpu_share"] == round(timed.cpu_share, 2)
+        assert 0 < record["cpu_share"] < 2  # CPU time over the threads' wall time (a little over 1 is possible)
         (row,) = [line for line in table.splitlines()[:5] if line.startswith(f"| {point['label']} |")]
-        assert row.split(" | ")[1] == f"{record['sample_seconds'] / 8:.3f}"
+        assert row.split(" | ")[1:3] == [f"{record['sample_seconds'] / 8:.3f}", f"{record['cpu_share']:.2f}"]
     # a dry run lists both comparisons of each row (2 against unguided, 2 against PAG)
     planned = planned_commands(load_spec(spec_path))
     assert sum("--compare" in c for c in planned) == 4
