@@ -81,7 +81,8 @@ from guided_diffusion.experiments.sweep_spec import (
 )
 from guided_diffusion.runtime.files import append_line, atomic_write_text, file_identity
 from guided_diffusion.sampling.run import SAMPLE_FLAGS
-from guided_diffusion.sampling.store import batch_name, sampling_time
+from guided_diffusion.sampling.shard_timing import sampling_time
+from guided_diffusion.sampling.store import batch_name
 
 __all__ = ["load_spec", "check_point_flags", "expand_points", "baseline_point", "point_config", "point_key",
            "read_results", "changed_settings", "finished_points", "point_commands", "scoring_command",

@@ -22,7 +22,6 @@ Manifests of format 1 (earlier versions) held the count in the config; given `le
 is continued (and grown) and its manifest rewritten in format 2.
 """
 
-import collections
 import contextlib
 import hashlib
 import json
@@ -280,7 +279,7 @@ class SampleStore:
         `block`: the block the images belong to (names the shard, and releases this process's claim on it).
         `torch_threads`: the intra-op thread count they were sampled with, recorded in the shard.
         `seconds`: the sampling time they took, and `cpu_seconds` the CPU time this process spent meanwhile
-        (sampling on the CPU), recorded in the shard (`sampling_time` sums them).
+        (sampling on the CPU), recorded in the shard (`shard_timing.sampling_time` sums them).
         """
         indices = np.asarray(indices, dtype=np.int64)
         images = np.ascontiguousarray(images, dtype=np.uint8)
@@ -576,44 +575,3 @@ def shard_files(shard_dir):
         return []
     return sorted(os.path.join(shard_dir, n) for n in os.listdir(shard_dir)
                   if n.endswith(".npz") and not n.startswith("."))
-
-
-SamplingTime = collections.namedtuple("SamplingTime", "seconds cpu_share")
-SamplingTime.__doc__ = """What a folder's images cost: `seconds` of sampling, and on the CPU the share of its
-threads' time that the sampler got (`cpu_seconds / (seconds * threads)`: about 1 on otherwise idle cores, less
-where other work shared them, which makes `seconds` overstate the cost; None on a GPU or for older shards)."""
-
-
-def sampling_time(samples_dir, num_samples):
-    """The SamplingTime of a folder's first `num_samples` images, summed over the shards that hold them (every
-    process, job and machine that sampled them; model loading and waiting left out), or None where a shard
-    does not record its time (an older version's) or images are missing. A shard's images share its time
-    evenly."""
-    counted = np.zeros(num_samples, dtype=bool)
-    seconds = cpu_seconds = thread_seconds = 0.0
-    cpu_timed = True
-    for path in shard_files(os.path.join(samples_dir, SHARDS)):
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                if "seconds" not in data.files:
-                    return None
-                indices, shard_seconds = data["indices"], float(data["seconds"])
-                shard_cpu = float(data["cpu_seconds"]) if "cpu_seconds" in data.files else None
-                threads = int(data["torch_threads"]) if "torch_threads" in data.files else -1
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-            return None
-        ours = indices[(indices >= 0) & (indices < num_samples)]
-        fresh = ours[~counted[ours]]
-        if not len(fresh):
-            continue
-        share = len(fresh) / max(len(indices), 1)
-        seconds += shard_seconds * share
-        if shard_cpu is None or threads < 1:
-            cpu_timed = False
-        else:
-            cpu_seconds += shard_cpu * share
-            thread_seconds += shard_seconds * threads * share
-        counted[fresh] = True
-    if not counted.all():
-        return None
-    return SamplingTime(seconds, cpu_seconds / thread_seconds if cpu_timed and thread_seconds > 0 else None)

@@ -26,7 +26,7 @@ from guided_diffusion.experiments.sweep import (
     scoring_command,
     scoring_options,
 )
-from guided_diffusion.sampling.store import sampling_time
+from guided_diffusion.sampling.shard_timing import sampling_time
 
 from programs import run_script
 

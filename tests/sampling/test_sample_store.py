@@ -18,13 +18,13 @@ from PIL import Image
 from guided_diffusion.runtime.disk_space import is_disk_full
 from guided_diffusion.sampling import store as store_module
 from guided_diffusion.sampling.folder_jobs import FolderJobs, describe
+from guided_diffusion.sampling.shard_timing import sampling_time
 from guided_diffusion.sampling.store import (
     OutputFolderError,
     SampleStore,
     ShardError,
     config_digest,
     describe_differences,
-    sampling_time,
 )
 
 CONFIG = {"a": 1, "nested": {"b": (1, 2)}}
