@@ -331,14 +331,7 @@ def run_sweep(spec, env=None):
             images = point_config(spec, overrides).get("num_samples", SAMPLE_FLAGS.defaults()["num_samples"])
             # The sampler's own time, recorded in its shards: right also where other jobs or machines sampled
             # them and this command only assembled; else (an older version's shards) the command's wall time.
-            timed = sampling_time(Path(samples).parent, images)
-            record["sample_seconds"] = round(time.time() - start if timed is None else timed.seconds, 1)
-            if timed is not None and timed.cpu_share is not None:
-                record["cpu_share"] = round(timed.cpu_share, 2)
-                if timed.cpu_share < LOW_CPU_SHARE:
-                    log.warning("    sampled with %.0f%% of its threads' CPU time: other work shared the cores, so "
-                                "its s/image overstates its cost (sample it alone for a clean time)",
-                                100 * timed.cpu_share)
+            record.update(sampling_record(sampling_time(Path(samples).parent, images), time.time() - start))
             _run(eval_cmd, point_dir / "evaluate.log", env)
             metrics = json.loads((point_dir / "metrics.json").read_text())
             record.update(status="ok", metrics=metrics, samples=str(samples), num_samples=images)
@@ -348,6 +341,20 @@ def run_sweep(spec, env=None):
         record["seconds"] = round(time.time() - start, 1)
         append_line(results_path, json.dumps(record, sort_keys=True))
     return read_results(results_path)
+
+
+def sampling_record(timed, wall_seconds):
+    """A point's `sample_seconds` (and `cpu_share`, sampled on the CPU) from its shards' SamplingTime, or the
+    command's wall time where the shards do not record it; warns where other work shared the CPU cores."""
+    if timed is None:
+        return {"sample_seconds": round(wall_seconds, 1)}
+    record = {"sample_seconds": round(timed.seconds, 1)}
+    if timed.cpu_share is not None:
+        record["cpu_share"] = round(timed.cpu_share, 2)
+        if timed.cpu_share < LOW_CPU_SHARE:
+            log.warning("    sampled with %.0f%% of its threads' CPU time: other work shared the cores, so its "
+                        "s/image overstates its cost (sample it alone for a clean time)", 100 * timed.cpu_share)
+    return record
 
 
 def _last_line(error):

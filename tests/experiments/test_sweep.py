@@ -23,10 +23,11 @@ from guided_diffusion.experiments.sweep import (
     results_table,
     run_comparisons,
     run_sweep,
+    sampling_record,
     scoring_command,
     scoring_options,
 )
-from guided_diffusion.sampling.shard_timing import sampling_time
+from guided_diffusion.sampling.shard_timing import SamplingTime, sampling_time
 
 from programs import run_script
 
@@ -114,6 +115,20 @@ def test_digits_sweep_records_skips_and_survives_a_failing_point(tmp_path, caplo
     assert len(commands) == 2 + 4 and all(failed[0]["key"] in c for c in commands[:2])
     assert "scripts.image_sample" in commands[0] and "evaluations.evaluator" in commands[1]
     assert all("--compare" in c for c in commands[2:])
+
+
+def test_a_row_sampled_on_shared_cpu_cores_is_flagged(caplog):
+    """The sampler's own time, and on the CPU its share of its threads' time: below 0.8 the sweep warns that
+    the row's s/image overstates its cost; on a GPU (no share) and for untimed shards it says nothing."""
+    caplog.set_level(logging.WARNING, logger="guided_diffusion.experiments.sweep")
+    assert sampling_record(SamplingTime(120.04, 0.994), 130.0) == {"sample_seconds": 120.0, "cpu_share": 0.99}
+    assert not caplog.messages
+    assert sampling_record(SamplingTime(240.0, 0.5), 250.0) == {"sample_seconds": 240.0, "cpu_share": 0.5}
+    assert len(caplog.messages) == 1 and "50% of its threads' CPU time" in caplog.messages[0]
+    caplog.clear()
+    assert sampling_record(SamplingTime(12.0, None), 20.0) == {"sample_seconds": 12.0}  # a GPU's shards
+    assert sampling_record(None, 20.04) == {"sample_seconds": 20.0}  # an older version's: the wall time
+    assert not caplog.messages
 
 
 def test_sweep_baseline_must_name_a_point(tmp_path):
