@@ -81,7 +81,7 @@ from guided_diffusion.experiments.sweep_spec import (
 )
 from guided_diffusion.runtime.files import append_line, atomic_write_text, file_identity
 from guided_diffusion.sampling.run import SAMPLE_FLAGS
-from guided_diffusion.sampling.shard_timing import sampling_time
+from guided_diffusion.sampling.shard_timing import LOW_CPU_SHARE, sampling_time
 from guided_diffusion.sampling.store import batch_name
 
 __all__ = ["load_spec", "check_point_flags", "expand_points", "baseline_point", "point_config", "point_key",
@@ -90,8 +90,6 @@ __all__ = ["load_spec", "check_point_flags", "expand_points", "baseline_point", 
            "in_feature_space", "rescore_points", "results_table", "plot_results"]
 
 log = logging.getLogger(__name__)
-# A CPU sampler that got less of its threads' time than this shared the cores: its s/image overstates its cost.
-LOW_CPU_SHARE = 0.8
 REPLICATES_FOLDER = "bootstrap_replicates"  # in the sweep's folder: each batch's bootstrap replicates, reused
 _CACHE_FLAG = "--bootstrap_cache"
 
@@ -351,9 +349,12 @@ def sampling_record(timed, wall_seconds):
     record = {"sample_seconds": round(timed.seconds, 1)}
     if timed.cpu_share is not None:
         record["cpu_share"] = round(timed.cpu_share, 2)
-        if timed.cpu_share < LOW_CPU_SHARE:
-            log.warning("    sampled with %.0f%% of its threads' CPU time: other work shared the cores, so its "
-                        "s/image overstates its cost (sample it alone for a clean time)", 100 * timed.cpu_share)
+        if timed.shared_shards:
+            names = ", ".join(timed.shared_shards[:4]) + (", ..." if len(timed.shared_shards) > 4 else "")
+            log.warning("    sampled with %.0f%% of its threads' CPU time; %d shard(s) got under %.0f%% (%s): other "
+                        "work shared the cores, so the row's s/image overstates its cost (its images are as good as "
+                        "any; sample the row again alone for a clean time)", 100 * timed.cpu_share,
+                        len(timed.shared_shards), 100 * LOW_CPU_SHARE, names)
     return record
 
 

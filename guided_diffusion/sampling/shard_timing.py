@@ -8,10 +8,15 @@ import numpy as np
 
 from guided_diffusion.sampling.store import SHARDS, shard_files
 
-SamplingTime = collections.namedtuple("SamplingTime", "seconds cpu_share")
+# Below this share of its threads' time a CPU shard shared its cores with other work. Two 2-thread jobs on 2
+# cores slow each other far more than twofold (a DDPM-100 shard: 177 s alone, 745 s beside an evaluator).
+LOW_CPU_SHARE = 0.8
+
+SamplingTime = collections.namedtuple("SamplingTime", "seconds cpu_share shared_shards")
 SamplingTime.__doc__ = """What a folder's images cost: `seconds` of sampling, and on the CPU the share of its
 threads' time that the sampler got (`cpu_seconds / (seconds * threads)`: about 1 on otherwise idle cores, less
-where other work shared them, which makes `seconds` overstate the cost; None on a GPU or for older shards)."""
+where other work shared them, which makes `seconds` overstate the cost; None on a GPU or for older shards);
+`shared_shards`: the file names of the shards whose own share is below LOW_CPU_SHARE."""
 
 
 def sampling_time(samples_dir, num_samples):
@@ -22,6 +27,7 @@ def sampling_time(samples_dir, num_samples):
     counted = np.zeros(num_samples, dtype=bool)
     seconds = cpu_seconds = thread_seconds = 0.0
     cpu_timed = True
+    shared = []
     for path in shard_files(os.path.join(samples_dir, SHARDS)):
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -43,7 +49,10 @@ def sampling_time(samples_dir, num_samples):
         else:
             cpu_seconds += shard_cpu * share
             thread_seconds += shard_seconds * threads * share
+            if shard_seconds > 0 and shard_cpu / (shard_seconds * threads) < LOW_CPU_SHARE:
+                shared.append(os.path.basename(path))
         counted[fresh] = True
     if not counted.all():
         return None
-    return SamplingTime(seconds, cpu_seconds / thread_seconds if cpu_timed and thread_seconds > 0 else None)
+    cpu_share = cpu_seconds / thread_seconds if cpu_timed and thread_seconds > 0 else None
+    return SamplingTime(seconds, cpu_share, tuple(shared) if cpu_share is not None else ())

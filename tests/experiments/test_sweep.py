@@ -118,15 +118,21 @@ def test_digits_sweep_records_skips_and_survives_a_failing_point(tmp_path, caplo
 
 
 def test_a_row_sampled_on_shared_cpu_cores_is_flagged(caplog):
-    """The sampler's own time, and on the CPU its share of its threads' time: below 0.8 the sweep warns that
-    the row's s/image overstates its cost; on a GPU (no share) and for untimed shards it says nothing."""
+    """The sampler's own time, and on the CPU its share of its threads' time: where any shard got under 0.8 of
+    it, the sweep warns that the row's s/image overstates its cost and names those shards, even when the row's
+    mean share looks clean; on a GPU (no share) and for untimed shards it says nothing."""
     caplog.set_level(logging.WARNING, logger="guided_diffusion.experiments.sweep")
-    assert sampling_record(SamplingTime(120.04, 0.994), 130.0) == {"sample_seconds": 120.0, "cpu_share": 0.99}
+    assert sampling_record(SamplingTime(120.04, 0.994, ()), 130.0) == {"sample_seconds": 120.0, "cpu_share": 0.99}
     assert not caplog.messages
-    assert sampling_record(SamplingTime(240.0, 0.5), 250.0) == {"sample_seconds": 240.0, "cpu_share": 0.5}
+    record = sampling_record(SamplingTime(240.0, 0.5, ("shard_a.npz", "shard_b.npz")), 250.0)
+    assert record == {"sample_seconds": 240.0, "cpu_share": 0.5}
     assert len(caplog.messages) == 1 and "50% of its threads' CPU time" in caplog.messages[0]
+    assert "2 shard(s) got under 80% (shard_a.npz, shard_b.npz)" in caplog.messages[0]
     caplog.clear()
-    assert sampling_record(SamplingTime(12.0, None), 20.0) == {"sample_seconds": 12.0}  # a GPU's shards
+    sampling_record(SamplingTime(300.0, 0.94, ("shard_c.npz",)), 310.0)  # two contended shards of twenty
+    assert len(caplog.messages) == 1 and "94%" in caplog.messages[0] and "(shard_c.npz)" in caplog.messages[0]
+    caplog.clear()
+    assert sampling_record(SamplingTime(12.0, None, ()), 20.0) == {"sample_seconds": 12.0}  # a GPU's shards
     assert sampling_record(None, 20.04) == {"sample_seconds": 20.0}  # an older version's: the wall time
     assert not caplog.messages
 

@@ -62,21 +62,22 @@ def test_store_round_trip_and_final_npz(tmp_path):
 def test_sampling_time_sums_the_shards_own_times_over_the_runs_images(tmp_path):
     """What the images cost, from their shards, wherever they were sampled: a shard's time shared evenly by its
     images (those past the run's count do not count), None where a time or an image is missing. The CPU share
-    is CPU time over the threads' wall time, of the same images."""
+    is CPU time over the threads' wall time, of the same images; the shards below 0.8 of it are named."""
     store = make_store(tmp_path, num_samples=6)
     store.check_writable()
     store.write_manifest()
     store.write_shard([0, 1, 2], images_for([0, 1, 2]), torch_threads=2, seconds=3.0, cpu_seconds=6.0)
     assert sampling_time(tmp_path, 6) is None  # images 3..5 missing
-    assert sampling_time(tmp_path, 3) == (pytest.approx(3.0), pytest.approx(1.0))
+    assert sampling_time(tmp_path, 3) == (pytest.approx(3.0), pytest.approx(1.0), ())
     # image 6 belongs to a larger run; this shard shared its cores with other work (a quarter of 2 threads' time)
     store.write_shard([3, 4, 5, 6], images_for([3, 4, 5, 6]), torch_threads=2, seconds=8.0, cpu_seconds=4.0)
-    seconds, share = sampling_time(tmp_path, 6)
+    seconds, share, shared = sampling_time(tmp_path, 6)
     assert seconds == pytest.approx(3.0 + 6.0)
+    assert len(shared) == 1 and "00000003" in shared[0] and (tmp_path / "shards" / shared[0]).is_file()
     assert share == pytest.approx((6.0 + 3.0) / (2 * 3.0 + 2 * 6.0))  # each shard weighted by its images here
     # image 0 again, in a shard listed first, sampled on a GPU (no CPU time): its time counts, the share is gone
     store.write_shard([0], images_for([0]), torch_threads=1, seconds=1.0)
-    assert sampling_time(tmp_path, 6) == (pytest.approx(1.0 + 2.0 + 6.0), None)
+    assert sampling_time(tmp_path, 6) == (pytest.approx(1.0 + 2.0 + 6.0), None, ())
     store.write_shard([4], images_for([4]))  # an older version's shard: no time recorded
     assert sampling_time(tmp_path, 6) is None
 
