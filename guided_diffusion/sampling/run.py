@@ -66,6 +66,7 @@ from guided_diffusion.sampling.images import (
     weak_model_settings,
 )
 from guided_diffusion.sampling.seeding import LabelSource
+from guided_diffusion.sampling.shard_timing import shared_cores
 from guided_diffusion.sampling.store import OutputFolderError, SampleStore, config_digest
 
 log = logging.getLogger(__name__)
@@ -344,7 +345,7 @@ def sample_in_folder(run, args, rank, world):
     total = sum(len(indices) for indices in todo.values())
     bar = tqdm(total=total, unit="img", desc="sampling", dynamic_ncols=True,
                disable=rank != 0 or not args.progress or not total)
-    started, count = time.time(), 0
+    started, count, contended = time.time(), 0, 0
     threads = torch.get_num_threads()
     on_cpu = torch.device(run.device).type == "cpu"  # CPU time says whether other work shared the cores
     for claimed in store.claimed_batches(todo, args.batch_size, first=rank * len(todo) // world):
@@ -362,6 +363,13 @@ def sample_in_folder(run, args, rank, world):
                               torch_threads=threads, seconds=elapsed * part, cpu_seconds=cpu * part if on_cpu else None)
             offset += len(block_indices)
         count += len(indices)
+        if on_cpu and shared_cores(elapsed, cpu, threads):
+            contended += 1
+            if contended == 1:  # said at once: the user can still stop the other job
+                log.warning("rank %d/%d: %d images took %.0f s with %.0f%% of %d threads' CPU time: other work shares "
+                            "these cores and slows this run several times over (two 2-thread jobs on 2 cores: "
+                            "3-4x each); run one CPU job at a time", rank, world, len(indices), elapsed,
+                            100 * cpu / max(elapsed * threads, 1e-9), threads)
         log.debug("rank %d/%d: %d images (blocks %s) in %.2f s, %.3f img/s; %d images so far", rank, world,
                   len(indices), ",".join(str(b) for b, _ in claimed), elapsed, len(indices) / max(elapsed, 1e-9),
                   count)
@@ -369,8 +377,8 @@ def sample_in_folder(run, args, rank, world):
             bar.update(sum(len(todo[b]) for b in store.finished_blocks(todo)) - bar.n)
     bar.close()
     seconds = time.time() - started
-    log.info("rank %d/%d finished: %d images in %.1f s (%.3f img/s)", rank, world, count, seconds,
-             count / max(seconds, 1e-9))
+    log.info("rank %d/%d finished: %d images in %.1f s (%.3f img/s)%s", rank, world, count, seconds,
+             count / max(seconds, 1e-9), f"; {contended} batch(es) shared their CPU cores" if contended else "")
 
     stats = dist_util.all_gather_objects((count, seconds))  # also waits for every rank to finish
     error = None

@@ -19,6 +19,12 @@ where other work shared them, which makes `seconds` overstate the cost; None on 
 `shared_shards`: the file names of the shards whose own share is below LOW_CPU_SHARE."""
 
 
+def shared_cores(seconds, cpu_seconds, threads):
+    """Whether work that took `seconds` and this process's `cpu_seconds` on `threads` threads shared its cores
+    with other work (its share of the threads' time below LOW_CPU_SHARE)."""
+    return seconds > 0 and threads > 0 and cpu_seconds / (seconds * threads) < LOW_CPU_SHARE
+
+
 def sampling_time(samples_dir, num_samples):
     """The SamplingTime of a folder's first `num_samples` images, summed over the shards that hold them (every
     process, job and machine that sampled them; model loading and waiting left out), or None where a shard
@@ -49,7 +55,7 @@ def sampling_time(samples_dir, num_samples):
         else:
             cpu_seconds += shard_cpu * share
             thread_seconds += shard_seconds * threads * share
-            if shard_seconds > 0 and shard_cpu / (shard_seconds * threads) < LOW_CPU_SHARE:
+            if shared_cores(shard_seconds, shard_cpu, threads):
                 shared.append(os.path.basename(path))
         counted[fresh] = True
     if not counted.all():

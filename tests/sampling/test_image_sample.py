@@ -303,3 +303,30 @@ def test_generate_images_is_the_cli_run_with_keyword_arguments(tiny, tmp_path):
         torch.set_num_threads(threads)
     assert Path(out) == tmp_path / "api"
     assert_same_samples(final_arrays(out), tiny["reference"])
+
+
+@pytest.mark.parametrize("share", [0.3, 1.0])
+def test_a_run_whose_cores_are_shared_warns_while_it_samples(tiny, tmp_path, monkeypatch, share):
+    """A CPU run that gets under LOW_CPU_SHARE of its threads' time says so in its log at the first such batch
+    (another job on the cores slows both several times over) and counts such batches when it finishes."""
+    import types
+
+    from guided_diffusion.sampling import run as sampling_run
+
+    # The process clock runs at `share` of (wall clock x threads): what a run sharing its cores measures.
+    clock = types.SimpleNamespace(**{name: getattr(time, name) for name in ("time", "strftime", "sleep")})
+    clock.process_time = lambda: time.time() * torch.get_num_threads() * share
+    monkeypatch.setattr(sampling_run, "time", clock)
+    config = tmp_path / "tiny.yaml"
+    config.write_text("".join(f"{k}: {v}\n" for k, v in TINY_MODEL.items()))
+    model_path = tiny["flags"][tiny["flags"].index("--model_path") + 1]
+    out = sampling_run.generate_images(config=[config], model_path=model_path, batch_size=4, num_samples=8,
+                                       timestep_respacing="4", seed=3, progress=False, output_dir=str(tmp_path / "o"))
+    (log,) = (Path(out) / "logs").glob("rank0_*.log")
+    text = log.read_text()
+    if share < 1:
+        assert text.count("other work shares these cores") == 1  # once, at the first of its two batches
+        assert "with 30% of" in text  # the share it got, named
+        assert "2 batch(es) shared their CPU cores" in text
+    else:
+        assert "shares these cores" not in text and "shared their CPU cores" not in text
