@@ -282,13 +282,18 @@ def test_classifier_guidance_on_a_conditional_model_with_ddim_noise(tmp_path):
     assert not np.array_equal(final_arrays(tmp_path / "c", 3, 64)["arr_0"], a["arr_0"])
 
 
+def model_config_and_path(tiny, folder):
+    """The tiny model's flags as a YAML file in `folder`, and its checkpoint's path: what the Python API takes."""
+    config = folder / "tiny.yaml"
+    config.write_text("".join(f"{k}: {v}\n" for k, v in TINY_MODEL.items()))
+    return config, tiny["flags"][tiny["flags"].index("--model_path") + 1]
+
+
 def test_generate_images_is_the_cli_run_with_keyword_arguments(tiny, tmp_path):
     """The library function under the CLI: the same flags as keyword arguments give the same samples."""
     from guided_diffusion.sampling.run import generate_images
 
-    config = tmp_path / "tiny.yaml"
-    config.write_text("".join(f"{k}: {v}\n" for k, v in TINY_MODEL.items()))
-    model_path = tiny["flags"][tiny["flags"].index("--model_path") + 1]
+    config, model_path = model_config_and_path(tiny, tmp_path)
     settings = dict(timestep_respacing="4", num_samples=NUM_SAMPLES, seed=3, progress=False, pag_scale=2.0,
                     pag_layers=["input_blocks.3.1", "middle_block.1"], sag_scale=0.5, sag_layer="output_blocks.1.1",
                     sag_blur_sigma=1.0)
@@ -314,12 +319,10 @@ def test_a_run_whose_cores_are_shared_warns_while_it_samples(tiny, tmp_path, mon
     from guided_diffusion.sampling import run as sampling_run
 
     # The process clock runs at `share` of (wall clock x threads): what a run sharing its cores measures.
-    clock = types.SimpleNamespace(**{name: getattr(time, name) for name in ("time", "strftime", "sleep")})
+    clock = types.SimpleNamespace(time=time.time, strftime=time.strftime)  # what the run module uses
     clock.process_time = lambda: time.time() * torch.get_num_threads() * share
     monkeypatch.setattr(sampling_run, "time", clock)
-    config = tmp_path / "tiny.yaml"
-    config.write_text("".join(f"{k}: {v}\n" for k, v in TINY_MODEL.items()))
-    model_path = tiny["flags"][tiny["flags"].index("--model_path") + 1]
+    config, model_path = model_config_and_path(tiny, tmp_path)
     out = sampling_run.generate_images(config=[config], model_path=model_path, batch_size=4, num_samples=8,
                                        timestep_respacing="4", seed=3, progress=False, output_dir=str(tmp_path / "o"))
     (log,) = (Path(out) / "logs").glob("rank0_*.log")
