@@ -87,7 +87,7 @@ from guided_diffusion.sampling.store import batch_name
 __all__ = ["load_spec", "check_point_flags", "expand_points", "baseline_point", "point_config", "point_key",
            "read_results", "changed_settings", "finished_points", "point_commands", "scoring_command",
            "scoring_options", "planned_commands", "run_sweep", "run_comparisons", "run_all_comparisons",
-           "in_feature_space", "rescore_points", "results_table", "plot_results"]
+           "in_feature_space", "rescore_points", "results_table", "plot_results", "metric_figure"]
 
 log = logging.getLogger(__name__)
 REPLICATES_FOLDER = "bootstrap_replicates"  # in the sweep's folder: each batch's bootstrap replicates, reused
@@ -476,19 +476,47 @@ def plot_results(spec, results, folder):
                 series.setdefault(label, []).append((p.get(x_key), metrics[metric], interval))
         if not series:
             continue
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        for label, values in series.items():
-            xs = [_format_value(x) if isinstance(x, list) else x for x, _, _ in values]
-            ys = [y for _, y, _ in values]
-            errors = [[max(y - lo, 0) for _, y, (lo, _) in values], [max(hi - y, 0) for _, y, (_, hi) in values]]
-            ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=label)
-        ax.set_xlabel(x_key)
-        ax.set_ylabel(f"{name} ({'lower' if direction == 'min' else 'higher'} is better; 95% intervals)")
-        if series_key:
-            ax.legend(title=series_key, fontsize="small")
-        fig.tight_layout()
+        fig = metric_figure(series, x_key, f"{name} ({'lower' if direction == 'min' else 'higher'} is better; "
+                                           "95% intervals)", series_key)
         path = Path(folder) / f"{spec['name']}_{metric}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def metric_figure(series, x_key, metric_label, series_key=None):
+    """A metric with its intervals per point: {series label: [(x, value, (lo, hi))]}.
+
+    Numeric x (a scale) is a line over x. Anything else (labels such as "CFG + PAG") are categories with no
+    order between them: one row each, the label on the y axis, so long labels never overlap and no line joins
+    unrelated methods.
+    """
+    import matplotlib.pyplot as plt
+
+    xs = [x for values in series.values() for x, _, _ in values]
+    categorical = any(isinstance(x, (str, list, bool)) or x is None for x in xs)
+    categories = list(dict.fromkeys(_format_value(x) for x in xs)) if categorical else []
+    size = (5.5, 1.0 + 0.35 * len(categories)) if categorical else (4.5, 3.2)
+    fig, ax = plt.subplots(figsize=size)
+    for label, values in series.items():
+        ys = [y for _, y, _ in values]
+        errors = [[max(y - lo, 0) for _, y, (lo, _) in values], [max(hi - y, 0) for _, y, (_, hi) in values]]
+        if categorical:
+            rows = [categories.index(_format_value(x)) for x, _, _ in values]
+            ax.errorbar(ys, rows, xerr=errors, marker="o", linestyle="none", capsize=3, label=label)
+        else:
+            ax.errorbar([x for x, _, _ in values], ys, yerr=errors, marker="o", capsize=3, label=label)
+    if categorical:
+        ax.set_yticks(range(len(categories)), categories)
+        ax.set_ylim(len(categories) - 0.5, -0.5)  # the sweep's order, top to bottom
+        ax.set_ylabel(x_key)
+        ax.set_xlabel(metric_label)
+        ax.grid(axis="x", alpha=0.3)
+    else:
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(metric_label)
+    if series_key:
+        ax.legend(title=series_key, fontsize="small")
+    fig.tight_layout()
+    return fig

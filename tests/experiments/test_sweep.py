@@ -16,6 +16,7 @@ from guided_diffusion.experiments.sweep import (
     REPLICATES_FOLDER,
     expand_points,
     load_spec,
+    metric_figure,
     planned_commands,
     point_commands,
     point_key,
@@ -318,3 +319,30 @@ def test_rows_are_compared_with_a_second_baseline_and_timed_per_image(tmp_path):
         assert rescored["fid"] == pytest.approx(fid[key], rel=1e-9)
     assert (out / keys[2] / f"compare_vs_{keys[1]}_digits.json").exists()
     assert (out / "table_digits.md").read_text() == table
+
+
+def test_labelled_rows_are_plotted_as_separate_categories_whose_labels_do_not_overlap():
+    plt = pytest.importorskip("matplotlib.pyplot")
+    labels = ["unguided", "CFG + PAG, CFG s = 0.5", "APG on CFG, s = 0.5", "auto (early checkpoint)"]
+    values = [(label, 60.0 + i, (55.0 + i, 66.0 + i)) for i, label in enumerate(labels)]
+    fig = metric_figure({"FID": values}, "label", "FID (lower is better)")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_yticklabels()] == labels  # the sweep's order, top to bottom
+    boxes = [t.get_window_extent() for t in ax.get_yticklabels()]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    data_line = ax.containers[0].lines[0]
+    assert data_line.get_linestyle() == "None"  # no line joins one method to the next
+    assert list(data_line.get_xdata()) == [60.0, 61.0, 62.0, 63.0]
+    plt.close(fig)
+
+
+def test_a_numeric_setting_is_plotted_as_a_line_over_it():
+    plt = pytest.importorskip("matplotlib.pyplot")
+    values = [(s, 70.0 - s, (65.0 - s, 75.0 - s)) for s in (0.1, 0.5, 2.0)]
+    fig = metric_figure({"FID": values}, "pag_scale", "FID")
+    data_line = fig.axes[0].containers[0].lines[0]
+    assert data_line.get_linestyle() == "-"
+    assert list(data_line.get_xdata()) == [0.1, 0.5, 2.0]
+    assert fig.axes[0].get_xlabel() == "pag_scale"
+    plt.close(fig)
