@@ -451,7 +451,8 @@ def _format_value(value):
 
 
 def plot_results(spec, results, folder):
-    """One PNG per metric against the first swept key (a line per value of the second, if any)."""
+    """One PNG per metric against the first swept key (a series per value of the second, if any; see
+    `metric_figure` for numeric keys against labels)."""
     try:
         import matplotlib
 

@@ -5,6 +5,7 @@ import logging
 import os
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import yaml
@@ -322,7 +323,6 @@ def test_rows_are_compared_with_a_second_baseline_and_timed_per_image(tmp_path):
 
 
 def test_labelled_rows_are_plotted_as_separate_categories_whose_labels_do_not_overlap():
-    plt = pytest.importorskip("matplotlib.pyplot")
     labels = ["unguided", "CFG + PAG, CFG s = 0.5", "APG on CFG, s = 0.5", "auto (early checkpoint)"]
     values = [(label, 60.0 + i, (55.0 + i, 66.0 + i)) for i, label in enumerate(labels)]
     fig = metric_figure({"FID": values}, "label", "FID (lower is better)")
@@ -338,7 +338,6 @@ def test_labelled_rows_are_plotted_as_separate_categories_whose_labels_do_not_ov
 
 
 def test_a_numeric_setting_is_plotted_as_a_line_over_it():
-    plt = pytest.importorskip("matplotlib.pyplot")
     values = [(s, 70.0 - s, (65.0 - s, 75.0 - s)) for s in (0.1, 0.5, 2.0)]
     fig = metric_figure({"FID": values}, "pag_scale", "FID")
     data_line = fig.axes[0].containers[0].lines[0]
